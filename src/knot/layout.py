@@ -1,0 +1,77 @@
+"""Where each stage writes inside a run directory.
+
+A run directory holds everything one experiment produces; every stage reads its inputs
+from here and writes its outputs here, so stages can run on their own (``knot train``,
+``knot distill``, ...) or all together (``knot run``)::
+
+    RUN/
+      config.yaml            resolved config (what actually ran)
+      stages.json            per-stage input hashes (resume / skip)
+      data/                  prepared splits: <domain>/{train,val,test}.jsonl, manifest.json
+      teachers/<domain>/     local teacher checkpoints
+      global/                global model checkpoint
+      soft_labels/           soft labels (transfer train/val) and bias.json
+      students/<method>/     student checkpoints
+      results.json results.md report.md plots/
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["RunLayout"]
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages.json"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def manifest(self) -> Path:
+        return self.data / "manifest.json"
+
+    def teacher(self, domain: str) -> Path:
+        return self.root / "teachers" / domain
+
+    @property
+    def global_model(self) -> Path:
+        return self.root / "global"
+
+    @property
+    def soft_labels(self) -> Path:
+        return self.root / "soft_labels"
+
+    def student(self, method: str) -> Path:
+        return self.root / "students" / method
+
+    @property
+    def results_json(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def results_md(self) -> Path:
+        return self.root / "results.md"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
