@@ -355,13 +355,26 @@ class BiasConfig(ConfigBase):
 
 @dataclass
 class DistillMethod(ConfigBase):
-    """One student: a name, a loss (``ot``, ``entropy``, ``kl``, ``ce``) and its options."""
+    """One student: a name, a loss (``ot``, ``entropy``, ``kl``, ``ce``) and its options.
+
+    ``weights`` chooses the teacher weights (:func:`knot.soft_labels.teacher_weights`):
+    ``uniform``, ``size`` (proportional to the teachers' training-set sizes, the
+    reference's choice), ``explicit`` (``explicit_weights``, one per teacher: locals in
+    config order, then the global model) or ``bias`` (per example: base weights of kind
+    ``bias_base`` times the total-variation distance between a teacher's prediction and
+    its distribution bias, floored at ``bias_floor``, normalised per example).
+    ``aggregate`` is ``per_teacher`` (weighted sum of per-teacher losses) or ``mixture``
+    (loss to the weighted teacher average; with ``kl`` this is the FedDF baseline).
+    ``options`` are passed to the loss function (e.g. ``{"method": "sinkhorn"}``).
+    """
 
     name: str = "ot"
     loss: str = "ot"
     aggregate: str = "per_teacher"
     weights: str = "size"
     explicit_weights: Union[list[float], None] = None
+    bias_base: str = "size"
+    bias_floor: float = 0.05
     temperature: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -382,6 +395,15 @@ class DistillMethod(ConfigBase):
             self.weights != "explicit" or bool(self.explicit_weights),
             "explicit_weights: needed when weights is explicit",
         )
+        _check(
+            self.bias_base in ("uniform", "size", "explicit"),
+            f"bias_base: expected uniform, size or explicit, got {self.bias_base!r}",
+        )
+        _check(
+            self.bias_base != "explicit" or bool(self.explicit_weights),
+            "explicit_weights: needed when bias_base is explicit",
+        )
+        _check(0.0 < self.bias_floor <= 1.0, "bias_floor: expected 0 < bias_floor <= 1")
         _check(self.temperature > 0, "temperature: expected > 0")
 
 
@@ -395,7 +417,14 @@ def _default_methods() -> list[DistillMethod]:
 
 @dataclass
 class DistillConfig(ConfigBase):
-    """Student distillation: how to train and which students to train."""
+    """Student distillation: how to train and which students to train.
+
+    ``init`` is ``global`` (start from the global model's checkpoint; from scratch when the
+    config has no global domain) or ``scratch``. ``select_by`` picks the best epoch on the
+    transfer set's val split: ``loss`` (the distillation loss against the soft labels, the
+    reference's rule) or a metric computed against the teachers' weighted consensus (the
+    argmax of the weighted teacher average), never against gold transfer labels.
+    """
 
     init: str = "global"
     select_by: str = "loss"
