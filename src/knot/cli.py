@@ -93,6 +93,56 @@ def _main(
 # ---- data (issue: data layer) -----------------------------------------------------------
 
 
+@data_app.command("prepare")
+def data_prepare_cmd(
+    config: Path = ConfigArg,
+    out: Optional[Path] = OutOpt,
+    sets: Optional[List[str]] = SetOpt,
+    data_root: Optional[Path] = DataRootOpt,
+    force: bool = typer.Option(False, "--force", help="Redo even if the prepared data is up to date."),
+) -> None:
+    """Read, label-map, split and write the config's datasets to RUN_DIR/data.
+
+    A no-op when neither the config's data section nor any source file changed.
+    """
+    from knot.data.prepare import format_summary, run_prepare
+    from knot.layout import RunLayout
+
+    cfg = load(config, sets)
+    layout = RunLayout(run_dir(cfg, out))
+    manifest, reasons = guarded(run_prepare, cfg, layout, data_root, force=force)
+    if reasons:
+        typer.echo(f"prepared {layout.data} ({'; '.join(reasons)})")
+    else:
+        typer.echo(f"{layout.data} is up to date (config and sources unchanged); nothing to do")
+    typer.echo(format_summary(manifest))
+
+
+@data_app.command("show")
+def data_show_cmd(
+    config: Path = ConfigArg,
+    out: Optional[Path] = OutOpt,
+    sets: Optional[List[str]] = SetOpt,
+    data_root: Optional[Path] = DataRootOpt,
+) -> None:
+    """Print the domains, splits and label distributions of the prepared data."""
+    from knot.data.prepare import data_status, format_summary, read_manifest
+    from knot.layout import RunLayout
+
+    cfg = load(config, sets)
+    layout = RunLayout(run_dir(cfg, out))
+    manifest = guarded(read_manifest, layout.data)
+    typer.echo(f"{layout.data} (prepared {manifest.get('created', '?')}, seed {manifest.get('seed')})")
+    typer.echo(format_summary(manifest))
+    try:
+        reasons = data_status(cfg, layout, data_root)
+    except (ValueError, OSError) as exc:  # sources not reachable: still show the table
+        typer.echo(f"\n(could not compare with the sources: {exc})")
+        return
+    if reasons:
+        typer.echo(f"\nstale: {'; '.join(reasons)}; run `knot data prepare {config}` again")
+
+
 # ---- train / predict (issue: teachers) --------------------------------------------------
 
 

@@ -211,14 +211,22 @@ class DomainConfig(ConfigBase):
     """One dataset of the experiment and its role.
 
     ``role`` is ``local`` (a teacher's private data), ``global`` (the global model's
-    data), ``transfer`` (the set the teachers label) or ``test`` (evaluation only).
-    ``sources`` are reader specifications (``{"reader": "marc", "path": ..., ...}``),
-    validated by :mod:`knot.data`. ``label_map`` maps raw labels to task labels
-    (``null`` drops a raw label); without it raw labels must already be task labels.
-    ``split`` is ``auto`` (official split where the corpus has one, otherwise seeded
-    stratified 70/10/20), ``official`` or ``random``. ``max_train``/``max_val``/
-    ``max_test`` take stratified subsets after splitting. ``partition`` cuts one corpus
-    into parts by group (``{"parts": 4, "index": 0}``).
+    data), ``transfer`` (the set the teachers label; its labels stay in the prepared
+    files for optional reporting only) or ``test`` (evaluation only).
+    ``sources`` are reader specifications (``{"reader": "marc", "path": ..., ...}``,
+    see :mod:`knot.data.readers`), checked here. ``label_map`` maps raw labels to task
+    labels (``null`` drops a raw label on purpose; a raw label missing from the map is
+    dropped, counted and reported); without it raw labels must already be task labels.
+    ``split`` is ``auto`` (the official split when every source is one official split
+    file, i.e. has ``split: train|val|test``; otherwise seeded stratified
+    ``data.split_ratios``), ``official`` (per-file splits, or per-row ones such as MARC
+    review ids through ``official_splits``) or ``random``. Dialogue corpora are always
+    split by dialogue. ``max_train``/``max_val``/``max_test`` take seeded stratified
+    subsets after splitting. ``partition`` cuts the pooled sources into ``parts`` equal
+    parts by dialogue and keeps part ``index`` (``{"parts": 4, "index": 0}``); domains
+    with the same sources and ``parts`` get disjoint parts. ``require_labels`` lists the
+    labels every split must contain (default: every label the ``label_map`` produces,
+    or every task label without a map; ``[]`` requires none).
     """
 
     name: str = ""
@@ -230,8 +238,11 @@ class DomainConfig(ConfigBase):
     max_val: Union[int, None] = None
     max_test: Union[int, None] = None
     partition: Union[dict[str, Any], None] = None
+    require_labels: Union[list[str], None] = None
 
     def __post_init__(self) -> None:
+        from knot.data.readers import validate_source  # data validates its own specs
+
         _check(bool(self.name), "name: every domain needs a name")
         _check(
             self.role in ("local", "global", "transfer", "test"),
@@ -242,9 +253,23 @@ class DomainConfig(ConfigBase):
             f"split: expected auto, official or random, got {self.split!r}",
         )
         _check(len(self.sources) > 0, "sources: at least one source is needed")
+        for i, spec in enumerate(self.sources):
+            validate_source(spec, where=f"sources[{i}]")
         for key in ("max_train", "max_val", "max_test"):
             v = getattr(self, key)
             _check(v is None or v > 0, f"{key}: expected a positive integer or null")
+        if self.partition is not None:
+            extra = sorted(set(self.partition) - {"parts", "index"})
+            _check(not extra, f"partition.{extra[0] if extra else ''}: unknown key (expected parts, index)")
+            parts, index = self.partition.get("parts"), self.partition.get("index")
+            _check(
+                isinstance(parts, int) and not isinstance(parts, bool) and parts >= 2,
+                f"partition.parts: expected an integer >= 2, got {parts!r}",
+            )
+            _check(
+                isinstance(index, int) and not isinstance(index, bool) and 0 <= index < parts,
+                f"partition.index: expected an integer in 0..{parts - 1}, got {index!r}",
+            )
 
 
 @dataclass
@@ -253,12 +278,16 @@ class DataConfig(ConfigBase):
 
     ``root`` is the folder relative source paths are read from; when null, the
     ``KNOT_DATA`` environment variable is used (see :func:`resolve_data_root`).
+    ``seed`` drives partitions, splits and subsets. ``context_turns`` previous
+    utterances follow each utterance of a dialogue corpus, joined by
+    ``context_separator`` (``" [SEP] "``: a BERT tokenizer reads it as its ``[SEP]``).
     """
 
     root: Union[str, None] = None
     seed: int = 2021
     split_ratios: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
     context_turns: int = 8
+    context_separator: str = " [SEP] "
     domains: list[DomainConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -272,6 +301,15 @@ class DataConfig(ConfigBase):
         names = [d.name for d in self.domains]
         dup = sorted({n for n in names if names.count(n) > 1})
         _check(not dup, f"domains: duplicate domain names {dup}")
+        bad = [n for n in names if not _DOMAIN_NAME.match(n)]
+        _check(
+            not bad,
+            f"domains: name {bad[0] if bad else ''!r} must be letters, digits, '-', '_' or '.' "
+            "(it names a folder)",
+        )
+
+
+_DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass

@@ -1,0 +1,594 @@
+"""Prepare a config's domains: read, map labels, add context, split, write, record.
+
+:func:`prepare_data` writes, inside a run directory (:class:`knot.layout.RunLayout`)::
+
+    data/<domain>/train.jsonl  val.jsonl  test.jsonl     one Example per line
+    data/manifest.json                                   what was done, with hashes
+
+and is a no-op when neither the data part of the config nor any source file changed
+since the last run (the manifest records a hash of the one and the sha256 of the
+others). Every file is written atomically; the old manifest is removed before a redo
+starts, so an interrupted run leaves "not prepared" behind, never a mix.
+
+For each domain, in order:
+
+1. read every source (:mod:`knot.data.readers`) and, for dialogue sources, replace each
+   utterance by utterance + previous turns (:mod:`knot.data.context`);
+2. keep one part if the domain has a ``partition`` (whole dialogues, seeded, stratified);
+3. map raw labels to task labels (:mod:`knot.data.labels`), counting per source file
+   how many rows each raw label had and how many were dropped or unmapped;
+4. split: per-file official splits, or seeded stratified ``data.split_ratios`` by
+   dialogue (:mod:`knot.data.splits`); then the optional ``max_*`` subsets;
+5. check that no split is empty and every required label is in every split.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from knot import __version__
+from knot.config import DomainConfig, ExperimentConfig, resolve_data_root
+from knot.data.context import add_context
+from knot.data.example import Example
+from knot.data.labels import LabelMapper
+from knot.data.readers import SPLITS, Record, read_source, source_files, validate_source
+from knot.data.splits import assign_splits, derive_rng, partition, stratified_subsample
+from knot.layout import RunLayout
+from knot.utils import atomic_path, atomic_write_json, sha256_file, sha256_json
+
+__all__ = [
+    "DATA_FORMAT",
+    "prepare_data",
+    "run_prepare",
+    "load_split",
+    "read_manifest",
+    "data_status",
+    "task_labels",
+    "format_summary",
+]
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the meaning of prepared files changes, so old ones are redone.
+DATA_FORMAT = 1
+
+NOT_PREPARED = "run `knot data prepare CONFIG` first"
+
+
+# ---------------------------------------------------------------------------
+# config-level helpers
+# ---------------------------------------------------------------------------
+
+
+def task_labels(cfg: ExperimentConfig) -> list[str]:
+    """The task's label names, in geometry order (``task.geometry`` / ``task.labels``)."""
+    from knot.geometry import LabelGeometry
+
+    g = LabelGeometry.from_spec(cfg.task.geometry, labels=cfg.task.labels, p=cfg.task.cost_power)
+    return list(g.labels)
+
+
+def _domain_specs(cfg: ExperimentConfig) -> list[list[dict]]:
+    return [
+        [validate_source(s, f"data.domains[{i}].sources[{j}]") for j, s in enumerate(d.sources)]
+        for i, d in enumerate(cfg.data.domains)
+    ]
+
+
+def _check_labels(cfg: ExperimentConfig, labels: list[str]) -> None:
+    """Label maps and required labels must name task labels."""
+    known = set(labels)
+    for i, d in enumerate(cfg.data.domains):
+        for raw, target in (d.label_map or {}).items():
+            if target is not None and target not in known:
+                raise ValueError(
+                    f"data.domains[{i}].label_map.{raw}: {target!r} is not a task label "
+                    f"(task labels: {', '.join(labels)})"
+                )
+        for lab in d.require_labels or []:
+            if lab not in known:
+                raise ValueError(
+                    f"data.domains[{i}].require_labels: {lab!r} is not a task label "
+                    f"(task labels: {', '.join(labels)})"
+                )
+
+
+def _config_hash(cfg: ExperimentConfig, specs: list[list[dict]], labels: list[str]) -> str:
+    d = cfg.data
+    domains = []
+    for dom, dspecs in zip(d.domains, specs):
+        entry = dom.to_dict()
+        entry["sources"] = dspecs
+        domains.append(entry)
+    return sha256_json(
+        {
+            "format": DATA_FORMAT,
+            "seed": d.seed,
+            "split_ratios": d.split_ratios,
+            "context_turns": d.context_turns,
+            "context_separator": d.context_separator,
+            "labels": labels,
+            "domains": domains,
+        }
+    )
+
+
+def _resolver(cfg: ExperimentConfig, data_root: str | os.PathLike | None) -> Callable[[str], Path]:
+    """Map config paths to files: absolute as is, relative under the data root."""
+    root: list[Path] = []
+
+    def resolve(rel: str) -> Path:
+        p = Path(rel).expanduser()
+        if p.is_absolute():
+            return p
+        if not root:
+            r = resolve_data_root(cfg, data_root)
+            if not r.is_dir():
+                raise FileNotFoundError(f"data root {r} does not exist (from --data-root, KNOT_DATA or data.root)")
+            root.append(r)
+        return root[0] / p
+
+    return resolve
+
+
+def _source_hashes(specs: list[list[dict]], resolve: Callable[[str], Path], cfg) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for dom, dspecs in zip(cfg.data.domains, specs):
+        for spec in dspecs:
+            for rel in source_files(spec):
+                if rel in out:
+                    continue
+                path = resolve(rel)
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path}: file not found (a source of domain {dom.name!r})")
+                out[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return out
+
+
+def _staleness(old: dict | None, config_hash: str, sources: dict, data_dir: Path) -> list[str]:
+    """Why prepared data must be redone (empty list: up to date)."""
+    if old is None:
+        return ["not prepared yet"]
+    if old.get("format") != DATA_FORMAT:
+        return [f"prepared with data format {old.get('format')}, this knot writes {DATA_FORMAT}"]
+    reasons = []
+    if old.get("config_hash") != config_hash:
+        reasons.append("the data section of the config changed")
+    old_src = {k: v.get("sha256") for k, v in old.get("sources", {}).items()}
+    for rel, info in sources.items():
+        if rel not in old_src:
+            reasons.append(f"new source {rel}")
+        elif old_src[rel] != info["sha256"]:
+            reasons.append(f"source {rel} changed (sha256 differs)")
+    for name, dom in old.get("domains", {}).items():
+        for split, f in dom.get("files", {}).items():
+            p = data_dir / f["path"]
+            if not p.is_file():
+                reasons.append(f"{p} is missing")
+            elif sha256_file(p) != f["sha256"]:
+                reasons.append(f"{p} was modified")
+    return reasons
+
+
+def _try_manifest(data_dir: Path) -> dict | None:
+    try:
+        return read_manifest(data_dir)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def data_status(
+    cfg: ExperimentConfig, layout: RunLayout, data_root: str | os.PathLike | None = None
+) -> list[str]:
+    """Reasons the run's prepared data does not match the config and sources (empty: up to date)."""
+    labels = task_labels(cfg)
+    specs = _domain_specs(cfg)
+    resolve = _resolver(cfg, data_root)
+    sources = _source_hashes(specs, resolve, cfg)
+    return _staleness(_try_manifest(layout.data), _config_hash(cfg, specs, labels), sources, layout.data)
+
+
+# ---------------------------------------------------------------------------
+# prepare
+# ---------------------------------------------------------------------------
+
+
+def prepare_data(
+    cfg: ExperimentConfig,
+    layout: RunLayout,
+    data_root: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+) -> dict:
+    """Write every domain's train/val/test files and the manifest; return the manifest.
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        Its ``data`` section says what to read and how to split; ``task`` gives the
+        label space.
+    layout : RunLayout
+        Output goes to ``layout.data``.
+    data_root : path, optional
+        Folder relative source paths are read from (else ``KNOT_DATA``, else
+        ``data.root``; see :func:`knot.config.resolve_data_root`).
+    force : bool
+        Redo even when the prepared data is up to date.
+
+    Returns
+    -------
+    dict
+        The manifest (also in ``layout.data / "manifest.json"``): ``domains[name]`` has
+        ``role``, ``split`` (the method used), ``counts`` ``{split: n}``,
+        ``label_counts`` ``{split: {label: n}}``, ``groups`` ``{split: dialogues}``,
+        ``files`` and per source file ``read`` (rows, raw label counts, ``dropped`` and
+        ``unmapped`` per raw label).
+
+    Raises
+    ------
+    FileNotFoundError
+        A source file or the data root does not exist.
+    ValueError
+        A malformed file (file and line named), a label map naming a non-task label,
+        an empty split or a split missing a required label.
+    """
+    return run_prepare(cfg, layout, data_root, force=force)[0]
+
+
+def run_prepare(
+    cfg: ExperimentConfig,
+    layout: RunLayout,
+    data_root: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+) -> tuple[dict, list[str]]:
+    """:func:`prepare_data`, also returning why the data was (re)done.
+
+    Returns
+    -------
+    manifest : dict
+    reasons : list of str
+        Why the data was prepared (``["not prepared yet"]``, ``["source X changed"]``,
+        ``["forced"]``, ...); empty when it was up to date and nothing was written.
+    """
+    data_dir = layout.data
+    labels = task_labels(cfg)
+    _check_labels(cfg, labels)
+    specs = _domain_specs(cfg)
+    resolve = _resolver(cfg, data_root)
+    sources = _source_hashes(specs, resolve, cfg)
+    config_hash = _config_hash(cfg, specs, labels)
+    old = _try_manifest(data_dir)
+    reasons = _staleness(old, config_hash, sources, data_dir)
+    if not reasons and not force:
+        log.info("prepared data in %s is up to date (config and sources unchanged); nothing to do", data_dir)
+        return old, []  # type: ignore[return-value]
+    reasons = reasons or ["forced"]
+    log.info("preparing data in %s: %s", data_dir, "; ".join(reasons))
+    if layout.manifest.exists():
+        layout.manifest.unlink()
+
+    cache: dict[str, tuple[list[Record], dict]] = {}
+    domains: dict[str, dict] = {}
+    for i, (dom, dspecs) in enumerate(
+        tqdm(list(zip(cfg.data.domains, specs)), desc="prepare data", unit="domain", disable=None)
+    ):
+        domains[dom.name] = _prepare_domain(cfg, i, dom, dspecs, labels, resolve, cache, data_dir)
+
+    for name in (old or {}).get("domains", {}):
+        if name not in domains:
+            _remove_domain(data_dir, name)
+    manifest = {
+        "format": DATA_FORMAT,
+        "knot_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seed": cfg.data.seed,
+        "split_ratios": cfg.data.split_ratios,
+        "context_turns": cfg.data.context_turns,
+        "context_separator": cfg.data.context_separator,
+        "labels": labels,
+        "config_hash": config_hash,
+        "data_hash": sha256_json(
+            {n: {s: f["sha256"] for s, f in d["files"].items()} for n, d in domains.items()}
+        ),
+        "sources": sources,
+        "domains": domains,
+    }
+    atomic_write_json(layout.manifest, manifest)
+    log.info("wrote %s", layout.manifest)
+    return manifest, reasons
+
+
+def _remove_domain(data_dir: Path, name: str) -> None:
+    folder = data_dir / name
+    for split in SPLITS:
+        (folder / f"{split}.jsonl").unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _raw_key(label: Any) -> str | None:
+    return ",".join(label) if isinstance(label, tuple) else label
+
+
+def _prepare_domain(
+    cfg: ExperimentConfig,
+    i: int,
+    dom: DomainConfig,
+    dspecs: list[dict],
+    labels: list[str],
+    resolve: Callable[[str], Path],
+    cache: dict,
+    data_dir: Path,
+) -> dict:
+    data = cfg.data
+    where = f"domain {dom.name!r}"
+
+    # 1. read (+ context), pooled over the sources: (record, source index)
+    pool: list[tuple[Record, int]] = []
+    read_stats: dict[str, dict] = {}
+    keys: list[str] = []
+    for j, spec in enumerate(dspecs):
+        turns = data.context_turns if spec["context"] else 0
+        key = sha256_json([spec, turns, data.context_separator])
+        if key not in cache:
+            records, stats = read_source(spec, resolve)
+            if turns:
+                records = add_context(records, turns, data.context_separator)
+            log.debug("read %d rows from %s", len(records), spec["path"])
+            cache[key] = (records, stats)
+        records, stats = cache[key]
+        name = spec["path"] if spec["path"] not in read_stats else f"{spec['path']}#{j}"
+        keys.append(name)
+        read_stats[name] = {"rows": stats["rows"], "filtered": stats["filtered"], "empty": stats["empty"]}
+        pool.extend((r, j) for r in records)
+
+    # 2. partition by dialogue
+    if dom.partition is not None:
+        parts, index = dom.partition["parts"], dom.partition["index"]
+        groups = [r.group for r, _ in pool]
+        raw = [str(_raw_key(r.label)) for r, _ in pool]
+        part = partition(raw, groups, parts, derive_rng(data.seed, "partition", parts))
+        pool = [p for p, k in zip(pool, part) if k == index]
+
+    # 3. labels
+    mappers = [
+        LabelMapper(dom.label_map, labels, multi_label=spec.get("multi_label", "drop")) for spec in dspecs
+    ]
+    kept: list[tuple[Record, int, str | None]] = []
+    in_part = Counter(j for _, j in pool)
+    for rec, j in pool:
+        label = mappers[j](rec.label)
+        if label is None and rec.label is not None:
+            continue
+        kept.append((rec, j, label))
+    for j, (name, m) in enumerate(zip(keys, mappers)):
+        rep = m.report()
+        read_stats[name].update(
+            {"in_domain": in_part[j], "kept": sum(1 for _, k, _ in kept if k == j), **rep}
+        )
+        if rep["unmapped"]:
+            log.warning(
+                "%s: %s: %d row(s) with labels outside the label map dropped: %s",
+                where, name, sum(rep["unmapped"].values()), rep["unmapped"],
+            )
+
+    # 4. split
+    method = dom.split
+    if method == "auto":
+        method = "official" if all(s["split"] for s in dspecs) else "random"
+    if method == "official":
+        split_of = []
+        for rec, j, _ in kept:
+            s = dspecs[j]["split"] or rec.split
+            if s is None:
+                raise ValueError(
+                    f"data.domains[{i}] ({dom.name}): split is official, but source "
+                    f"{dspecs[j]['path']} has no official split (give the source "
+                    f"`split: train|val|test`, or `official_splits` for MARC)"
+                )
+            split_of.append(s)
+    else:
+        grouped = [rec.group for rec, _, _ in kept]
+        assign = assign_splits(
+            [lab for _, _, lab in kept], grouped, data.split_ratios, derive_rng(data.seed, "split")
+        )
+        split_of = [SPLITS[a] for a in assign]
+    by_split: dict[str, list[tuple[Record, int, str | None]]] = {s: [] for s in SPLITS}
+    for item, s in zip(kept, split_of):
+        by_split[s].append(item)
+
+    subsampled = {}
+    for s in SPLITS:
+        cap = getattr(dom, f"max_{s}")
+        if cap is not None and len(by_split[s]) > cap:
+            idx = stratified_subsample(
+                [lab for _, _, lab in by_split[s]], cap, derive_rng(data.seed, "subsample", s)
+            )
+            subsampled[s] = len(by_split[s])
+            by_split[s] = [by_split[s][k] for k in idx]
+
+    # 5. checks
+    labelled = any(lab is not None for _, _, lab in kept)
+    if dom.require_labels is not None:
+        required = list(dom.require_labels)
+    elif dom.label_map is not None:
+        required = sorted({v for v in dom.label_map.values() if v is not None})
+    else:
+        required = list(labels)
+    dropped_total = sum(sum(r["dropped"].values()) + sum(r["unmapped"].values()) for r in read_stats.values())
+    for s in SPLITS:
+        if not by_split[s]:
+            raise ValueError(
+                f"{where}: the {s} split is empty ({len(pool)} rows in the domain, "
+                f"{dropped_total} dropped by the label map, split method {method})"
+            )
+        if labelled and required:
+            present = {lab for _, _, lab in by_split[s]}
+            missing = [lab for lab in required if lab not in present]
+            if missing:
+                raise ValueError(
+                    f"{where}: the {s} split has no example of {', '.join(map(repr, missing))} "
+                    f"(required: {', '.join(required)}; set data.domains[{i}].require_labels "
+                    f"to change which labels every split needs)"
+                )
+
+    # write
+    order = list(labels)
+    files, counts, label_counts, groups = {}, {}, {}, {}
+    for s in SPLITS:
+        items = by_split[s]
+        path = data_dir / dom.name / f"{s}.jsonl"
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+                for rec, _, lab in items:
+                    ex = Example(rec.text, lab, dom.name, rec.group)
+                    fh.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
+        files[s] = {"path": f"{dom.name}/{s}.jsonl", "sha256": sha256_file(path)}
+        counts[s] = len(items)
+        c = Counter(lab for _, _, lab in items)
+        keys_sorted = order + sorted((k for k in c if k not in order), key=lambda k: (k is None, str(k)))
+        label_counts[s] = {str(k): c.get(k, 0) for k in keys_sorted if labelled or k is None}
+        groups[s] = len({rec.group for rec, _, _ in items if rec.group is not None})
+    log.info("%s: %s", dom.name, ", ".join(f"{s} {counts[s]}" for s in SPLITS))
+    return {
+        "role": dom.role,
+        "split": method,
+        "sources": [s["path"] for s in dspecs],
+        "partition": dom.partition,
+        "counts": counts,
+        "label_counts": label_counts,
+        "groups": groups,
+        "subsampled_from": subsampled,
+        "files": files,
+        "read": read_stats,
+    }
+
+
+# ---------------------------------------------------------------------------
+# reading prepared data
+# ---------------------------------------------------------------------------
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict:
+    """The manifest of prepared data in ``data_dir`` (a run's ``data/`` folder).
+
+    Raises ``FileNotFoundError`` saying to run ``knot data prepare CONFIG`` when there is none.
+    """
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{data_dir}: no prepared data (manifest.json missing); {NOT_PREPARED}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); {NOT_PREPARED}") from None
+    if not isinstance(manifest, dict) or "domains" not in manifest:
+        raise ValueError(f"{path}: not a knot data manifest; {NOT_PREPARED}")
+    return manifest
+
+
+def load_split(data_dir: str | os.PathLike, domain: str, split: str) -> list[Example]:
+    """The examples of one domain's split, in file order.
+
+    Parameters
+    ----------
+    data_dir : path
+        A run's prepared-data folder (``layout.data``).
+    domain : str
+        A domain name of the config.
+    split : {"train", "val", "test"}
+
+    Returns
+    -------
+    list of Example
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split: expected train, val or test, got {split!r}")
+    manifest = read_manifest(data_dir)
+    if domain not in manifest["domains"]:
+        have = ", ".join(manifest["domains"]) or "none"
+        raise ValueError(
+            f"domain {domain!r} is not in the prepared data in {data_dir} (domains: {have}); "
+            f"if the config changed, {NOT_PREPARED}"
+        )
+    path = Path(data_dir) / domain / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; {NOT_PREPARED}")
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(Example.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{lineno}: not a prepared example ({exc}); {NOT_PREPARED}") from None
+    return out
+
+
+# ---------------------------------------------------------------------------
+# display
+# ---------------------------------------------------------------------------
+
+
+def format_summary(manifest: dict) -> str:
+    """A plain-text table of domains, splits and label counts, then what was dropped.
+
+    >>> m = {"labels": ["neg", "pos"], "domains": {"a": {"role": "local",
+    ...      "counts": {"train": 3, "val": 1, "test": 1}, "groups": {},
+    ...      "label_counts": {"train": {"neg": 1, "pos": 2}, "val": {"neg": 1, "pos": 0},
+    ...                       "test": {"neg": 0, "pos": 1}},
+    ...      "read": {"a.csv": {"dropped": {"meh": 2}, "unmapped": {}}}}}}
+    >>> print(format_summary(m))
+    domain  role   split  n  dialogues  neg  pos
+    a       local  train  3          -    1    2
+                   val    1          -    1    0
+                   test   1          -    0    1
+    <BLANKLINE>
+    dropped by the label map:
+      a  a.csv: meh 2
+    """
+    labels = list(manifest.get("labels") or [])
+    for dom in manifest["domains"].values():
+        for lc in dom.get("label_counts", {}).values():
+            labels.extend(k for k in lc if k not in labels)
+    header = ["domain", "role", "split", "n", "dialogues", *labels]
+    rows = []
+    for name, dom in manifest["domains"].items():
+        for k, s in enumerate(SPLITS):
+            lc = dom.get("label_counts", {}).get(s, {})
+            n_groups = dom.get("groups", {}).get(s, 0)
+            rows.append(
+                [name if k == 0 else "", dom["role"] if k == 0 else "", s, str(dom["counts"][s]),
+                 str(n_groups) if n_groups else "-", *(str(lc[lab]) if lab in lc else "-" for lab in labels)]
+            )
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    right = {3, 4, *range(5, len(header))}
+
+    def fmt(row: list[str]) -> str:
+        cells = [v.rjust(w) if c in right else v.ljust(w) for c, (v, w) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
+
+    lines = [fmt(header), *(fmt(r) for r in rows)]
+    notes = []
+    for name, dom in manifest["domains"].items():
+        for src, st in dom.get("read", {}).items():
+            parts = []
+            for kind, suffix in (("dropped", ""), ("unmapped", " (not in the label map)")):
+                if st.get(kind):
+                    parts.append(", ".join(f"{lab} {n}" for lab, n in st[kind].items()) + suffix)
+            if parts:
+                notes.append(f"  {name}  {src}: {'; '.join(parts)}")
+    if notes:
+        lines += ["", "dropped by the label map:", *notes]
+    return "\n".join(lines)
