@@ -40,6 +40,7 @@ __all__ = [
     "DistillMethod",
     "DistillConfig",
     "EvalConfig",
+    "FederatedConfig",
     "ExperimentConfig",
     "load_config",
     "apply_overrides",
@@ -487,6 +488,34 @@ class EvalConfig(ConfigBase):
 
 
 @dataclass
+class FederatedConfig(ConfigBase):
+    """Federated teachers (``knot federated run``, :mod:`knot.federated`).
+
+    Each local domain is one client that trains its teacher on its own data and returns
+    only soft labels on the public transfer set. ``min_clients``: valid replies the round
+    needs (null: every local domain). ``timeout``: seconds the server waits for the replies,
+    teacher training included (null: no limit); a client that has not answered by then is
+    skipped. ``connect_timeout``: seconds the server waits for the clients to connect.
+    ``client_cpus``: CPU cores reserved per simulated client. ``evaluate_local``: the server
+    also prepares the local domains from its own data root to score the global model and
+    the students on their test sets (simulation, benchmarks); set false when the server
+    has no local data (results then cover the global and test domains only).
+    """
+
+    min_clients: Union[int, None] = None
+    timeout: Union[float, None] = 3600.0
+    connect_timeout: float = 300.0
+    client_cpus: float = 1.0
+    evaluate_local: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.min_clients is None or self.min_clients >= 1, "min_clients: expected >= 1 or null")
+        _check(self.timeout is None or self.timeout > 0, "timeout: expected > 0 seconds or null")
+        _check(self.connect_timeout > 0, "connect_timeout: expected > 0 seconds")
+        _check(self.client_cpus > 0, "client_cpus: expected > 0")
+
+
+@dataclass
 class ExperimentConfig(ConfigBase):
     """A whole KNOT experiment (see ``configs/`` for documented examples)."""
 
@@ -505,6 +534,7 @@ class ExperimentConfig(ConfigBase):
     bias: BiasConfig = field(default_factory=BiasConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name: expected a non-empty string")
