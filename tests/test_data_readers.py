@@ -257,3 +257,18 @@ def test_invalid_utf8_names_the_line(tmp_path):
 def test_bad_source_specs_name_the_key(spec, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_source(spec, "src")
+
+
+def test_dialogue_ids_are_qualified_by_the_source_path(tmp_path):
+    text = "Utterance,Emotion,Dialogue_ID\nhi,anger,1\n"
+    write(tmp_path / "dyda" / "dev.csv", text)
+    write(tmp_path / "iemocap" / "dev.csv", text)
+    a, _ = read(tmp_path, reader="silicone", path="dyda/dev.csv")
+    b, _ = read(tmp_path, reader="silicone", path="iemocap/dev.csv")
+    assert (a[0].group, b[0].group) == ("dyda/dev.csv:1", "iemocap/dev.csv:1")
+
+
+def test_unclosed_quote_names_the_row_where_it_starts(tmp_path):
+    write(tmp_path / "m.csv", 'Utterance,Emotion,Dialogue_ID\nok,joy,1\n"never closed,joy,1\nmore,joy,1\n')
+    with pytest.raises(ValueError, match=r"m\.csv:3: malformed CSV row \(.*found at line 4\)"):
+        read(tmp_path, reader="silicone", path="m.csv")

@@ -23,7 +23,8 @@ class Example:
     domain : str
         The config name of the domain the example belongs to.
     group : str or None
-        The dialogue (``"<file>:<id>"``) for dialogue corpora, else ``None``.
+        The dialogue (``"<source path>:<id>"``, e.g. ``"silicone/dyda/dev.csv:7"``) for
+        dialogue corpora, else ``None``.
 
     Examples
     --------

@@ -41,7 +41,7 @@ import gzip
 import json
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -69,7 +69,9 @@ class Record:
 
     ``label`` is the raw label as a string, a tuple of strings for a multi-label row
     (GoEmotions), or ``None`` when the source has no labels. ``group`` names the
-    dialogue (``"<file name>:<id>"``) and ``order`` sorts utterances inside it.
+    dialogue and ``order`` sorts utterances inside it; readers yield the corpus's own
+    dialogue id and :func:`read_source` makes it ``"<source path>:<id>"``, since ids
+    repeat across files (DailyDialog dev and test both count from 1).
     ``split`` is the official split of this very row when the reader knows it from the
     row itself (MARC review ids), else ``None``.
     """
@@ -173,7 +175,9 @@ def iter_csv(
         except StopIteration:
             break
         except csv.Error as exc:
-            raise ValueError(f"{path}:{max(start, state['line'])}: malformed CSV row ({exc})") from None
+            seen = state["line"]
+            at = f", found at line {seen}" if seen > start else ""
+            raise ValueError(f"{path}:{start}: malformed CSV row ({exc}{at})") from None
         end = state["line"]
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
@@ -352,7 +356,7 @@ def _csv_dialogue(
     for lineno, row in iter_csv(path, require=require):
         gid = group_fmt([row[c].strip() for c in group_cols])
         order = _number(row[order_col], path, lineno, order_col) if order_col else float(lineno)
-        yield Record(row[text_col].strip(), _label_str(row[label_col]), f"{path.name}:{gid}", lineno, order)
+        yield Record(row[text_col].strip(), _label_str(row[label_col]), gid, lineno, order)
 
 
 @_register("meld", options={"label_column": ((str,), "Emotion")}, dialogue=True)
@@ -499,7 +503,7 @@ def _generic_record(row: dict, opts: dict, path: Path, lineno: int) -> Record:
     text = _text(raw_text if raw_text is None or isinstance(raw_text, str) else str(raw_text),
                  path, lineno, opts["text"])
     label = _label_str(row[opts["label"]]) if opts["label"] else None
-    group = f"{path.name}:{row[opts['group']]}" if opts["group"] else None
+    group = str(row[opts["group"]]).strip() if opts["group"] else None
     order = _number(row[opts["order"]], path, lineno, opts["order"]) if opts["order"] else float(lineno)
     return Record(text, label, group, lineno, order)
 
@@ -606,7 +610,8 @@ def read_source(spec: dict, resolve: Callable[[str], Path]) -> tuple[list[Record
     Returns
     -------
     records : list of Record
-        The rows in file order (filtered rows and skipped empty texts left out).
+        The rows in file order (filtered rows and skipped empty texts left out);
+        dialogue ids qualified by the source path (``"meld/dev_sent_emo.csv:12"``).
     stats : dict
         ``{"rows": kept rows, "filtered": rows outside category, "empty": skipped empty}``.
     """
@@ -616,6 +621,8 @@ def read_source(spec: dict, resolve: Callable[[str], Path]) -> tuple[list[Record
     stats: dict[str, int] = {"filtered": 0, "empty": 0}
     records = []
     for rec in READERS[spec["reader"]].fn(path, spec, resolve, stats):
+        if rec.group is not None:
+            rec = replace(rec, group=f"{spec['path']}:{rec.group}")
         if not rec.text:
             if spec["empty"] == "skip":
                 stats["empty"] += 1
