@@ -146,6 +146,102 @@ def data_show_cmd(
 # ---- train / predict (issue: teachers) --------------------------------------------------
 
 
+@app.command("train")
+def train_cmd(
+    config: Path = ConfigArg,
+    role: str = typer.Option(
+        ..., "--role", help="local: one teacher per local domain; global: the global model."
+    ),
+    domain: Optional[str] = typer.Option(
+        None, "--domain", help="Train only this local domain's teacher."
+    ),
+    out: Optional[Path] = OutOpt,
+    sets: Optional[List[str]] = SetOpt,
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue each model after its last completed epoch."
+    ),
+    data_root: Optional[Path] = DataRootOpt,
+) -> None:
+    """Train the local teachers or the global model (data is prepared first if needed)."""
+    from knot.layout import RunLayout
+    from knot.teachers import train_teacher
+    from knot.utils import atomic_write_text
+
+    if role not in ("local", "global"):
+        _fail(f"--role: expected local or global, got {role!r}")
+    cfg = load(config, sets)
+    layout = RunLayout(run_dir(cfg, out))
+    guarded(atomic_write_text, layout.config, cfg.to_yaml())
+    result = guarded(
+        train_teacher, cfg, layout, role=role, domain=domain, resume=resume, data_root=data_root
+    )
+    for name, info in result["models"].items():
+        m = info["best_metrics"]
+        shown = ", ".join(
+            f"{k} {m[k]:.4f}" for k in ("macro_f1", "accuracy", "semantic_distance") if k in m
+        )
+        typer.echo(
+            f"{name}: best epoch {info['best_epoch']} ({shown}) -> {info['checkpoint']}"
+        )
+
+
+@app.command("predict")
+def predict_cmd(
+    checkpoint: Path = typer.Argument(
+        ..., help="A checkpoint folder (or a training folder such as RUN/teachers/<domain>)."
+    ),
+    texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify."),
+    file: Optional[Path] = typer.Option(
+        None, "--file", help="A UTF-8 text file, one text per line (blank lines skipped)."
+    ),
+    batch_size: int = typer.Option(128, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or mps."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """Print each text's label, class probabilities and expected coordinate."""
+    import json
+
+    import numpy as np
+
+    from knot.models import load as load_model
+    from knot.utils import resolve_device
+
+    items = list(texts or [])
+    if file is not None:
+        try:
+            lines = file.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"{file}: cannot read ({exc})")
+        items += [line for line in lines if line.strip()]
+    if not items:
+        _fail("nothing to predict: give texts or --file")
+    model = guarded(load_model, checkpoint, device=resolve_device(device))
+    probs = model.predict_proba(items, batch_size=batch_size)  # (N, K)
+    coords = model.geometry.coords.numpy()  # (K, D)
+    expected = probs.astype(np.float64) @ coords  # (N, D)
+    labels = model.labels
+    for text, p, e in zip(items, probs, expected):
+        label = labels[int(p.argmax())]
+        coord = [round(float(x), 4) for x in e]
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "text": text,
+                        "label": label,
+                        "probs": {lab: round(float(v), 6) for lab, v in zip(labels, p)},
+                        "expected_coord": coord,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        else:
+            shown = " ".join(f"{lab}:{v:.3f}" for lab, v in zip(labels, p))
+            c = coord[0] if len(coord) == 1 else coord
+            snippet = text if len(text) <= 60 else text[:57] + "..."
+            typer.echo(f"{label}\t{shown}\tE[coord]={c}\t{snippet}")
+
+
 # ---- soft-labels / bias / distill / evaluate (issue: distillation) ---------------------
 
 

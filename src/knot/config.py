@@ -344,6 +344,11 @@ class TrainConfig(ConfigBase):
     ``loss`` is ``ce`` or ``ot+ce`` for teachers (``ot_weight`` weighs the OT term);
     students take their loss from :class:`DistillMethod`. ``max_steps`` caps the
     optimiser steps per epoch (quick runs).
+    ``label_smoothing`` smooths the OT target of ``ot+ce`` (the cross-entropy term uses
+    the gold label). ``warmup_ratio`` warms the rate up linearly over that fraction of
+    all steps, then keeps it constant. ``early_stopping_patience`` stops after that many
+    epochs without a better validation score. ``group_by_length`` batches texts of
+    similar length (less padding); each batch is padded to its longest text.
     """
 
     epochs: int = 10

@@ -1,0 +1,262 @@
+"""Local teachers and the global model: :func:`train_teacher`.
+
+Each local-role domain of the config gets its own teacher, trained on that domain's
+prepared ``train`` split and selected on its ``val`` split; the global model is trained
+on the global-role domain(s) (their splits concatenated). All of them are the same
+:class:`~knot.models.KnotClassifier`, trained by :func:`knot.training.fit` with the
+cross-entropy loss (``ce``) or the reference's local OT variant (``ot+ce``) over the
+task geometry, and selected by validation macro-F1.
+
+Outputs (``RunLayout``)::
+
+    RUN/teachers/<domain>/   best/ (checkpoint), last/ (resume state), metrics.jsonl
+    RUN/global/              the same for the global model
+    RUN/cache/tokens/        tokenised splits (reused by later stages)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from knot.utils import resolve_device, set_seed
+
+__all__ = ["train_teacher", "teacher_loss", "token_cache_dir", "labelled_split"]
+
+log = logging.getLogger(__name__)
+
+
+def token_cache_dir(layout) -> Path:
+    """Where tokenised splits of a run are cached (``RUN/cache/tokens``)."""
+    return Path(layout.root) / "cache" / "tokens"
+
+
+def task_geometry(cfg):
+    """The task's :class:`~knot.geometry.LabelGeometry` from ``cfg.task``."""
+    from knot.geometry import LabelGeometry
+
+    return LabelGeometry.from_spec(cfg.task.geometry, labels=cfg.task.labels, p=cfg.task.cost_power)
+
+
+def teacher_loss(train_cfg, geometry) -> Callable[[torch.Tensor, dict], torch.Tensor]:
+    """``loss_fn(logits, batch)`` for hard labels (``batch["target"]``, LongTensor (B,)).
+
+    Both losses are :func:`knot.losses.ot_ce_loss` over the task geometry: ``ce`` is its
+    cross-entropy term alone (``ot_weight`` 0); ``ot+ce`` is the reference's local OT
+    variant, ``ot_weight`` times the OT cost to the label smoothed by
+    ``label_smoothing``, plus the cross-entropy.
+    """
+    from knot.losses import ot_ce_loss
+
+    if train_cfg.loss not in ("ce", "ot+ce"):
+        raise ValueError(f"loss: expected ce or ot+ce, got {train_cfg.loss!r}")
+    smoothing = train_cfg.label_smoothing
+    weight = 0.0 if train_cfg.loss == "ce" else train_cfg.ot_weight
+
+    def loss_fn(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        return ot_ce_loss(logits, batch["target"], geometry, smoothing=smoothing, ot_weight=weight)
+
+    return loss_fn
+
+
+def labelled_split(layout, domain: str, split: str, geometry) -> tuple[list[str], torch.Tensor]:
+    """Texts and class indices (LongTensor (N,)) of one prepared split.
+
+    Raises ``ValueError`` naming the domain and split for unlabelled rows or labels
+    outside the task's label space.
+    """
+    from knot.data import load_split
+
+    examples = load_split(layout.data, domain, split)
+    texts, targets = [], []
+    for i, ex in enumerate(examples):
+        if ex.label is None:
+            raise ValueError(f"{domain}/{split}: example {i + 1} has no label; teachers need labels")
+        try:
+            targets.append(geometry.index(ex.label))
+        except ValueError as exc:
+            raise ValueError(f"{domain}/{split}: example {i + 1}: {exc}") from None
+        texts.append(ex.text)
+    if not texts:
+        raise ValueError(f"{domain}/{split}: the split is empty")
+    return texts, torch.tensor(targets, dtype=torch.long)
+
+
+def _ensure_data(cfg, layout, data_root) -> None:
+    """Prepare the data when it is missing (or when a data root is given: a no-op if unchanged)."""
+    if data_root is None and Path(layout.manifest).is_file():
+        return
+    from knot.config import resolve_data_root
+    from knot.data import prepare_data
+
+    root = resolve_data_root(cfg, data_root)
+    log.info("preparing data from %s into %s", root, layout.data)
+    prepare_data(cfg, layout, root)
+
+
+def _train_one(
+    cfg,
+    layout,
+    *,
+    name: str,
+    role: str,
+    domains: list[str],
+    train_cfg,
+    out_dir: Path,
+    geometry,
+    device,
+    resume: bool,
+) -> dict:
+    from knot.batching import TextDataset, make_loader
+    from knot.models import build_model
+    from knot.training import fit
+
+    tr_texts, tr_y, va_texts, va_y = [], [], [], []
+    for d in domains:
+        t, y = labelled_split(layout, d, "train", geometry)
+        tr_texts += t
+        tr_y.append(y)
+        t, y = labelled_split(layout, d, "val", geometry)
+        va_texts += t
+        va_y.append(y)
+    train_targets, val_targets = torch.cat(tr_y), torch.cat(va_y)
+
+    set_seed(cfg.seed)
+    model = build_model(cfg.model, geometry)
+    cache = token_cache_dir(layout)
+    max_len = cfg.model.max_length
+    train_ds = TextDataset(tr_texts, model.tokenizer, max_len, train_targets, cache_dir=cache, name=f"{name}-train")
+    val_ds = TextDataset(va_texts, model.tokenizer, max_len, val_targets, cache_dir=cache, name=f"{name}-val")
+    train_loader = make_loader(
+        train_ds, train_cfg.batch_size, shuffle=True, group_by_length=train_cfg.group_by_length, seed=cfg.seed
+    )
+    val_loader = make_loader(val_ds, train_cfg.eval_batch_size, shuffle=False, group_by_length=True)
+    log.info(
+        "training %s %s on %s: %d train / %d val examples, encoder %s, %s on %s",
+        role,
+        name,
+        ", ".join(domains),
+        len(train_ds),
+        len(val_ds),
+        cfg.model.encoder,
+        train_cfg.loss,
+        device,
+    )
+    result = fit(
+        model,
+        teacher_loss(train_cfg, geometry),
+        train_loader,
+        val_loader,
+        train_cfg,
+        out_dir=out_dir,
+        select_by="macro_f1",
+        device=device,
+        seed=cfg.seed,
+        resume=resume,
+        metadata={
+            "role": role,
+            "name": name,
+            "domains": domains,
+            "n_train": len(train_ds),
+            "n_val": len(val_ds),
+            "model": cfg.model.to_dict(),
+            "task": cfg.task.to_dict(),
+            "experiment": cfg.name,
+        },
+    )
+    return {
+        "checkpoint": str(result.best_dir),
+        "domains": domains,
+        "n_train": len(train_ds),
+        "n_val": len(val_ds),
+        **result.to_dict(),
+    }
+
+
+def train_teacher(
+    cfg,
+    layout,
+    role: str = "local",
+    domain: str | None = None,
+    resume: bool = False,
+    *,
+    data_root: Any = None,
+) -> dict:
+    """Train the local teachers (one per local domain, or only ``domain``) or the global model.
+
+    Parameters
+    ----------
+    cfg : knot.config.ExperimentConfig
+        ``cfg.local`` / ``cfg.global_model`` give the training settings, ``cfg.model``
+        the classifier, ``cfg.task`` the geometry, ``cfg.seed`` and ``cfg.device``.
+    layout : knot.layout.RunLayout
+        Reads ``layout.data`` (prepared first when missing); writes
+        ``layout.teacher(domain)`` or ``layout.global_model``.
+    role : {"local", "global"}
+    domain : str, optional
+        Only this local domain.
+    resume : bool
+        Continue each model after its last completed epoch.
+    data_root : path, optional
+        Data root for preparing the data (``--data-root``).
+
+    Returns
+    -------
+    dict
+        ``{"role": ..., "models": {name: {"checkpoint", "n_train", "best_metrics", ...}}}``;
+        the global model's name is ``global``.
+    """
+    if role not in ("local", "global"):
+        raise ValueError(f"role: expected local or global, got {role!r}")
+    if role == "global" and domain is not None:
+        raise ValueError("--domain selects one local teacher; it cannot be used with --role global")
+    if role == "local":
+        names = [d.name for d in cfg.domains("local")]
+        if not names:
+            raise ValueError("the config has no domain with role local")
+        if domain is not None:
+            if domain not in names:
+                known = [d.name for d in cfg.data.domains]
+                why = "is not a local domain" if domain in known else "is not a domain of the config"
+                raise ValueError(f"--domain {domain}: {why} (local domains: {', '.join(names)})")
+            names = [domain]
+    else:
+        gnames = [d.name for d in cfg.domains("global")]
+        if not gnames:
+            raise ValueError("the config has no domain with role global")
+
+    _ensure_data(cfg, layout, data_root)
+    geometry = task_geometry(cfg)
+    device = resolve_device(cfg.device)
+    models: dict[str, dict] = {}
+    if role == "local":
+        for name in names:
+            models[name] = _train_one(
+                cfg,
+                layout,
+                name=name,
+                role="local",
+                domains=[name],
+                train_cfg=cfg.local,
+                out_dir=layout.teacher(name),
+                geometry=geometry,
+                device=device,
+                resume=resume,
+            )
+    else:
+        models["global"] = _train_one(
+            cfg,
+            layout,
+            name="global",
+            role="global",
+            domains=gnames,
+            train_cfg=cfg.global_model,
+            out_dir=layout.global_model,
+            geometry=geometry,
+            device=device,
+            resume=resume,
+        )
+    return {"role": role, "models": models}

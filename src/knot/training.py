@@ -1,0 +1,590 @@
+"""Generic training loop: model, loss, loaders, :class:`~knot.config.TrainConfig` -> :class:`TrainResult`.
+
+:func:`fit` never looks at what the targets are: the loss is a function
+``loss_fn(logits, batch) -> scalar`` of the model's logits and the whole batch dict, so
+the same loop trains teachers on hard labels (``batch["target"]`` LongTensor) and
+students on soft labels (``batch["target"]`` FloatTensor (B, T, K), ...).
+
+What ``fit(..., out_dir=D)`` writes::
+
+    D/best/           best checkpoint so far (knot.models.save_checkpoint)
+    D/last/           resumable state after the last completed epoch: model.safetensors,
+                      trainer.pt (optimizer, scheduler, torch RNG; read with
+                      weights_only=True) and state.json (epoch, history, selection state)
+    D/metrics.jsonl   one JSON object per completed epoch
+
+``knot.models.load(D)`` loads ``D/best``. With ``resume=True`` training continues after
+the last completed epoch and ends with the same weights as an uninterrupted run (same
+seed, same device): each epoch's batch order depends only on ``(seed, epoch)`` and the
+RNG states are restored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from knot.models import atomic_dir, save_checkpoint
+from knot.utils import atomic_write_text, set_seed, sha256_json
+
+__all__ = [
+    "TrainResult",
+    "fit",
+    "evaluate",
+    "predict_loader",
+    "make_optimizer",
+    "make_scheduler",
+    "LOWER_IS_BETTER",
+]
+
+log = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = {"loss", "semantic_distance", "expected_cost"}
+
+LossFn = Callable[[torch.Tensor, dict], torch.Tensor]
+EvalFn = Callable[[np.ndarray, np.ndarray, Any], dict]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns.
+
+    Attributes
+    ----------
+    best_metrics : dict
+        Validation metrics of the selected epoch.
+    history : list of dict
+        One entry per completed epoch (also in ``out_dir/metrics.jsonl``).
+    best_dir : Path
+        The best checkpoint (``out_dir/best``).
+    best_epoch : int
+        1-based epoch of the best checkpoint.
+    stopped_early : bool
+    """
+
+    best_metrics: dict
+    history: list[dict]
+    best_dir: Path
+    best_epoch: int
+    stopped_early: bool = False
+    resumed_from: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "best_metrics": self.best_metrics,
+            "best_epoch": self.best_epoch,
+            "best_dir": str(self.best_dir),
+            "stopped_early": self.stopped_early,
+            "epochs_completed": len(self.history),
+            "resumed_from": self.resumed_from,
+        }
+
+
+# ---------------------------------------------------------------------------
+# optimiser and schedule
+# ---------------------------------------------------------------------------
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; biases and normalisation weights (1-D parameters) get no weight decay.
+
+    Build it after moving the model to its device (the fused kernel is chosen there).
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    params = decay + no_decay
+    # The fused kernel is several times faster (a large embedding matrix dominates the
+    # step on CPU) and exists for floating-point parameters on CPU and CUDA.
+    fused = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
+    )
+    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_ratio * total_steps`` steps, then a constant rate.
+
+    >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    >>> sched = make_scheduler(opt, total_steps=10, warmup_ratio=0.3)
+    >>> rates = []
+    >>> for _ in range(5):
+    ...     rates.append(round(sched.get_last_lr()[0], 3)); opt.step(); sched.step()
+    >>> rates
+    [0.333, 0.667, 1.0, 1.0, 1.0]
+    """
+    warmup = int(math.ceil(warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    non_blocking = device.type == "cuda"
+    return {
+        k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
+        for k, v in batch.items()
+    }
+
+
+@torch.inference_mode()
+def predict_loader(
+    model: torch.nn.Module,
+    loader: Iterable[dict],
+    device: torch.device,
+    loss_fn: LossFn | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """Probabilities for every item of ``loader``, in dataset order.
+
+    Returns
+    -------
+    probs : np.ndarray (N, K) float32
+    targets : np.ndarray (N, ...) or None
+        The batches' ``target`` entries, in dataset order.
+    loss : float or None
+        Mean of ``loss_fn`` over items (batch losses weighted by batch size).
+    """
+    was_training = model.training
+    model.eval()
+    probs_parts, target_parts, index_parts = [], [], []
+    loss_sum, n_seen = 0.0, 0
+    try:
+        for batch in loader:
+            batch = _to_device(batch, device)
+            logits = model(batch["input_ids"], batch["attention_mask"])  # (B, K)
+            b = logits.shape[0]
+            if loss_fn is not None:
+                loss_sum += float(loss_fn(logits, batch)) * b
+            n_seen += b
+            probs_parts.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+            if "target" in batch:
+                target_parts.append(batch["target"].cpu().numpy())
+            if "index" in batch:
+                index_parts.append(batch["index"].cpu().numpy())
+    finally:
+        model.train(was_training)
+    k = getattr(model, "num_labels", None)
+    probs = np.concatenate(probs_parts) if probs_parts else np.zeros((0, k or 0), np.float32)
+    targets = np.concatenate(target_parts) if target_parts else None
+    if index_parts:
+        index = np.concatenate(index_parts)
+        order = np.argsort(index, kind="stable")
+        probs = probs[order]
+        if targets is not None:
+            targets = targets[order]
+    loss = loss_sum / n_seen if (loss_fn is not None and n_seen) else None
+    return probs, targets, loss
+
+
+def _default_eval(probs: np.ndarray, targets: np.ndarray | None, geometry: Any) -> dict:
+    """Classification metrics when the targets are class indices; nothing otherwise."""
+    if targets is None or targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
+        return {}
+    from knot.metrics import evaluate_probs
+
+    return dict(evaluate_probs(probs, targets, geometry))
+
+
+def evaluate(
+    model: torch.nn.Module,
+    loader: Iterable[dict],
+    device: torch.device,
+    loss_fn: LossFn | None = None,
+    eval_fn: EvalFn | None = None,
+) -> dict:
+    """Validation metrics: ``loss`` (when ``loss_fn`` is given) plus ``eval_fn``'s metrics.
+
+    ``eval_fn(probs (N, K), targets (N, ...), geometry) -> dict``; by default
+    :func:`knot.metrics.evaluate_probs` when the targets are class indices.
+    """
+    probs, targets, loss = predict_loader(model, loader, device, loss_fn)
+    fn = eval_fn or _default_eval
+    metrics = {k: _plain_number(v) for k, v in fn(probs, targets, getattr(model, "geometry", None)).items()}
+    metrics.setdefault("n", int(probs.shape[0]))
+    if loss is not None:
+        metrics["loss"] = loss
+    return metrics
+
+
+def _plain_number(v: Any) -> Any:
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return v.item()
+    return v
+
+
+# ---------------------------------------------------------------------------
+# resumable state
+# ---------------------------------------------------------------------------
+
+
+def _rng_state() -> tuple[dict, dict]:
+    py = random.getstate()
+    npst = np.random.get_state()
+    json_part = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
+    }
+    tensor_part = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensor_part["cuda"] = torch.cuda.get_rng_state_all()
+    return json_part, tensor_part
+
+
+def _set_rng_state(json_part: dict, tensor_part: dict) -> None:
+    py = json_part["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = json_part["numpy"]
+    np.random.set_state((npst[0], np.asarray(npst[1], dtype=np.uint32), npst[2], npst[3], npst[4]))
+    torch.set_rng_state(tensor_part["torch"])
+    if "cuda" in tensor_part and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(tensor_part["cuda"])
+
+
+def _save_last(out_dir: Path, model, optimizer, scheduler, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    json_rng, tensor_rng = _rng_state()
+    with atomic_dir(out_dir / "last") as tmp:
+        weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": tensor_rng},
+            tmp / "trainer.pt",
+        )
+        (tmp / "state.json").write_text(
+            json.dumps({**state, "rng": json_rng}, default=str) + "\n", encoding="utf-8"
+        )
+
+
+def _peek_state(out_dir: Path) -> dict:
+    file = out_dir / "last" / "state.json"
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file}: corrupt resume state ({exc})") from None
+
+
+def _load_last(out_dir: Path, model, optimizer, scheduler) -> dict:
+    from safetensors.torch import load_file
+
+    last = out_dir / "last"
+    for name in ("state.json", "model.safetensors", "trainer.pt"):
+        if not (last / name).is_file():
+            raise FileNotFoundError(f"{last / name}: resume state incomplete")
+    try:
+        state = json.loads((last / "state.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{last / 'state.json'}: corrupt resume state ({exc})") from None
+    try:
+        weights = load_file(str(last / "model.safetensors"))
+    except Exception as exc:
+        raise ValueError(f"{last / 'model.safetensors'}: corrupt resume weights ({exc})") from None
+    try:
+        trainer = torch.load(last / "trainer.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{last / 'trainer.pt'}: corrupt resume state ({exc})") from None
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ValueError(f"{last / 'model.safetensors'}: does not fit this model ({exc})") from None
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    _set_rng_state(state.pop("rng"), trainer["rng"])
+    return state
+
+
+def _write_history(out_dir: Path, history: list[dict]) -> None:
+    text = "".join(json.dumps(h, default=str) + "\n" for h in history)
+    atomic_write_text(out_dir / "metrics.jsonl", text)
+
+
+def _better(value: float, best: float | None, lower: bool) -> bool:
+    if best is None:
+        return True
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return value < best if lower else value > best
+
+
+# ---------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------
+
+
+def fit(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    train_loader,
+    val_loader,
+    train_cfg,
+    *,
+    out_dir,
+    select_by: str = "macro_f1",
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    eval_fn: EvalFn | None = None,
+    metadata: dict | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train ``model`` with AdamW, evaluate each epoch, keep the best checkpoint.
+
+    Parameters
+    ----------
+    model : KnotClassifier (any module ``(input_ids, attention_mask) -> logits (B, K)``
+        that :func:`knot.models.save_checkpoint` can save)
+    loss_fn : callable
+        ``loss_fn(logits (B, K), batch) -> scalar tensor``; ``batch`` is the loader's
+        dict moved to ``device``.
+    train_loader, val_loader : loaders from :func:`knot.batching.make_loader`
+        ``val_loader`` may be None: then every epoch is kept as the best.
+    train_cfg : knot.config.TrainConfig
+        ``epochs``, ``lr``, ``weight_decay``, ``warmup_ratio``, ``grad_clip``,
+        ``early_stopping_patience`` (epochs without improvement), ``max_steps`` (per epoch).
+    out_dir : path
+        Training folder (see the module docstring).
+    select_by : str
+        Validation metric that picks the best epoch: ``loss`` (``loss_fn`` on the val
+        batches), ``semantic_distance``, ``expected_cost`` (lower is better) or any other
+        metric (higher is better, e.g. ``macro_f1``, ``accuracy``).
+    device : optional
+        Default: where the model is.
+    seed : int
+        Seeds torch/NumPy/Python at the start and fixes each epoch's batch order.
+    resume : bool
+        Continue after the last completed epoch in ``out_dir/last``.
+    eval_fn : callable, optional
+        ``eval_fn(probs (N, K), targets (N, ...), geometry) -> dict`` of validation
+        metrics; default :func:`knot.metrics.evaluate_probs` for class-index targets.
+    metadata : dict, optional
+        Extra entries for the checkpoint's ``config.json`` (role, domain, n_train, ...).
+    progress : bool, optional
+        Progress bar; default: only on a terminal.
+
+    Returns
+    -------
+    TrainResult
+        The model is left holding the best checkpoint's weights.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    lower = select_by in LOWER_IS_BETTER
+    epochs = train_cfg.epochs
+    steps_per_epoch = len(train_loader)
+    if train_cfg.max_steps is not None:
+        steps_per_epoch = min(steps_per_epoch, train_cfg.max_steps)
+    if steps_per_epoch == 0:
+        raise ValueError("fit: the training set is empty")
+    cfg_dict = train_cfg.to_dict() if hasattr(train_cfg, "to_dict") else dict(vars(train_cfg))
+
+    model.to(device)
+    optimizer = make_optimizer(model, train_cfg.lr, train_cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, epochs * steps_per_epoch, train_cfg.warmup_ratio)
+
+    history: list[dict] = []
+    best_value: float | None = None
+    best_epoch = 0
+    best_metrics: dict = {}
+    bad_epochs = 0
+    stopped = False
+    start_epoch = 0
+    # What must not change for a resume to continue the same training (epochs and
+    # patience may: a finished run can be extended).
+    fingerprint = sha256_json(
+        {
+            "train": {k: v for k, v in cfg_dict.items() if k not in ("epochs", "early_stopping_patience")},
+            "metadata": metadata or {},
+            "select_by": select_by,
+            "seed": seed,
+        }
+    )
+    state = None
+    if resume and (out_dir / "last" / "state.json").is_file():
+        saved = _peek_state(out_dir)
+        if saved.get("fingerprint") != fingerprint:
+            log.warning(
+                "%s: the saved state was trained with other settings (model, data, loss or "
+                "optimiser); starting again from epoch 1",
+                out_dir / "last",
+            )
+        else:
+            state = _load_last(out_dir, model, optimizer, scheduler)
+    elif resume:
+        log.info("%s: nothing to resume, starting from epoch 1", out_dir)
+    if state is not None:
+        start_epoch = int(state["epoch"])
+        history = list(state["history"])
+        best_value, best_epoch = state["best_value"], int(state["best_epoch"])
+        best_metrics = dict(state["best_metrics"])
+        bad_epochs = int(state["bad_epochs"])
+        stopped = bool(state.get("stopped", False))
+        patience = train_cfg.early_stopping_patience
+        if stopped and (patience is None or bad_epochs < patience):
+            stopped = False  # patience was raised: carry on
+        log.info("resuming %s after epoch %d", out_dir, start_epoch)
+    else:
+        set_seed(seed)
+    resumed_from = start_epoch
+
+    sampler = getattr(train_loader, "batch_sampler", None)
+    for epoch in range(start_epoch, epochs):
+        if stopped:
+            break
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum, n_items, n_steps = 0.0, 0, 0
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            disable=(not progress) if progress is not None else None,
+            leave=False,
+            unit="step",
+        )
+        try:
+            for batch in train_loader:
+                if n_steps >= steps_per_epoch:
+                    break
+                batch = _to_device(batch, device)
+                logits = model(batch["input_ids"], batch["attention_mask"])  # (B, K)
+                loss = loss_fn(logits, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"fit: loss is {float(loss.detach())} at epoch {epoch + 1}, step {n_steps + 1} "
+                        f"({out_dir}); try a lower lr"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if train_cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                b = logits.shape[0]
+                loss_sum += float(loss.detach()) * b
+                n_items += b
+                n_steps += 1
+                elapsed = time.perf_counter() - t0
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / n_items:.4f}", sps=f"{n_items / max(elapsed, 1e-9):.0f}")
+        finally:
+            bar.close()
+        train_seconds = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(n_items, 1),
+            "train_samples": n_items,
+            "train_steps": n_steps,
+            "train_seconds": round(train_seconds, 3),
+            "samples_per_s": n_items / max(train_seconds, 1e-9),
+            "lr": scheduler.get_last_lr()[0],
+        }
+        if val_loader is not None:
+            val = evaluate(model, val_loader, device, loss_fn, eval_fn)
+            if select_by not in val:
+                raise ValueError(
+                    f"fit: select_by={select_by!r} is not a validation metric "
+                    f"(have: {', '.join(sorted(val))})"
+                )
+            value = val[select_by]
+        else:
+            val, value = {}, None
+        record["val"] = val
+        improved = val_loader is None or _better(value, best_value, lower)
+        record["best"] = improved
+        if improved:
+            best_value, best_epoch, best_metrics, bad_epochs = value, epoch + 1, val, 0
+            save_checkpoint(
+                model,
+                out_dir / "best",
+                {
+                    **(metadata or {}),
+                    "train": cfg_dict,
+                    "metrics": val,
+                    "epoch": epoch + 1,
+                    "select_by": select_by,
+                    "seed": seed,
+                },
+            )
+        else:
+            bad_epochs += 1
+        history.append(record)
+        patience = train_cfg.early_stopping_patience
+        if patience is not None and bad_epochs >= patience and epoch + 1 < epochs:
+            stopped = True
+        _save_last(
+            out_dir,
+            model,
+            optimizer,
+            scheduler,
+            {
+                "epoch": epoch + 1,
+                "history": history,
+                "best_value": best_value,
+                "best_epoch": best_epoch,
+                "best_metrics": best_metrics,
+                "bad_epochs": bad_epochs,
+                "stopped": stopped,
+                "select_by": select_by,
+                "seed": seed,
+                "train": cfg_dict,
+                "fingerprint": fingerprint,
+            },
+        )
+        _write_history(out_dir, history)
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in val.items() if isinstance(v, float))
+        log.info(
+            "epoch %d/%d: train_loss=%.4f, %.0f samples/s%s%s",
+            epoch + 1,
+            epochs,
+            record["train_loss"],
+            record["samples_per_s"],
+            f"; val {shown}" if shown else "",
+            " (best)" if improved else "",
+        )
+        if stopped:
+            log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, best_epoch)
+
+    best_dir = out_dir / "best"
+    if (best_dir / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(best_dir / "model.safetensors")), strict=False)
+    return TrainResult(
+        best_metrics=best_metrics,
+        history=history,
+        best_dir=best_dir,
+        best_epoch=best_epoch,
+        stopped_early=stopped,
+        resumed_from=resumed_from,
+    )
