@@ -1,0 +1,433 @@
+"""Label geometry: ordered label names with coordinates, and the ground cost between them.
+
+One :class:`LabelGeometry` drives both the OT distillation loss (:mod:`knot.losses`) and the
+geometric metrics (:mod:`knot.metrics`), so coordinates are written down exactly once.
+
+The ground cost between labels :math:`i` and :math:`j` is the Euclidean distance between
+their coordinates raised to the power ``p``:
+
+.. math::
+    C_{ij} = \\lVert x_i - x_j \\rVert_2^{p}, \\qquad p \\in \\{1, 2\\}.
+
+Presets (:meth:`LabelGeometry.preset`):
+
+``sentiment5``
+    labels ``"1"``..``"5"`` (stars) at the 1-D positions -2, -1, 0, 1, 2.
+``sentiment5-knot6d``
+    the KNOT reference's 6-D coordinates: the one-hot code of the star concatenated with its
+    ordinal position (-2..2), so the off-diagonal cost is :math:`\\sqrt{2 + (i-j)^2}`.
+``emotion5``
+    anger, joy, neutral, sadness, surprise at valence/arousal points of Russell's circumplex.
+``uniform``
+    all off-diagonal costs equal to 1 (exact OT is then the total variation distance); needs
+    ``labels``.
+
+>>> g = LabelGeometry.preset("sentiment5")
+>>> g.labels, g.num_labels, g.is_1d
+(['1', '2', '3', '4', '5'], 5, True)
+>>> g.cost[0].tolist()
+[0.0, 1.0, 2.0, 3.0, 4.0]
+>>> round(float(LabelGeometry.preset("sentiment5-knot6d").cost[0, 2]), 6)  # sqrt(2 + 2**2)
+2.44949
+>>> LabelGeometry.from_mapping({"neg": [-1.0], "pos": [1.0]}).index("pos")
+1
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+__all__ = ["LabelGeometry", "PRESETS"]
+
+log = logging.getLogger(__name__)
+
+#: Names accepted by :meth:`LabelGeometry.preset`.
+PRESETS = ("sentiment5", "sentiment5-knot6d", "emotion5", "uniform")
+
+_STARS = ["1", "2", "3", "4", "5"]
+_EMOTION5 = {
+    # valence, arousal (Russell's circumplex), as in the KNOT reference
+    "anger": [-0.4, 0.8],
+    "joy": [0.9, 0.2],
+    "neutral": [0.0, 0.0],
+    "sadness": [-0.9, -0.4],
+    "surprise": [0.4, 0.9],
+}
+
+
+def _preset_coords(name: str, labels: Sequence[str] | None) -> tuple[list[str], list[list[float]]]:
+    if name == "sentiment5":
+        return list(_STARS), [[float(i - 2)] for i in range(5)]
+    if name == "sentiment5-knot6d":
+        coords = []
+        for i in range(5):
+            onehot = [0.0] * 5
+            onehot[i] = 1.0
+            coords.append(onehot + [float(i - 2)])
+        return list(_STARS), coords
+    if name == "emotion5":
+        return list(_EMOTION5), [list(v) for v in _EMOTION5.values()]
+    if name == "uniform":
+        if labels is None:
+            raise ValueError("geometry 'uniform' needs labels (e.g. task.labels: [neg, pos])")
+        labels = [str(label) for label in labels]
+        k = len(labels)
+        # one-hot codes scaled by 1/sqrt(2): every pair of labels is at distance 1
+        scale = math.sqrt(0.5)
+        return labels, [[scale if j == i else 0.0 for j in range(k)] for i in range(k)]
+    raise ValueError(f"unknown geometry preset {name!r} (expected one of: {', '.join(PRESETS)})")
+
+
+class LabelGeometry:
+    """Ordered labels with coordinates and the ground cost between them.
+
+    Parameters
+    ----------
+    labels : list of str
+        Label names, in class-index order (index ``i`` of every probability vector is
+        ``labels[i]``). Unique, at least two.
+    coords : array-like, shape (K, D)
+        Coordinates of the labels; finite, no two labels at the same point. A flat list of
+        K numbers is read as 1-D positions.
+    p : {1, 2}, default 1
+        Power of the Euclidean distance in the ground cost (2: squared distance).
+    name : str, optional
+        Where the geometry came from (a preset name, a file); kept in :meth:`to_dict`.
+
+    Attributes
+    ----------
+    labels : list of str
+    num_labels : int
+        K.
+    coords : torch.Tensor, shape (K, D), float64
+        A copy of the coordinates.
+    cost : torch.Tensor, shape (K, K), float64
+        A copy of the ground cost :math:`C_{ij} = \\lVert x_i - x_j \\rVert^p`.
+    is_1d : bool
+        Whether the coordinates are 1-D (the exact OT then has a closed form).
+
+    Notes
+    -----
+    Solver data derived from the cost (the cost in each dtype and device, 1-D sort orders,
+    dual vertices) lives in :attr:`ground_cost` (a :class:`knot.ot.GroundCost`) and is built
+    once per geometry, not per loss call.
+
+    Besides presets, mappings and files, a later "derived" kind of spec (coordinates from an
+    encoder's embeddings of the label names) will plug into :meth:`from_spec`; everything
+    downstream only needs labels and coordinates.
+
+    Examples
+    --------
+    >>> g = LabelGeometry(["a", "b", "c"], [[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
+    >>> g.cost[0, 1].item(), g.num_labels
+    (5.0, 3)
+    >>> LabelGeometry(["a", "b"], [[0.0], [2.0]], p=2).cost[0, 1].item()
+    4.0
+    """
+
+    def __init__(self, labels: Sequence[str], coords: Any, p: int = 1, name: str | None = None):
+        if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+            raise ValueError(f"labels: expected a list of label names, got {labels!r}")
+        labels = [str(label) for label in labels]
+        if len(labels) < 2:
+            raise ValueError(f"a label geometry needs at least 2 labels, got {labels!r}")
+        seen: dict[str, int] = {}
+        for label in labels:
+            if label in seen:
+                raise ValueError(f"label {label!r} appears twice in {labels!r}")
+            seen[label] = len(seen)
+        if isinstance(p, bool) or p not in (1, 2):
+            raise ValueError(f"p: expected 1 or 2 (power of the Euclidean cost), got {p!r}")
+        x = self._coords_tensor(labels, coords)
+        diff = x[:, None, :] - x[None, :, :]  # (K, K, D)
+        dist = torch.sqrt((diff * diff).sum(-1))  # (K, K)
+        k = len(labels)
+        off = ~torch.eye(k, dtype=torch.bool)
+        if (dist[off] == 0).any():
+            i, j = [int(v) for v in torch.nonzero((dist == 0) & off)[0]]
+            raise ValueError(
+                f"labels {labels[i]!r} and {labels[j]!r} have the same coordinates "
+                f"{x[i].tolist()}; every label needs its own point"
+            )
+        self._labels = labels
+        self._index = seen
+        self._coords = x
+        self._p = int(p)
+        self._cost = dist if p == 1 else dist * dist
+        self.name = name
+        self._ground_cost = None
+
+    @staticmethod
+    def _coords_tensor(labels: list[str], coords: Any) -> torch.Tensor:
+        try:
+            x = torch.as_tensor(coords, dtype=torch.float64).detach().clone().cpu()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(
+                f"coords: expected a (K, D) array of numbers for labels {labels}, got {coords!r} ({exc})"
+            ) from None
+        if x.ndim == 1:
+            x = x[:, None]
+        if x.ndim != 2 or x.shape[0] != len(labels) or x.shape[1] < 1:
+            raise ValueError(
+                f"coords: expected shape ({len(labels)}, D) for {len(labels)} labels, got {tuple(x.shape)}"
+            )
+        bad = ~torch.isfinite(x).all(dim=1)
+        if bad.any():
+            i = int(torch.nonzero(bad)[0])
+            raise ValueError(f"label {labels[i]!r}: coordinates must be finite, got {x[i].tolist()}")
+        return x
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def preset(cls, name: str, labels: Sequence[str] | None = None, p: int = 1) -> "LabelGeometry":
+        """A named geometry (see the module docstring for the list).
+
+        Parameters
+        ----------
+        name : str
+            One of :data:`PRESETS`.
+        labels : list of str, optional
+            Needed for ``uniform``. For the other presets, when given, they must be the
+            preset's labels (in any order); the geometry then follows their order.
+        p : {1, 2}
+            Power of the Euclidean cost.
+
+        Examples
+        --------
+        >>> LabelGeometry.preset("uniform", labels=["neg", "neu", "pos"]).cost.tolist()
+        [[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]
+        >>> LabelGeometry.preset("sentiment5", labels=["5", "4", "3", "2", "1"]).coords[:, 0].tolist()
+        [2.0, 1.0, 0.0, -1.0, -2.0]
+        """
+        names, coords = _preset_coords(str(name), labels)
+        geometry = cls(names, coords, p=p, name=str(name))
+        if labels is not None and name != "uniform":
+            geometry = geometry.reorder(labels)
+        return geometry
+
+    @classmethod
+    def from_mapping(
+        cls, mapping: Mapping[Any, Any], p: int = 1, name: str | None = None, where: str = "geometry"
+    ) -> "LabelGeometry":
+        """Geometry from ``{label: [coords...]}`` (insertion order is the class order).
+
+        A bare number is read as a 1-D coordinate. ``where`` names the source in errors.
+
+        >>> LabelGeometry.from_mapping({"lo": 0, "mid": 1, "hi": 3}).cost[0].tolist()
+        [0.0, 1.0, 3.0]
+        """
+        if not isinstance(mapping, Mapping) or not mapping:
+            raise ValueError(f"{where}: expected a non-empty mapping {{label: [coords]}}, got {mapping!r}")
+        labels, coords = [], []
+        dims = None
+        for key, value in mapping.items():
+            label = str(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = [value]
+            if (
+                not isinstance(value, (list, tuple))
+                or not value
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            ):
+                raise ValueError(f"{where}: label {label!r}: expected a list of numbers, got {value!r}")
+            if not all(math.isfinite(float(v)) for v in value):
+                raise ValueError(f"{where}: label {label!r}: coordinates must be finite, got {value!r}")
+            if dims is not None and len(value) != dims:
+                raise ValueError(
+                    f"{where}: label {label!r} has {len(value)} coordinates, the labels before it {dims}"
+                )
+            dims = len(value)
+            labels.append(label)
+            coords.append([float(v) for v in value])
+        try:
+            return cls(labels, coords, p=p, name=name)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, p: int = 1) -> "LabelGeometry":
+        """Geometry from a YAML or JSON file holding a mapping ``{label: [coords...]}``."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise FileNotFoundError(f"{path}: cannot read the geometry file ({exc.strerror})") from None
+        if path.suffix.lower() == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        else:
+            import yaml
+
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                line = f", line {mark.line + 1}" if mark is not None else ""
+                raise ValueError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        return cls.from_mapping(data, p=p, name=str(path), where=str(path))
+
+    @classmethod
+    def from_spec(
+        cls, spec: Any, labels: Sequence[str] | None = None, p: int = 1
+    ) -> "LabelGeometry":
+        """Geometry from a config value: a preset name, a mapping, or a YAML/JSON file path.
+
+        Parameters
+        ----------
+        spec : str, mapping or LabelGeometry
+            ``task.geometry`` of the config.
+        labels : list of str, optional
+            ``task.labels``: required for ``uniform``; otherwise, when given, they must be
+            the geometry's labels (any order) and set the class order.
+        p : {1, 2}
+            ``task.cost_power``.
+
+        Examples
+        --------
+        >>> LabelGeometry.from_spec("emotion5").labels
+        ['anger', 'joy', 'neutral', 'sadness', 'surprise']
+        >>> LabelGeometry.from_spec({"a": [0, 0], "b": [0, 2]}, p=2).cost[0, 1].item()
+        4.0
+        >>> LabelGeometry.from_spec("no-such-geometry")
+        Traceback (most recent call last):
+        ...
+        ValueError: geometry 'no-such-geometry': not a preset (sentiment5, sentiment5-knot6d, emotion5, uniform) and no such file
+        """
+        if isinstance(spec, LabelGeometry):
+            geometry = spec
+        elif isinstance(spec, Mapping):
+            geometry = cls.from_mapping(spec, p=p)
+        elif isinstance(spec, (str, os.PathLike)):
+            text = os.fspath(spec)
+            if text in PRESETS:
+                return cls.preset(text, labels=labels, p=p)
+            if not Path(text).is_file():
+                raise ValueError(
+                    f"geometry {text!r}: not a preset ({', '.join(PRESETS)}) and no such file"
+                )
+            geometry = cls.from_file(text, p=p)
+        else:
+            raise ValueError(
+                f"geometry: expected a preset name, a mapping {{label: [coords]}} or a file path, got {spec!r}"
+            )
+        return geometry if labels is None else geometry.reorder(labels)
+
+    def reorder(self, labels: Sequence[str]) -> "LabelGeometry":
+        """The same geometry with the classes in the order of ``labels`` (same label set).
+
+        >>> LabelGeometry.preset("emotion5").reorder(["joy", "anger", "neutral", "sadness", "surprise"]).labels[0]
+        'joy'
+        """
+        labels = [str(label) for label in labels]
+        if sorted(labels) != sorted(self._labels) or len(set(labels)) != len(labels):
+            missing = [lab for lab in self._labels if lab not in labels]
+            extra = [lab for lab in labels if lab not in self._index]
+            raise ValueError(
+                f"labels {labels} do not match the geometry's labels {self._labels} "
+                f"(missing: {missing}, unknown: {extra})"
+            )
+        if labels == self._labels:
+            return self
+        order = [self._index[label] for label in labels]
+        return LabelGeometry(labels, self._coords[order], p=self._p, name=self.name)
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def labels(self) -> list[str]:
+        return list(self._labels)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self._labels)
+
+    @property
+    def dim(self) -> int:
+        """D, the number of coordinates per label."""
+        return int(self._coords.shape[1])
+
+    @property
+    def p(self) -> int:
+        return self._p
+
+    @property
+    def coords(self) -> torch.Tensor:
+        return self._coords.clone()
+
+    @property
+    def cost(self) -> torch.Tensor:
+        return self._cost.clone()
+
+    @property
+    def is_1d(self) -> bool:
+        return self.dim == 1
+
+    @property
+    def ground_cost(self):
+        """The cost with cached solver data (:class:`knot.ot.GroundCost`), built on first use."""
+        if self._ground_cost is None:
+            from knot.ot import GroundCost
+
+            positions = self._coords[:, 0] if self.is_1d else None
+            self._ground_cost = GroundCost(self._cost, positions=positions, power=self._p)
+        return self._ground_cost
+
+    def index(self, label: Any) -> int:
+        """Class index of ``label`` (compared as a string).
+
+        >>> LabelGeometry.preset("sentiment5").index("4")
+        3
+        """
+        try:
+            return self._index[str(label)]
+        except KeyError:
+            raise ValueError(f"unknown label {label!r} (expected one of: {', '.join(self._labels)})") from None
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        """Plain-JSON form (labels, coordinates, power, name); inverse of :meth:`from_dict`.
+
+        >>> g = LabelGeometry.preset("emotion5")
+        >>> LabelGeometry.from_dict(g.to_dict()) == g
+        True
+        """
+        return {
+            "labels": list(self._labels),
+            "coords": self._coords.tolist(),
+            "p": self._p,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LabelGeometry":
+        """Inverse of :meth:`to_dict` (as stored in a checkpoint's config.json)."""
+        if not isinstance(data, Mapping) or "labels" not in data or "coords" not in data:
+            raise ValueError(f"geometry: expected a mapping with 'labels' and 'coords', got {data!r}")
+        unknown = set(data) - {"labels", "coords", "p", "name"}
+        if unknown:
+            raise ValueError(f"geometry: unknown keys {sorted(unknown)} (expected labels, coords, p, name)")
+        return cls(data["labels"], data["coords"], p=data.get("p", 1), name=data.get("name"))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LabelGeometry):
+            return NotImplemented
+        return (
+            self._labels == other._labels
+            and self._p == other._p
+            and self._coords.shape == other._coords.shape
+            and bool(torch.equal(self._coords, other._coords))
+        )
+
+    __hash__ = None  # mutable-free but compared by value; not meant as a dict key
+
+    def __repr__(self) -> str:
+        src = f", name={self.name!r}" if self.name else ""
+        return f"LabelGeometry(labels={self._labels!r}, dim={self.dim}, p={self._p}{src})"
