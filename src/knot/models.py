@@ -242,6 +242,7 @@ class KnotClassifier(nn.Module):
         self.dropout_p = float(dropout)
         self.encoder_source = encoder_source
         self.encoder_layers = encoder_layers
+        self.metadata: dict = {}  # filled by load() from the checkpoint's config.json
         self.norm = nn.LayerNorm(hidden)
         self.mixer = nn.TransformerEncoderLayer(
             d_model=hidden,
