@@ -248,6 +248,52 @@ def predict_cmd(
 # ---- run / report (issue: pipeline) -----------------------------------------------------
 
 
+@app.command("run")
+def run_cmd(
+    config: Path = ConfigArg,
+    out: Optional[Path] = OutOpt,
+    sets: Optional[List[str]] = SetOpt,
+    data_root: Optional[Path] = DataRootOpt,
+    stages: Optional[str] = typer.Option(
+        None,
+        "--stages",
+        help="Comma-separated stages to run: prepare, local, global, soft-labels, bias, distill, "
+        "evaluate, report (default: all). Finished stages are skipped either way.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Rerun the selected stages even if up to date."),
+) -> None:
+    """Run the whole experiment (or resume it): prepare -> teachers -> soft labels -> bias ->
+    distillation -> evaluation -> report. Rerunning skips the stages whose inputs did not change."""
+    from knot.pipeline import run_pipeline
+
+    cfg = load(config, sets)
+    out_dir = run_dir(cfg, out)
+    selected = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    guarded(run_pipeline, cfg, out_dir, data_root=data_root, stages=selected, force=force)
+    report = out_dir / "report.md"
+    typer.echo(f"run directory: {out_dir}")
+    if report.is_file():
+        typer.echo(f"report: {report}")
+    results = out_dir / "results.md"
+    if results.is_file():
+        typer.echo(results.read_text(encoding="utf-8"))
+
+
+@app.command("report")
+def report_cmd(
+    run_dirs: List[Path] = typer.Argument(..., help="Run directories (several: aggregated as seeds)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where report.md and plots/ go (default: the first run directory)."),
+) -> None:
+    """Write report.md with the results table and plots for one run, or mean +- std over several."""
+    from knot.layout import RunLayout
+    from knot.reporting import write_report
+
+    layouts = [RunLayout(d) for d in run_dirs]
+    target = out or run_dirs[0]
+    path = guarded(write_report, layouts, target, title=run_dirs[0].name)
+    typer.echo(f"report: {path}")
+
+
 # ---- federated (issue: federated) -------------------------------------------------------
 
 

@@ -1,0 +1,303 @@
+"""Run reports: ``report.md`` with the results tables and PNG plots, over one or more seeds.
+
+:func:`write_report` reads ``results.json`` of each run directory given (one per seed),
+aggregates every metric over the seeds (mean and sample standard deviation), and writes
+
+* ``report.md``: the headline table on the union of the local test sets (students and
+  baselines side by side), the per-domain table, links to the plots;
+* ``plots/semantic_distance.png`` and ``plots/macro_f1.png``: per-domain bars per model
+  (error bars: std over seeds);
+* ``plots/confusion_<model>.png``: confusion matrices of the students on the union (summed
+  over seeds), when the results carry them;
+* ``plots/training_curves.png``: training loss and validation selection metric per epoch of
+  every model trained in the (first) run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from knot.layout import RunLayout
+from knot.utils import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+__all__ = ["aggregate_rows", "write_report", "format_cell"]
+
+METRICS = ["accuracy", "macro_f1", "semantic_distance", "expected_cost"]
+TITLES = {
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "semantic_distance": "Semantic Distance",
+    "expected_cost": "expected cost",
+}
+
+
+def aggregate_rows(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Mean and std of every metric per (model, test set) over several runs' results.
+
+    Returns ``{(model, test_set): {"n_runs", "n", metric: (mean, std), ...}}``; std is the
+    sample standard deviation (0 for a single run). Missing values (None) are left out.
+
+    >>> r1 = {"rows": [{"model": "m", "test_set": "t", "n": 4, "accuracy": 0.5}]}
+    >>> r2 = {"rows": [{"model": "m", "test_set": "t", "n": 4, "accuracy": 0.7}]}
+    >>> agg = aggregate_rows([r1, r2])[("m", "t")]
+    >>> round(agg["accuracy"][0], 6), round(agg["accuracy"][1], 6), agg["n_runs"]
+    (0.6, 0.141421, 2)
+    """
+    values: dict[tuple[str, str], dict[str, list[float]]] = {}
+    sizes: dict[tuple[str, str], int] = {}
+    for res in results:
+        for row in res["rows"]:
+            key = (row["model"], row["test_set"])
+            sizes[key] = row.get("n", 0)
+            slot = values.setdefault(key, {m: [] for m in METRICS} | {"_runs": []})
+            slot["_runs"].append(1.0)
+            for m in METRICS:
+                v = row.get(m)
+                if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                    slot[m].append(float(v))
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, slot in values.items():
+        entry: dict[str, Any] = {"n_runs": len(slot["_runs"]), "n": sizes[key]}
+        for m in METRICS:
+            xs = slot[m]
+            if not xs:
+                entry[m] = None
+            else:
+                std = float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+                entry[m] = (float(np.mean(xs)), std)
+        out[key] = entry
+    return out
+
+
+def format_cell(value: tuple[float, float] | None, n_runs: int) -> str:
+    """``0.7312`` for one run, ``0.7312 ± 0.0101`` for several, ``–`` when missing.
+
+    >>> format_cell((0.5, 0.0), 1), format_cell((0.5, 0.01), 3), format_cell(None, 1)
+    ('0.5000', '0.5000 ± 0.0100', '–')
+    """
+    if value is None:
+        return "–"
+    mean, std = value
+    return f"{mean:.4f}" if n_runs <= 1 else f"{mean:.4f} ± {std:.4f}"
+
+
+def _model_label(model: Mapping[str, Any], baselines: Mapping[str, Any]) -> str:
+    mid = model["id"]
+    if model["kind"] == "student":
+        m = model.get("method") or {}
+        desc = ", ".join(str(m[k]) for k in ("loss", "aggregate") if m.get(k))
+        label = f"student `{model['name']}`" + (f" ({desc})" if desc else "")
+    elif model["kind"] == "global":
+        label = "global model"
+    else:
+        label = f"teacher `{model['name']}`"
+    tags = []
+    if baselines.get("global_alone") == mid:
+        tags.append("global alone")
+    if baselines.get("best_single_teacher") == mid:
+        tags.append("best single teacher")
+    if baselines.get("feddf") == mid:
+        tags.append("FedDF")
+    return label + (f" — baseline: {', '.join(tags)}" if tags else "")
+
+
+def _ordered_models(models: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    order = {"student": 0, "global": 1, "teacher": 2}
+    return sorted(models, key=lambda m: order.get(m["kind"], 3))
+
+
+def _headline_set(first: Mapping[str, Any]) -> str:
+    sets = first["test_sets"]
+    union = [t["name"] for t in sets if t["kind"] == "union"]
+    return union[0] if union else sets[0]["name"]
+
+
+def _plot_metric(agg, models, sets, metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [t["name"] for t in sets]
+    ids = [m["id"] for m in models]
+    width = 0.8 / max(len(ids), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names) * max(1, len(ids)) * 0.35 + 3), 4.0))
+    x = np.arange(len(names))
+    for i, mid in enumerate(ids):
+        means, errs = [], []
+        for t in names:
+            v = agg.get((mid, t), {}).get(metric)
+            means.append(v[0] if v else np.nan)
+            errs.append(v[1] if v else 0.0)
+        ax.bar(x + (i - (len(ids) - 1) / 2) * width, means, width, yerr=errs, capsize=2, label=mid)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=20, ha="right")
+    ax.set_ylabel(TITLES[metric] + (" (lower is better)" if metric == "semantic_distance" else ""))
+    ax.set_title(f"{TITLES[metric]} per test set")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def _plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    row_sums = matrix.sum(axis=1, keepdims=True)
+    norm = np.divide(matrix, row_sums, out=np.zeros_like(matrix, dtype=float), where=row_sums > 0)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(labels), 0.8 + 0.7 * len(labels)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(labels)))
+    ax.set_yticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right")
+    ax.set_yticklabels(labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _histories(layout: RunLayout, models: Sequence[Mapping[str, Any]]) -> dict[str, list[dict]]:
+    out = {}
+    for m in models:
+        if not m.get("path"):
+            continue
+        p = layout.root / m["path"]
+        for candidate in (p / "metrics.jsonl", p.parent / "metrics.jsonl"):
+            if candidate.is_file():
+                lines = candidate.read_text(encoding="utf-8").splitlines()
+                out[m["id"]] = [json.loads(line) for line in lines if line.strip()]
+                break
+    return out
+
+
+def _plot_curves(histories: Mapping[str, list[dict]], path: Path) -> bool:
+    if not histories:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for mid, hist in histories.items():
+        epochs = [h.get("epoch", i + 1) for i, h in enumerate(hist)]
+        ax1.plot(epochs, [h.get("train_loss", np.nan) for h in hist], marker="o", label=mid)
+        sel = next((h.get("select_by") for h in hist if h.get("select_by")), None)
+        key = sel or ("loss" if any("loss" in (h.get("val") or {}) for h in hist) else "macro_f1")
+        ax2.plot(epochs, [(h.get("val") or {}).get(key, np.nan) for h in hist], marker="o", label=f"{mid} ({key})")
+    ax1.set_title("training loss")
+    ax2.set_title("validation (selection metric)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = "knot run") -> Path:
+    """Write ``report.md`` and ``plots/`` into ``out`` from the runs' ``results.json``.
+
+    Several layouts are aggregated as seeds of one experiment (mean ± std). Returns the
+    path of ``report.md``.
+    """
+    from knot.evaluation import load_results
+
+    out = Path(out)
+    layouts = [l if isinstance(l, RunLayout) else RunLayout(l) for l in layouts]
+    if not layouts:
+        raise ValueError("write_report: no run directories given")
+    results = [load_results(l.results_json) for l in layouts]
+    first = results[0]
+    agg = aggregate_rows(results)
+    models = _ordered_models(first["models"])
+    baselines = first.get("baselines", {})
+    sets = first["test_sets"]
+    headline = _headline_set(first)
+    n_runs = len(results)
+    plots = out / "plots"
+
+    lines = [f"# Report: {title}", ""]
+    lines.append(
+        f"{n_runs} run(s)" + (" (mean ± std over seeds)" if n_runs > 1 else "")
+        + f"; labels: {', '.join(first.get('label_names', []))}. "
+        "Higher is better for accuracy and macro-F1; lower for Semantic Distance (SD) and expected cost."
+    )
+    lines += ["", f"## Headline: `{headline}`", ""]
+    lines.append("| model | " + " | ".join(TITLES[m] for m in METRICS) + " |")
+    lines.append("|---|" + "---|" * len(METRICS))
+    for m in models:
+        a = agg.get((m["id"], headline))
+        if a is None:
+            continue
+        lines.append(
+            f"| {_model_label(m, baselines)} | "
+            + " | ".join(format_cell(a[k], a["n_runs"]) for k in METRICS)
+            + " |"
+        )
+    lines += ["", "## Per test set: macro-F1 / Semantic Distance", ""]
+    lines.append("| model | " + " | ".join(f"{t['name']} (n={t['n']})" for t in sets) + " |")
+    lines.append("|---|" + "---|" * len(sets))
+    for m in models:
+        cells = []
+        for t in sets:
+            a = agg.get((m["id"], t["name"]))
+            if a is None:
+                cells.append("–")
+            else:
+                cells.append(
+                    f"{format_cell(a['macro_f1'], a['n_runs'])} / {format_cell(a['semantic_distance'], a['n_runs'])}"
+                )
+        lines.append(f"| `{m['id']}` | " + " | ".join(cells) + " |")
+
+    # plots
+    lines += ["", "## Plots", ""]
+    for metric in ("semantic_distance", "macro_f1"):
+        p = plots / f"{metric}.png"
+        _plot_metric(agg, models, sets, metric, p)
+        lines.append(f"![{TITLES[metric]}](plots/{metric}.png)")
+    conf_written = []
+    for m in models:
+        if m["kind"] != "student":
+            continue
+        mats = [r.get("confusion", {}).get(m["id"], {}).get(headline) for r in results]
+        mats = [np.asarray(x) for x in mats if x is not None]
+        if not mats:
+            continue
+        name = f"confusion_{m['name']}.png"
+        _plot_confusion(sum(mats), first.get("label_names", []), f"{m['id']} on {headline}", plots / name)
+        conf_written.append(name)
+    for name in conf_written:
+        lines.append(f"![confusion](plots/{name})")
+    if _plot_curves(_histories(layouts[0], first["models"]), plots / "training_curves.png"):
+        lines.append("![training curves](plots/training_curves.png)")
+    if n_runs > 1:
+        lines += ["", "Runs: " + ", ".join(f"`{l.root}`" for l in layouts)]
+    report = out / "report.md"
+    atomic_write_text(report, "\n".join(lines) + "\n")
+    log.info("report written to %s", report)
+    return report
