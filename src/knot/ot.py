@@ -702,6 +702,48 @@ def _sinkhorn(
     return f, g, n_iter, err
 
 
+@torch.no_grad()
+def _sinkhorn_symmetric(
+    p: torch.Tensor, c: torch.Tensor, eps: float, max_iter: int, tol: float, anneal: bool,
+    scaling: float, check_every: int, cmax: float,
+) -> tuple[torch.Tensor, int, float]:
+    """Symmetric problem OT_eps(p, p): averaged updates ``a <- (a + T(a)) / 2`` (Feydy et al.).
+
+    The alternating updates converge very slowly when both marginals are equal; the
+    averaged fixed-point iteration takes tens of steps. Returns ``(a, n_iter, error)``.
+    """
+    logp = torch.log(p)
+    a = torch.zeros_like(p)
+
+    def t_update(a, e):
+        return -e * torch.logsumexp(logp[..., None, :] + (a[..., None, :] - c) / e, dim=-1)
+
+    schedule = []
+    if anneal and cmax > eps:
+        e = cmax
+        while e > eps:
+            schedule.append(e)
+            e *= scaling
+    n_iter = 0
+    for e in schedule:
+        a = 0.5 * (a + t_update(a, e))
+        n_iter += 1
+    err = math.inf
+    while n_iter < max_iter:
+        t = t_update(a, eps)
+        n_iter += 1
+        if n_iter % check_every == 0 or n_iter >= max_iter:
+            ratio = torch.exp(((a - t) / eps).clamp(max=80.0))  # row sums are p * ratio
+            dev = torch.where(p > 0, p * (ratio - 1).abs(), torch.zeros_like(p)).sum(-1)
+            err = float(dev.max()) if dev.numel() else 0.0
+            if not math.isfinite(err):
+                err = math.inf
+        if err <= tol:
+            break
+        a = 0.5 * (a + t)
+    return a, n_iter, err
+
+
 def sinkhorn_plan(
     p: torch.Tensor,
     q: torch.Tensor,
@@ -819,9 +861,12 @@ def sinkhorn_cost(
     (``entropic=True``). With ``debias`` it returns the Sinkhorn divergence
     :math:`\mathrm{OT}_\varepsilon(p, q) - \tfrac12 \mathrm{OT}_\varepsilon(p, p)
     - \tfrac12 \mathrm{OT}_\varepsilon(q, q)` (Feydy et al., 2019), which is 0 at
-    ``p == q``. In every case the gradient in ``p`` is the converged dual potential
-    (envelope theorem; for ``debias``, :math:`f_{pq} - f_{pp}`), computed without
-    differentiating through the iterations.
+    ``p == q``; its self terms are solved with the averaged symmetric update, which
+    converges in tens of steps where alternating updates crawl. In every case the gradient
+    in ``p`` is the converged dual potential (envelope theorem; for ``debias``,
+    :math:`f_{pq} - a_p` with :math:`a_p` the symmetric potential of
+    :math:`\mathrm{OT}_\varepsilon(p, p)`), computed without differentiating through the
+    iterations.
 
     Parameters
     ----------
@@ -856,19 +901,26 @@ def sinkhorn_cost(
     gc = as_ground_cost(cost)
     p, q = _prepare(p, q, gc)
     if debias:
-        pp = torch.stack([p, p, q])  # (3, ..., K): OT(p, q), OT(p, p), OT(q, q) in one solve
-        qq = torch.stack([q, p, q])
-        res = sinkhorn_plan(pp, qq, gc, eps=eps, rel_eps=rel_eps, max_iter=max_iter, tol=tol, **options)
-        d = res.dual
-        value = d[0] - 0.5 * d[1] - 0.5 * d[2]
-        # d/dp: f_pq - (f_pp + g_pp) / 2 ; d/dq: g_pq - (f_qq + g_qq) / 2
-        u = res.f[0] - 0.5 * (res.f[1] + res.g[1])
-        v = res.g[0] - 0.5 * (res.f[2] + res.g[2])
-        out = _with_gradient(value, p, u, q, v)
-        main = SinkhornResult(
-            res.plan[0], res.f[0], res.g[0], res.cost[0], res.dual[0], res.eps,
-            res.n_iter, res.marginal_error, res.converged,
-        )
+        main = sinkhorn_plan(p, q, gc, eps=eps, rel_eps=rel_eps, max_iter=max_iter, tol=tol, **options)
+        e = main.eps
+        anneal = options.get("anneal", True)
+        scaling = options.get("scaling", 0.7)
+        check_every = options.get("check_every", 10)
+        c = gc.matrix(p.dtype, p.device)
+        both = torch.stack([p.detach(), q.detach()])  # (2, ..., K): OT(p, p) and OT(q, q) in one solve
+        a, n_sym, err_sym = _sinkhorn_symmetric(both, c, e, max_iter, tol, anneal, scaling, check_every, gc.max_cost)
+        if err_sym > tol and options.get("warn", True):
+            warnings.warn(
+                f"symmetric Sinkhorn (debias) did not converge in {n_sym} updates (marginal error "
+                f"{err_sym:.3g} > tol {tol:g})",
+                SinkhornConvergenceWarning,
+                stacklevel=2,
+            )
+        with torch.no_grad():
+            self_terms = 2 * (both * a).sum(-1)  # OT_eps(x, x) = 2 <x, a_x>
+            value = main.dual - 0.5 * self_terms[0] - 0.5 * self_terms[1]
+        # gradient: d/dp = f_pq - a_p, d/dq = g_pq - a_q
+        out = _with_gradient(value, p, main.f - a[0], q, main.g - a[1])
     else:
         main = sinkhorn_plan(p, q, gc, eps=eps, rel_eps=rel_eps, max_iter=max_iter, tol=tol, **options)
         value = main.dual if entropic else main.cost
