@@ -245,6 +245,105 @@ def predict_cmd(
 # ---- soft-labels / bias / distill / evaluate (issue: distillation) ---------------------
 
 
+def _stage_layout(config: Path, out: Optional[Path], sets: Optional[List[str]]):
+    from knot.layout import RunLayout
+
+    cfg = load(config, sets)
+    return cfg, RunLayout(run_dir(cfg, out))
+
+
+@app.command("soft-labels")
+def soft_labels_cmd(
+    config: Path = ConfigArg,
+    out: Optional[Path] = OutOpt,
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """Teachers label the transfer set: soft labels for its train and val splits.
+
+    Every teacher (each local one, then the global model) predicts class probabilities;
+    written to RUN/soft_labels/{train,val}.safetensors + .json.
+    """
+    from knot.soft_labels import produce_soft_labels
+
+    cfg, layout = _stage_layout(config, out, sets)
+    summary = guarded(produce_soft_labels, cfg, layout)
+    for split, info in summary["splits"].items():
+        typer.echo(f"{split}: {info['n']} texts x {len(summary['teachers'])} teachers -> {layout.soft_labels}")
+        for name, m in (info.get("teacher_metrics") or {}).items():
+            typer.echo(f"  {name}: accuracy {m.get('accuracy', float('nan')):.4f}, "
+                       f"macro-F1 {m.get('macro_f1', float('nan')):.4f} (vs gold, report only)")
+
+
+@app.command("bias")
+def bias_cmd(
+    config: Path = ConfigArg,
+    out: Optional[Path] = OutOpt,
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """Measure each teacher's distribution bias on random-token inputs.
+
+    The predicted-class distribution on bias.n_samples seeded inputs of bias.length random
+    vocabulary tokens; written to RUN/soft_labels/bias.json and printed as a table.
+    """
+    from knot.soft_labels import bias_table, distribution_bias
+
+    cfg, layout = _stage_layout(config, out, sets)
+    result = guarded(distribution_bias, cfg, layout)
+    typer.echo(bias_table(result))
+
+
+@app.command("distill")
+def distill_cmd(
+    config: Path = ConfigArg,
+    loss: Optional[str] = typer.Option(
+        None, "--loss", help="ot, entropy, kl or ce: train the configured students with this loss "
+        "(a default one named after the loss when none is configured)."
+    ),
+    method: Optional[List[str]] = typer.Option(
+        None, "--method", help="Train only this distill.methods entry (repeatable; default: all)."
+    ),
+    out: Optional[Path] = OutOpt,
+    sets: Optional[List[str]] = SetOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue each student after its last completed epoch."),
+) -> None:
+    """Distil students from the soft labels, one per distill.methods entry.
+
+    Each student starts from the global model (distill.init: global) or from scratch and
+    is written to RUN/students/<method>/.
+    """
+    from knot.distill import distill
+
+    if loss is not None and loss not in ("ot", "entropy", "kl", "ce"):
+        _fail(f"--loss: expected ot, entropy, kl or ce, got {loss!r}")
+    cfg, layout = _stage_layout(config, out, sets)
+    result = guarded(distill, cfg, layout, method=method or None, loss=loss, resume=resume)
+    for name, info in result["students"].items():
+        best = info["best_metrics"]
+        before = info["initial_val"].get("loss")
+        after = best.get("loss")
+        shown = f"val loss {before:.4f} -> {after:.4f}" if before is not None and after is not None else ""
+        typer.echo(f"{name}: best epoch {info['best_epoch']} {shown} -> {info['checkpoint']}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    config: Path = ConfigArg,
+    out: Optional[Path] = OutOpt,
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """Evaluate every model of the run on every test set.
+
+    Teachers, the global model and the students on each local test set, the global test
+    set and the union of the local ones; written to RUN/results.json and RUN/results.md.
+    """
+    from knot.evaluation import evaluate_run, render_markdown
+
+    cfg, layout = _stage_layout(config, out, sets)
+    results = guarded(evaluate_run, cfg, layout)
+    typer.echo(render_markdown(results))
+
+
+
 # ---- run / report (issue: pipeline) -----------------------------------------------------
 
 

@@ -738,11 +738,14 @@ class TeacherRef:
 
 
 def run_teachers(cfg: Any, layout: Any) -> list[TeacherRef]:
-    """The run's teachers in soft-label column order: local domains in config order, then
-    the global model (named after the global domain) when the config has one."""
+    """The run's teachers in soft-label column order: local domains in config order (named
+    after their domain), then the global model (named ``global``) when the config has a
+    global domain."""
     refs = [TeacherRef(d.name, "local", layout.teacher(d.name)) for d in cfg.domains("local")]
-    for d in cfg.domains("global")[:1]:
-        refs.append(TeacherRef(d.name, "global", layout.global_model))
+    if cfg.domains("global"):
+        if any(r.name == "global" for r in refs):
+            raise ValueError("data.domains: a local domain may not be named 'global' (the global model's name)")
+        refs.append(TeacherRef("global", "global", layout.global_model))
     if not refs:
         raise ValueError("data.domains: the config has no local or global domain (no teachers)")
     return refs

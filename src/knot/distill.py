@@ -1,0 +1,347 @@
+"""Student stage: the distillation losses of :mod:`knot.losses` wired into :func:`knot.training.fit`.
+
+One student per :class:`~knot.config.DistillMethod` of ``cfg.distill.methods``. Each
+student starts from the global model's checkpoint (``distill.init: global``, the
+reference's setting) or from a fresh model (``scratch``) and is trained on the transfer
+set's texts against the teachers' soft labels only (:class:`~knot.soft_labels.SoftLabels`);
+gold labels of the transfer set are never read here.
+
+Per batch the loss is ::
+
+    distillation_loss(method.loss, logits (B, K), teacher_probs (B, T, K), weights (B, T),
+                      geometry, aggregate=method.aggregate, temperature=method.temperature,
+                      **method.options)
+
+with the teacher weights of :func:`knot.soft_labels.teacher_weights` (``uniform``,
+``size``, ``explicit`` or per-example ``bias``). The best epoch is chosen on the transfer
+set's val split, by the distillation loss against its soft labels (``distill.select_by:
+loss``, the reference's rule) or by a metric against the teachers' weighted consensus
+(the argmax of the weighted teacher average). As in the reference, the starting model
+counts as epoch 0: when no epoch beats it on the val split, the student keeps its initial
+weights. Students are saved like teachers (``RUN/students/<method>/best``, ``last``,
+``metrics.jsonl``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from knot.soft_labels import (
+    SoftLabels,
+    has_checkpoint,
+    load_bias,
+    run_teachers,
+    teacher_weights,
+    texts_hash,
+    transfer_domain,
+)
+from knot.utils import resolve_device, set_seed, sha256_file
+
+__all__ = ["distill", "select_methods", "initial_is_better", "pack_targets", "make_loss_fn", "consensus_eval_fn", "method_weights"]
+
+log = logging.getLogger(__name__)
+
+
+def pack_targets(probs: np.ndarray, weights: np.ndarray) -> torch.Tensor:
+    """Soft labels and teacher weights as one target tensor for :class:`~knot.batching.TextDataset`.
+
+    Parameters
+    ----------
+    probs : ndarray (N, T, K)
+    weights : ndarray (T,) or (N, T)
+
+    Returns
+    -------
+    FloatTensor (N, T, K + 1): ``[..., :K]`` the probabilities, ``[..., K]`` the weights.
+
+    >>> t = pack_targets(np.full((2, 3, 4), 0.25), np.array([0.2, 0.3, 0.5]))
+    >>> tuple(t.shape), t[1, :, 4].tolist()
+    ((2, 3, 5), [0.20000000298023224, 0.30000001192092896, 0.5])
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    n, t, _ = probs.shape
+    w = np.broadcast_to(np.asarray(weights, dtype=np.float32), (n, t))
+    return torch.from_numpy(np.concatenate([probs, w[..., None]], axis=2))
+
+
+def make_loss_fn(method: Any, geometry: Any) -> Callable[[torch.Tensor, dict], torch.Tensor]:
+    """``loss_fn(logits, batch)`` for :func:`knot.training.fit` from one DistillMethod.
+
+    ``batch["target"]`` is the packed tensor of :func:`pack_targets`, (B, T, K + 1).
+    """
+    from knot.losses import distillation_loss
+
+    options = dict(method.options)
+    k = geometry.num_labels
+
+    def loss_fn(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        target = batch["target"]  # (B, T, K + 1)
+        return distillation_loss(
+            method.loss,
+            logits,
+            target[..., :k],  # (B, T, K)
+            target[..., k],  # (B, T)
+            geometry,
+            aggregate=method.aggregate,
+            temperature=method.temperature,
+            **options,
+        )
+
+    return loss_fn
+
+
+def consensus_eval_fn(probs: np.ndarray, targets: np.ndarray | None, geometry: Any) -> dict:
+    """Validation metrics against the teachers' weighted consensus (no gold labels).
+
+    ``targets`` is the packed (N, T, K + 1) array; the reference label of example n is
+    ``argmax_k sum_j w_nj p_njk``. Returns :func:`knot.metrics.evaluate_probs`'s metrics.
+    """
+    from knot.metrics import evaluate_probs
+
+    if targets is None:
+        return {}
+    k = probs.shape[1]
+    p, w = targets[..., :k].astype(np.float64), targets[..., k].astype(np.float64)  # (N,T,K), (N,T)
+    mixture = np.einsum("nt,ntk->nk", w / w.sum(axis=1, keepdims=True), p)
+    return dict(evaluate_probs(probs, mixture.argmax(axis=1), geometry))
+
+
+def initial_is_better(initial: dict, best: dict, select_by: str) -> bool:
+    """Whether the starting model beats the best trained epoch on ``select_by``.
+
+    >>> initial_is_better({"loss": 0.1}, {"loss": 0.2}, "loss"), initial_is_better({"loss": 0.2}, {"loss": 0.2}, "loss")
+    (True, False)
+    >>> initial_is_better({"macro_f1": 0.5}, {"macro_f1": 0.4}, "macro_f1")
+    True
+    """
+    from knot.training import LOWER_IS_BETTER
+
+    a, b = initial.get(select_by), best.get(select_by)
+    if a is None or b is None:
+        return False
+    return a < b if select_by in LOWER_IS_BETTER else a > b
+
+
+def select_methods(cfg: Any, method: Any = None, loss: str | None = None) -> list[Any]:
+    """The DistillMethods to run.
+
+    ``method``: None (all of ``cfg.distill.methods``), a method name, a list of names, or a
+    :class:`~knot.config.DistillMethod`. ``loss``: keep the methods with this loss; when
+    the config has none, one default method named after the loss is made.
+    """
+    from knot.config import DistillMethod
+
+    configured = list(cfg.distill.methods)
+    if isinstance(method, DistillMethod):
+        chosen = [method]
+    elif method is None:
+        chosen = configured
+    else:
+        names = [method] if isinstance(method, str) else list(method)
+        by_name = {m.name: m for m in configured}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise ValueError(
+                f"--method {', '.join(unknown)}: not in distill.methods (have: {', '.join(by_name) or 'none'})"
+            )
+        chosen = [by_name[n] for n in names]
+    if loss is not None:
+        kept = [m for m in chosen if m.loss == loss]
+        if not kept:
+            if method is not None:
+                raise ValueError(f"--loss {loss}: the selected method(s) use other losses")
+            kept = [DistillMethod(name=loss, loss=loss)]
+        chosen = kept
+    if not chosen:
+        raise ValueError("distill.methods: no student to train")
+    return chosen
+
+
+def method_weights(method: Any, soft_labels: SoftLabels, bias: dict | None) -> np.ndarray:
+    """Teacher weights of one method for these soft labels: (T,) or (N, T)."""
+    return teacher_weights(
+        method.weights,
+        soft_labels,
+        explicit=method.explicit_weights,
+        bias=(bias or {}).get("distribution") if method.weights == "bias" else None,
+        base=method.bias_base,
+        floor=method.bias_floor,
+    )
+
+
+def _load_soft_labels(layout: Any, split: str, teachers: Sequence[str], labels: Sequence[str], texts: Sequence[str]) -> SoftLabels:
+    sl = SoftLabels.load(layout.soft_labels, split)
+    source = str(layout.soft_labels / f"{split}.json")
+    sl.check_matches(teachers, labels, source=source)
+    if sl.num_examples != len(texts) or (sl.texts_sha256 and sl.texts_sha256 != texts_hash(texts)):
+        raise ValueError(
+            f"{source}: made for other texts than the prepared transfer split ({sl.num_examples} rows, "
+            f"{len(texts)} texts); rerun `knot soft-labels`"
+        )
+    return sl
+
+
+def distill(
+    cfg: Any,
+    layout: Any,
+    method: Any = None,
+    *,
+    loss: str | None = None,
+    resume: bool = False,
+    data_root: Any = None,
+) -> dict:
+    """Train one student per selected method (see :func:`select_methods`).
+
+    Parameters
+    ----------
+    cfg : knot.config.ExperimentConfig
+    layout : knot.layout.RunLayout
+        Reads ``layout.soft_labels`` (train, and val when present), ``bias.json`` for
+        ``bias`` weights, the prepared transfer texts and ``layout.global_model``; writes
+        ``layout.student(name)``.
+    method, loss : which students (see :func:`select_methods`).
+    resume : bool
+        Continue each student after its last completed epoch.
+
+    Returns
+    -------
+    dict ``{"students": {name: {"checkpoint", "init", "initial_val", "best_metrics", ...}}}``
+    """
+    from knot.batching import TextDataset, make_loader
+    from knot.data import load_split
+    from knot.geometry import LabelGeometry
+    from knot.models import build_model, load, read_checkpoint_config, save_checkpoint
+    from knot.teachers import token_cache_dir
+    from knot.training import evaluate, fit
+
+    methods = select_methods(cfg, method, loss)
+    device = resolve_device(cfg.device)
+    geometry = LabelGeometry.from_spec(cfg.task.geometry, labels=cfg.task.labels, p=cfg.task.cost_power)
+    transfer = transfer_domain(cfg)
+    teachers = [r.name for r in run_teachers(cfg, layout)]
+
+    train_texts = [e.text for e in load_split(layout.data, transfer.name, "train")]
+    train_sl = _load_soft_labels(layout, "train", teachers, geometry.labels, train_texts)
+    val_sl, val_texts = None, []
+    if (layout.soft_labels / "val.json").is_file():
+        val_texts = [e.text for e in load_split(layout.data, transfer.name, "val")]
+        val_sl = _load_soft_labels(layout, "val", teachers, geometry.labels, val_texts)
+    else:
+        log.warning("no soft labels for the transfer val split: every epoch replaces the previous best")
+    bias = None
+    if any(m.weights == "bias" for m in methods):
+        bias = load_bias(layout.soft_labels, teachers)
+    soft_hashes = {
+        s: sha256_file(layout.soft_labels / f"{s}.safetensors") for s in ("train", "val") if (layout.soft_labels / f"{s}.json").is_file()
+    }
+
+    init = cfg.distill.init
+    if init == "global" and not cfg.domains("global"):
+        log.warning("distill.init is global but the config has no global domain: students start from scratch")
+        init = "scratch"
+    if init == "global" and not has_checkpoint(layout.global_model):
+        raise FileNotFoundError(
+            f"{layout.global_model}: no global model checkpoint to initialise the student from; "
+            "run `knot train CONFIG --role global` first or set distill.init: scratch"
+        )
+
+    train_cfg = cfg.distill.train
+    out: dict[str, Any] = {"students": {}}
+    for m in methods:
+        w_train = method_weights(m, train_sl, bias)
+        w_val = method_weights(m, val_sl, bias) if val_sl is not None else None
+        set_seed(cfg.seed)
+        model = load(layout.global_model) if init == "global" else build_model(cfg.model, geometry)
+        if list(model.geometry.labels) != list(geometry.labels):
+            raise ValueError(f"{layout.global_model}: labels {model.labels} differ from the task's {geometry.labels}")
+        cache = token_cache_dir(layout)
+        train_ds = TextDataset(
+            train_texts, model.tokenizer, model.max_length, pack_targets(train_sl.probs, w_train),
+            cache_dir=cache, name=f"{transfer.name}-train",
+        )
+        train_loader = make_loader(
+            train_ds, train_cfg.batch_size, shuffle=True, group_by_length=train_cfg.group_by_length, seed=cfg.seed
+        )
+        val_loader = None
+        if val_sl is not None:
+            val_ds = TextDataset(
+                val_texts, model.tokenizer, model.max_length, pack_targets(val_sl.probs, w_val),
+                cache_dir=cache, name=f"{transfer.name}-val",
+            )
+            val_loader = make_loader(val_ds, train_cfg.eval_batch_size, shuffle=False, group_by_length=True)
+        loss_fn = make_loss_fn(m, geometry)
+        model.to(device)
+        initial = evaluate(model, val_loader, device, loss_fn, consensus_eval_fn) if val_loader is not None else {}
+        initial_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        log.info(
+            "distilling student %s (%s, %s, %s weights) from %s on %s: %d train / %d val texts, init %s",
+            m.name, m.loss, m.aggregate, m.weights, ", ".join(teachers), transfer.name,
+            len(train_texts), len(val_texts), init,
+        )
+        result = fit(
+            model,
+            loss_fn,
+            train_loader,
+            val_loader,
+            train_cfg,
+            out_dir=layout.student(m.name),
+            select_by=cfg.distill.select_by,
+            device=device,
+            seed=cfg.seed,
+            resume=resume,
+            eval_fn=consensus_eval_fn,
+            metadata={
+                "role": "student",
+                "name": m.name,
+                "method": m.to_dict(),
+                "init": init,
+                "teachers": teachers,
+                "transfer_domain": transfer.name,
+                "soft_labels_sha256": soft_hashes,
+                "val_reference": "teacher_consensus",
+                "n_train": len(train_texts),
+                "n_val": len(val_texts),
+                "model": cfg.model.to_dict(),
+                "task": cfg.task.to_dict(),
+                "experiment": cfg.name,
+            },
+        )
+        summary = {
+            "checkpoint": str(result.best_dir),
+            "method": m.to_dict(),
+            "init": init,
+            "n_train": len(train_texts),
+            "n_val": len(val_texts),
+            "initial_val": initial,
+            **result.to_dict(),
+        }
+        if initial_is_better(initial, result.best_metrics, cfg.distill.select_by):
+            # the reference's rule: a student is only replaced by an epoch that beats the
+            # starting model on the transfer val split
+            log.info(
+                "student %s: no epoch beat the initial model on val %s; keeping the initial weights",
+                m.name, cfg.distill.select_by,
+            )
+            model.load_state_dict(initial_state)
+            meta = read_checkpoint_config(result.best_dir).get("metadata", {})
+            save_checkpoint(model, result.best_dir, {**meta, "metrics": initial, "epoch": 0})
+            summary.update(best_metrics=initial, best_epoch=0)
+        out["students"][m.name] = summary
+        best = summary["best_metrics"]
+        log.info(
+            "student %s: val loss %s -> %s (best epoch %d)",
+            m.name,
+            _fmt(initial.get("loss")),
+            _fmt(best.get("loss")),
+            summary["best_epoch"],
+        )
+        del model
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

@@ -1,0 +1,502 @@
+"""Evaluation stage: every model of a run on every test set -> ``results.json`` + ``results.md``.
+
+Models: each local teacher (``teachers/<domain>``), the global model (``global/``) and each
+student (``students/<method>``) present in the run directory. Test sets: the test split of
+each local domain, of the global domain and of any ``test``-role domain, plus ``union``:
+the local test sets together (the reference's combined test set). Metrics per (model, test
+set), from :func:`knot.metrics.evaluate_probs` with the task geometry: accuracy, macro-F1,
+Semantic Distance and expected ground cost.
+
+The table also names three baselines:
+
+* ``global model alone``: the global model, no distillation;
+* ``best single teacher``: the local teacher with the highest union macro-F1 (chosen on the
+  test sets themselves, so an optimistic, oracle choice);
+* ``FedDF``: the student of the method named ``feddf``, or else the first method with loss
+  ``kl`` and aggregate ``mixture`` (KL to the weighted average of the teachers).
+
+``results.json`` layout (``format: knot.results``, version 1)::
+
+    {"format", "version", "name", "geometry": {...}, "label_names": [...],
+     "test_sets": [{"name", "kind": "local"|"global"|"test"|"union", "domains": [...], "n"}],
+     "models": [{"id", "kind": "teacher"|"global"|"student", "name", "path",
+                 "checkpoint_hash", "method"?: {...}}],
+     "baselines": {"global_alone": id|null, "best_single_teacher": id|null, "feddf": id|null},
+     "rows": [{"model", "test_set", "n", "accuracy", "macro_f1", "semantic_distance",
+               "expected_cost"}],
+     "confusion": {model id: {test set: K x K counts, rows gold, columns predicted}},
+     "missing": [{"id", "path"}]}
+
+Model ids are ``teacher:<domain>``, ``global`` and ``student:<method>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from knot.utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "RESULTS_FORMAT",
+    "METRICS",
+    "ModelEntry",
+    "TestSet",
+    "score_models",
+    "confusion_matrices",
+    "pick_baselines",
+    "build_results",
+    "render_markdown",
+    "load_results",
+    "evaluate_run",
+]
+
+RESULTS_FORMAT = "knot.results"
+_VERSION = 1
+#: Metric keys of every row, with their direction (True: higher is better).
+METRICS = {"accuracy": True, "macro_f1": True, "semantic_distance": False, "expected_cost": False}
+_METRIC_TITLES = {
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "semantic_distance": "Semantic Distance",
+    "expected_cost": "expected cost",
+}
+
+
+@dataclass
+class ModelEntry:
+    """One model of the run: id (``kind:name``), kind, name, checkpoint folder."""
+
+    kind: str  # "teacher" | "global" | "student"
+    name: str
+    path: Path | None = None
+    method: dict[str, Any] | None = None  # students: the DistillMethod as a dict
+    checkpoint_hash: str | None = None
+
+    @property
+    def id(self) -> str:
+        return "global" if self.kind == "global" else f"{self.kind}:{self.name}"
+
+    def to_dict(self, root: Path | None = None) -> dict[str, Any]:
+        path = None
+        if self.path is not None:
+            try:
+                path = str(Path(self.path).relative_to(root)) if root is not None else str(self.path)
+            except ValueError:
+                path = str(self.path)
+        d = {"id": self.id, "kind": self.kind, "name": self.name, "path": path, "checkpoint_hash": self.checkpoint_hash}
+        if self.method is not None:
+            d["method"] = self.method
+        return d
+
+
+@dataclass
+class TestSet:
+    """A test set: a domain's test split, or the union of several (``domains``)."""
+
+    __test__ = False  # not a pytest class
+
+    name: str
+    kind: str  # "local" | "global" | "test" | "union"
+    domains: list[str] = field(default_factory=list)
+
+    def to_dict(self, n: int) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "domains": list(self.domains), "n": n}
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return None if math.isnan(f) else f
+    return v
+
+
+def score_models(
+    probs: Mapping[str, Mapping[str, np.ndarray]],
+    labels: Mapping[str, np.ndarray],
+    test_sets: Sequence[TestSet],
+    metric_fn: Callable[[np.ndarray, np.ndarray], Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """Metrics of every model on every test set.
+
+    Parameters
+    ----------
+    probs : mapping model id -> {domain: ndarray (N_d, K)}
+        Each model's predicted probabilities on each domain's test split.
+    labels : mapping domain -> ndarray (N_d,) int
+        Gold class indices.
+    test_sets : the test sets to score; a union concatenates its domains.
+    metric_fn : ``(probs (N, K), labels (N,)) -> {"n", "accuracy", ...}``, e.g.
+        ``functools.partial(knot.metrics.evaluate_probs, geometry=g)``.
+
+    Returns
+    -------
+    list of rows ``{"model", "test_set", "n", "accuracy", "macro_f1",
+    "semantic_distance", "expected_cost"}``, test sets in the given order, models in the
+    order of ``probs`` within each test set.
+    """
+    rows = []
+    for ts in test_sets:
+        domains = ts.domains or [ts.name]
+        y = np.concatenate([np.asarray(labels[d]) for d in domains])
+        for model_id, per_domain in probs.items():
+            missing = [d for d in domains if d not in per_domain]
+            if missing:
+                continue
+            p = np.concatenate([np.asarray(per_domain[d]) for d in domains], axis=0)
+            m = metric_fn(p, y)
+            row = {"model": model_id, "test_set": ts.name, "n": int(len(y))}
+            for key in METRICS:
+                row[key] = _clean(m.get(key))
+            rows.append(row)
+    return rows
+
+
+def confusion_matrices(
+    probs: Mapping[str, Mapping[str, np.ndarray]],
+    labels: Mapping[str, np.ndarray],
+    test_sets: Sequence[TestSet],
+    num_labels: int,
+) -> dict[str, dict[str, list[list[int]]]]:
+    """Confusion matrix (rows: gold class, columns: predicted class) of every model on
+    every test set: ``{model id: {test set: [[int] * K] * K}}``.
+
+    >>> confusion_matrices({"m": {"d": np.array([[0.9, 0.1], [0.8, 0.2]])}},
+    ...                    {"d": np.array([0, 1])}, [TestSet("d", "local", ["d"])], 2)
+    {'m': {'d': [[1, 0], [1, 0]]}}
+    """
+    out: dict[str, dict[str, list[list[int]]]] = {}
+    for model_id, per_domain in probs.items():
+        for ts in test_sets:
+            domains = ts.domains or [ts.name]
+            if any(d not in per_domain for d in domains):
+                continue
+            y = np.concatenate([np.asarray(labels[d]) for d in domains])
+            pred = np.concatenate([np.asarray(per_domain[d]).argmax(axis=1) for d in domains])
+            mat = np.zeros((num_labels, num_labels), dtype=np.int64)
+            np.add.at(mat, (y, pred), 1)
+            out.setdefault(model_id, {})[ts.name] = mat.tolist()
+    return out
+
+
+def _row(rows: Sequence[Mapping[str, Any]], model: str, test_set: str) -> Mapping[str, Any] | None:
+    return next((r for r in rows if r["model"] == model and r["test_set"] == test_set), None)
+
+
+def pick_baselines(
+    models: Sequence[ModelEntry],
+    rows: Sequence[Mapping[str, Any]],
+    selection_set: str,
+) -> dict[str, str | None]:
+    """Which rows are the baselines (see the module docstring).
+
+    ``best_single_teacher`` is the local teacher with the highest macro-F1 on
+    ``selection_set`` (ties: the first in order).
+
+    >>> ms = [ModelEntry("teacher", "a"), ModelEntry("teacher", "b"), ModelEntry("global", "global"),
+    ...       ModelEntry("student", "x", method={"loss": "kl", "aggregate": "mixture"})]
+    >>> rows = [{"model": "teacher:a", "test_set": "union", "macro_f1": 0.4},
+    ...         {"model": "teacher:b", "test_set": "union", "macro_f1": 0.6}]
+    >>> pick_baselines(ms, rows, "union")
+    {'global_alone': 'global', 'best_single_teacher': 'teacher:b', 'feddf': 'student:x'}
+    """
+    out: dict[str, str | None] = {"global_alone": None, "best_single_teacher": None, "feddf": None}
+    glob = [m for m in models if m.kind == "global"]
+    if glob:
+        out["global_alone"] = glob[0].id
+    best, best_f1 = None, -math.inf
+    for m in models:
+        if m.kind != "teacher":
+            continue
+        r = _row(rows, m.id, selection_set)
+        f1 = r.get("macro_f1") if r else None
+        if f1 is not None and f1 > best_f1:
+            best, best_f1 = m.id, f1
+    out["best_single_teacher"] = best
+    students = [m for m in models if m.kind == "student"]
+    named = [m for m in students if m.name == "feddf"]
+    by_loss = [
+        m for m in students
+        if m.method and m.method.get("loss") == "kl" and m.method.get("aggregate") == "mixture"
+    ]
+    pick = (named or by_loss or [None])[0]
+    out["feddf"] = pick.id if pick is not None else None
+    return out
+
+
+def build_results(
+    *,
+    name: str,
+    geometry: Mapping[str, Any] | None,
+    label_names: Sequence[str],
+    models: Sequence[ModelEntry],
+    test_sets: Sequence[TestSet],
+    rows: Sequence[Mapping[str, Any]],
+    missing: Sequence[Mapping[str, Any]] = (),
+    root: Path | None = None,
+    confusion: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble the ``results.json`` object (see the module docstring)."""
+    from knot import __version__
+
+    n_by_set = {}
+    for r in rows:
+        n_by_set.setdefault(r["test_set"], r["n"])
+    union = next((t.name for t in test_sets if t.kind == "union"), None)
+    selection = union or next((t.name for t in test_sets if t.kind == "local"), "")
+    return {
+        "format": RESULTS_FORMAT,
+        "version": _VERSION,
+        "knot_version": __version__,
+        "name": name,
+        "geometry": geometry,
+        "label_names": list(label_names),
+        "test_sets": [t.to_dict(n_by_set.get(t.name, 0)) for t in test_sets],
+        "models": [m.to_dict(root) for m in models],
+        "baselines": pick_baselines(models, rows, selection),
+        "baseline_selection_set": selection,
+        "rows": [dict(r) for r in rows],
+        "confusion": dict(confusion or {}),
+        "missing": [dict(m) for m in missing],
+    }
+
+
+def _describe(model: Mapping[str, Any], baselines: Mapping[str, Any]) -> str:
+    notes = []
+    if model["kind"] == "teacher":
+        notes.append("local teacher")
+    elif model["kind"] == "global":
+        notes.append("global model")
+    elif model["kind"] == "student":
+        m = model.get("method") or {}
+        if m:
+            notes.append(f"student: {m.get('loss')}, {m.get('aggregate')}, {m.get('weights')} weights")
+        else:
+            notes.append("student")
+    mid = model["id"]
+    if baselines.get("global_alone") == mid:
+        notes.append("baseline: global model alone")
+    if baselines.get("best_single_teacher") == mid:
+        notes.append("baseline: best single teacher")
+    if baselines.get("feddf") == mid:
+        notes.append("baseline: FedDF (KL to teacher mixture)")
+    return "; ".join(notes)
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """``results.md``: a macro-F1 overview (models x test sets) and the full per-domain and
+    union rows with every metric.
+
+    Returns the Markdown text (ends with a newline).
+    """
+    rows = results["rows"]
+    sets = results["test_sets"]
+    models = results["models"]
+    baselines = results.get("baselines", {})
+    out = [f"# Results: {results.get('name', '')}", ""]
+    labels = ", ".join(results.get("label_names", []))
+    geometry = results.get("geometry") or {}
+    geo_name = geometry.get("name") if isinstance(geometry, dict) else None
+    out.append(
+        f"Labels: {labels}" + (f"; geometry `{geo_name}`" if geo_name else "") + ". "
+        "Higher is better for accuracy and macro-F1, lower for Semantic Distance and expected cost."
+    )
+    desc = []
+    for t in sets:
+        if t["kind"] == "union":
+            desc.append(f"{t['name']} = {' + '.join(t['domains'])} (n={t['n']})")
+        else:
+            desc.append(f"{t['name']} ({t['kind']}, n={t['n']})")
+    out += ["", "Test sets: " + "; ".join(desc) + ".", ""]
+    if baselines.get("best_single_teacher"):
+        out += [
+            f"The best single teacher is chosen by macro-F1 on `{results.get('baseline_selection_set')}` "
+            "(an oracle choice on the test data).",
+            "",
+        ]
+
+    out += ["## Macro-F1", ""]
+    header = ["model"] + [t["name"] for t in sets] + ["notes"]
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + "---|" * len(header))
+    for m in models:
+        cells = [f"`{m['id']}`"]
+        for t in sets:
+            r = _row(rows, m["id"], t["name"])
+            cells.append(_fmt(r["macro_f1"]) if r else "–")
+        cells.append(_describe(m, baselines))
+        out.append("| " + " | ".join(cells) + " |")
+
+    out += ["", "## All metrics, per domain and union", ""]
+    header = ["test set", "model", "n"] + [_METRIC_TITLES[k] for k in METRICS]
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + "---|" * len(header))
+    for t in sets:
+        for m in models:
+            r = _row(rows, m["id"], t["name"])
+            if r is None:
+                continue
+            out.append(
+                "| " + " | ".join([t["name"], f"`{m['id']}`", str(r["n"])] + [_fmt(r[k]) for k in METRICS]) + " |"
+            )
+    if results.get("missing"):
+        out += ["", "Not evaluated (no checkpoint): " + ", ".join(f"`{m['id']}`" for m in results["missing"]) + "."]
+    return "\n".join(out) + "\n"
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read a ``results.json`` written by :func:`evaluate_run`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results; run `knot evaluate CONFIG` first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{path}: not a knot results file")
+    return data
+
+
+# ---------------------------------------------------------------------------
+# the stage
+# ---------------------------------------------------------------------------
+
+
+def run_models(cfg: Any, layout: Any) -> tuple[list[ModelEntry], list[ModelEntry]]:
+    """The run's models that have a checkpoint, and those that do not (teachers, global,
+    configured students, then any other student folder found under ``students/``)."""
+    from knot.soft_labels import has_checkpoint
+
+    candidates = [ModelEntry("teacher", d.name, layout.teacher(d.name)) for d in cfg.domains("local")]
+    if cfg.domains("global"):
+        candidates.append(ModelEntry("global", "global", layout.global_model))
+    configured = {m.name for m in cfg.distill.methods}
+    for m in cfg.distill.methods:
+        candidates.append(ModelEntry("student", m.name, layout.student(m.name), method=m.to_dict()))
+    students_dir = layout.student("x").parent
+    if students_dir.is_dir():
+        for p in sorted(students_dir.iterdir()):
+            if p.is_dir() and p.name not in configured and has_checkpoint(p):
+                candidates.append(ModelEntry("student", p.name, p, method=_stored_method(p)))
+    present = [m for m in candidates if has_checkpoint(m.path)]
+    missing = [m for m in candidates if not has_checkpoint(m.path)]
+    return present, missing
+
+
+def _stored_method(path: Path) -> dict[str, Any] | None:
+    from knot.soft_labels import _checkpoint_meta
+
+    m = _checkpoint_meta(path).get("method")
+    return m if isinstance(m, dict) else None
+
+
+def run_test_sets(cfg: Any) -> list[TestSet]:
+    """Each local domain, the global domain, each ``test`` domain, then ``union`` (locals)."""
+    sets = [TestSet(d.name, "local", [d.name]) for d in cfg.domains("local")]
+    sets += [TestSet(d.name, "global", [d.name]) for d in cfg.domains("global")]
+    sets += [TestSet(d.name, "test", [d.name]) for d in cfg.domains("test")]
+    locals_ = [d.name for d in cfg.domains("local")]
+    if len(locals_) > 1:
+        if any(t.name == "union" for t in sets):
+            raise ValueError("data.domains: a domain may not be named 'union' (reserved for the union row)")
+        sets.append(TestSet("union", "union", locals_))
+    return sets
+
+
+def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, Any]:
+    """Evaluation stage: score every model present on every test set.
+
+    Writes ``layout.results_json`` and ``layout.results_md`` and returns the results dict.
+    Models without a checkpoint are listed under ``missing`` (an error if there is none at all).
+    """
+    import functools
+
+    from knot.data import load_split
+    from knot.geometry import LabelGeometry
+    from knot.metrics import evaluate_probs
+    from knot.models import checkpoint_hash, load
+    from knot.soft_labels import predict_probs
+    from knot.utils import resolve_device
+
+    device = resolve_device(cfg.device)
+    geometry = LabelGeometry.from_spec(cfg.task.geometry, labels=cfg.task.labels, p=cfg.task.cost_power)
+    models, missing = run_models(cfg, layout)
+    if not models:
+        raise FileNotFoundError(
+            f"{layout.root}: no model checkpoints to evaluate; run `knot train` / `knot distill` first"
+        )
+    for m in missing:
+        log.warning("evaluate: %s has no checkpoint at %s; skipped", m.id, m.path)
+    test_sets = run_test_sets(cfg)
+    domains = list(dict.fromkeys(d for t in test_sets for d in t.domains))
+    texts, labels = {}, {}
+    for d in domains:
+        examples = load_split(layout.data, d, "test")
+        if not examples:
+            raise ValueError(f"domain {d!r}: the test split is empty")
+        unlabelled = sum(e.label is None for e in examples)
+        if unlabelled:
+            raise ValueError(f"domain {d!r}: {unlabelled} test example(s) have no label")
+        texts[d] = [e.text for e in examples]
+        labels[d] = np.asarray([geometry.index(e.label) for e in examples], dtype=np.int64)
+
+    probs: dict[str, dict[str, np.ndarray]] = {}
+    for m in models:
+        model = load(m.path, device=device)
+        if list(model.geometry.labels) != list(geometry.labels):
+            raise ValueError(
+                f"{m.path}: {m.id} has labels {list(model.geometry.labels)}, the task has {list(geometry.labels)}"
+            )
+        m.checkpoint_hash = checkpoint_hash(m.path)
+        probs[m.id] = {
+            d: predict_probs(model, texts[d], batch_size=cfg.evaluate.batch_size, device=device, desc=f"{m.id} on {d}")
+            for d in domains
+        }
+        del model
+
+    rows = score_models(probs, labels, test_sets, functools.partial(evaluate_probs, geometry=geometry))
+    confusion = confusion_matrices(probs, labels, test_sets, geometry.num_labels)
+    results = build_results(
+        name=cfg.name,
+        geometry=_geometry_dict(geometry),
+        label_names=list(geometry.labels),
+        models=models,
+        test_sets=test_sets,
+        rows=rows,
+        missing=[{"id": m.id, "path": str(m.path)} for m in missing],
+        root=layout.root,
+        confusion=confusion,
+    )
+    atomic_write_json(layout.results_json, results)
+    atomic_write_text(layout.results_md, render_markdown(results))
+    log.info("results written to %s and %s", layout.results_json, layout.results_md)
+    return results
+
+
+def _geometry_dict(geometry: Any) -> dict[str, Any]:
+    return _jsonable(geometry.to_dict())
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj

@@ -1,0 +1,213 @@
+"""Distillation stage on a tiny synthetic task, plus the stage CLI commands.
+
+The task: three classes (neg, neu, pos on a line) whose texts carry a class keyword among
+neutral filler words, so a tiny random-init encoder learns it in a few epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from knot.cli import app
+from knot.config import DistillMethod, ExperimentConfig
+from knot.distill import consensus_eval_fn, make_loss_fn, pack_targets, select_methods
+from knot.layout import RunLayout
+from knot.soft_labels import SoftLabels, texts_hash
+
+LABELS = ["neg", "neu", "pos"]
+KEYWORDS = {"neg": ["awful", "terrible", "bad"], "neu": ["okay", "average", "fine"], "pos": ["great", "excellent", "good"]}
+FILLER = ["the", "a", "item", "box", "it", "was", "this", "product", "arrived", "and", "is", "my", "for"]
+
+
+def synthetic_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = LABELS[i % 3]
+        words = rng.sample(FILLER, 4) + [rng.choice(KEYWORDS[label])] * 2
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def make_config(data_root, domains: dict[str, str], **distill) -> ExperimentConfig:
+    """One domain per (name, role); each source is a JSONL file written by the test."""
+    return ExperimentConfig.from_dict(
+        {
+            "name": "tiny",
+            "seed": 7,
+            "device": "cpu",
+            "task": {"geometry": {"neg": [-1.0], "neu": [0.0], "pos": [1.0]}},
+            "data": {
+                "root": str(data_root),
+                "seed": 7,
+                "domains": [
+                    {"name": n, "role": r, "split": "random",
+                     "sources": [{"reader": "jsonl", "path": f"{n}.jsonl", "text": "text", "label": "label"}]}
+                    for n, r in domains.items()
+                ],
+            },
+            "model": {"encoder": "tiny", "max_length": 16, "dropout": 0.0},
+            "local": {"epochs": 4, "batch_size": 16, "lr": 2e-3},
+            "global_model": {"epochs": 4, "batch_size": 16, "lr": 2e-3},
+            "soft_labels": {"batch_size": 64},
+            "bias": {"n_samples": 40, "length": 8},
+            "distill": {"init": "scratch", "train": {"epochs": 6, "batch_size": 16, "lr": 3e-3}, **distill},
+            "evaluate": {"batch_size": 64},
+        }
+    )
+
+
+def write_teacher_soft_labels(layout, teachers, split, examples, geometry_labels, sizes) -> SoftLabels:
+    """Teachers that are right: each puts 0.85-0.9 on the gold class, the rest spread."""
+    n, t = len(examples), len(teachers)
+    probs = np.zeros((n, t, 3), dtype=np.float32)
+    for i, ex in enumerate(examples):
+        y = geometry_labels.index(ex.label)
+        for j in range(t):
+            conf = 0.85 + 0.05 * j
+            probs[i, j] = (1 - conf) / 2
+            probs[i, j, y] = conf
+    sl = SoftLabels(probs, teachers, geometry_labels, teacher_sizes=sizes, domain="transfer", split=split,
+                    texts_sha256=texts_hash(e.text for e in examples))
+    sl.save(layout.soft_labels, split)
+    return sl
+
+
+@pytest.fixture
+def transfer_run(tmp_path):
+    from knot.data import load_split, prepare_data
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "l1.jsonl", synthetic_rows(30, 1))
+    write_jsonl(data / "l2.jsonl", synthetic_rows(30, 2))
+    write_jsonl(data / "transfer.jsonl", synthetic_rows(60, 3))
+    cfg = make_config(data, {"l1": "local", "l2": "local", "transfer": "transfer"})
+    layout = RunLayout(tmp_path / "run")
+    prepare_data(cfg, layout, data)
+    splits = {s: load_split(layout.data, "transfer", s) for s in ("train", "val")}
+    for s, examples in splits.items():
+        write_teacher_soft_labels(layout, ["l1", "l2"], s, examples, LABELS, [30, 90])
+    return cfg, layout, splits
+
+
+def test_student_learns_from_right_teachers(transfer_run):
+    """KL to the teacher mixture (the FedDF method of the default config) from scratch:
+    the val loss falls and the student reaches the teachers' accuracy (1.0)."""
+    from knot.distill import distill
+    from knot.models import load, read_checkpoint_config
+
+    cfg, layout, splits = transfer_run
+    out = distill(cfg, layout, method="feddf")
+
+    info = out["students"]["feddf"]
+    assert info["best_metrics"]["loss"] < 0.5 * info["initial_val"]["loss"]
+    model = load(layout.student("feddf"))
+    for split in ("train", "val"):
+        examples = splits[split]
+        probs = model.predict_proba([e.text for e in examples])
+        gold = np.array([LABELS.index(e.label) for e in examples])
+        assert (probs.argmax(axis=1) == gold).mean() == 1.0, split
+    meta = read_checkpoint_config(layout.student("feddf"))["metadata"]
+    assert (meta["role"], meta["method"]["loss"], meta["method"]["aggregate"], meta["init"]) == (
+        "student", "kl", "mixture", "scratch")
+    assert meta["n_train"] == len(splits["train"]) and meta["teachers"] == ["l1", "l2"]
+
+
+def test_teacher_order_mismatch_stops_distillation(transfer_run):
+    from knot.distill import distill
+
+    cfg, layout, splits = transfer_run
+    write_teacher_soft_labels(layout, ["l2", "l1"], "train", splits["train"], LABELS, [90, 30])
+    with pytest.raises(ValueError, match=r"train.json: teacher order mismatch"):
+        distill(cfg, layout, method="feddf")
+
+
+def test_stale_soft_labels_are_detected(transfer_run):
+    from knot.distill import distill
+
+    cfg, layout, splits = transfer_run
+    write_teacher_soft_labels(layout, ["l1", "l2"], "train", splits["train"][:-1], LABELS, [30, 90])
+    with pytest.raises(ValueError, match=r"made for other texts"):
+        distill(cfg, layout, method="feddf")
+
+
+def test_loss_fn_uses_packed_weights():
+    from knot.geometry import LabelGeometry
+    from knot.losses import distillation_loss
+
+    g = LabelGeometry.from_mapping({"neg": [-1.0], "neu": [0.0], "pos": [1.0]})
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=(4, 2)).astype(np.float32)
+    w = np.array([0.25, 0.75])
+    logits = torch.randn(4, 3)
+    m = DistillMethod(name="x", loss="ot", aggregate="per_teacher")
+    got = make_loss_fn(m, g)(logits, {"target": pack_targets(probs, w)})
+    expected = distillation_loss("ot", logits, torch.from_numpy(probs), torch.tensor(w, dtype=torch.float32), g)
+    assert float(got) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_consensus_eval_uses_weighted_teacher_argmax():
+    from knot.geometry import LabelGeometry
+
+    g = LabelGeometry.from_mapping({"neg": [-1.0], "neu": [0.0], "pos": [1.0]})
+    # two teachers disagree; teacher 1 weighs more -> consensus = its argmax (pos, then neg)
+    probs = np.array([[[0.9, 0.1, 0.0], [0.0, 0.2, 0.8]], [[0.0, 0.1, 0.9], [0.8, 0.2, 0.0]]])
+    targets = pack_targets(probs, np.array([0.3, 0.7])).numpy()
+    student = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    assert consensus_eval_fn(student, targets, g)["accuracy"] == 1.0
+
+
+def test_select_methods():
+    cfg = ExperimentConfig()
+    assert [m.name for m in select_methods(cfg)] == ["ot", "entropy", "feddf"]
+    assert [m.name for m in select_methods(cfg, ["feddf"])] == ["feddf"]
+    assert [m.name for m in select_methods(cfg, loss="kl")] == ["feddf"]
+    made = select_methods(cfg, loss="ce")
+    assert [(m.name, m.loss) for m in made] == [("ce", "ce")]
+    with pytest.raises(ValueError, match=r"--method nope: not in distill.methods"):
+        select_methods(cfg, "nope")
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", ["soft-labels", "bias", "distill", "evaluate"])
+def test_cli_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "CONFIG" in result.output.upper()
+
+
+def test_cli_reports_missing_teachers(tmp_path):
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(
+        "name: t\ndata:\n  domains:\n"
+        "    - {name: l1, role: local, sources: [{reader: jsonl, path: l1.jsonl, text: text}]}\n"
+        "    - {name: tr, role: transfer, sources: [{reader: jsonl, path: tr.jsonl, text: text}]}\n"
+    )
+    result = runner.invoke(app, ["soft-labels", str(cfg_path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "no checkpoint for local teacher 'l1'" in result.output
+
+
+def test_cli_rejects_bad_config_and_loss(tmp_path):
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("name: t\ndistill:\n  methods:\n    - {name: x, loss: wasserstein}\n")
+    result = runner.invoke(app, ["distill", str(cfg_path)])
+    assert result.exit_code == 2 and "distill.methods[0].loss" in result.output
+    result = runner.invoke(app, ["distill", str(cfg_path), "--loss", "mse"])
+    assert result.exit_code == 2

@@ -1,0 +1,218 @@
+"""Evaluation table: metrics on a hand-built prediction set, baselines, Markdown."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from knot.evaluation import (
+    ModelEntry,
+    TestSet,
+    build_results,
+    load_results,
+    pick_baselines,
+    render_markdown,
+    score_models,
+)
+from knot.geometry import LabelGeometry
+from knot.metrics import evaluate_probs
+
+# three labels on a line: cost |i - j|
+GEOMETRY = LabelGeometry(labels=["a", "b", "c"], coords=[[0.0], [1.0], [2.0]])
+
+# model A: imperfect; model B: one-hot on the gold label
+LABELS = {"d1": np.array([0, 1, 2]), "d2": np.array([2, 0, 1])}
+PROBS_A = {
+    "d1": np.array([[0.7, 0.3, 0.0], [0.0, 0.4, 0.6], [0.0, 0.0, 1.0]]),
+    "d2": np.array([[0.1, 0.0, 0.9], [0.2, 0.8, 0.0], [0.0, 1.0, 0.0]]),
+}
+PROBS_B = {d: np.eye(3)[y] for d, y in LABELS.items()}
+TEST_SETS = [TestSet("d1", "local", ["d1"]), TestSet("d2", "local", ["d2"]), TestSet("union", "union", ["d1", "d2"])]
+
+# Worked out by hand (see the comments):
+EXPECTED_A = {
+    # preds [0, 2, 2]: F1 per class 1, 0, 2/3; distances to the gold coordinate 0.3, 0.6, 0;
+    # expected costs 0.3, 0.6, 0 (one example per class, so per-class means = overall means)
+    "d1": {"n": 3, "accuracy": 2 / 3, "macro_f1": 5 / 9, "semantic_distance": 0.3, "expected_cost": 0.3},
+    # preds [2, 1, 1]: F1 per class 0, 2/3, 1; distances 0.2, 0.8, 0; costs 0.2, 0.8, 0
+    "d2": {"n": 3, "accuracy": 2 / 3, "macro_f1": 5 / 9, "semantic_distance": 1 / 3, "expected_cost": 1 / 3},
+    # union: F1 per class 2/3, 1/2, 4/5; per-class mean distance 0.55, 0.3, 0.1
+    "union": {"n": 6, "accuracy": 2 / 3, "macro_f1": 59 / 90, "semantic_distance": 0.95 / 3,
+              "expected_cost": 0.95 / 3},
+}
+
+
+@pytest.fixture
+def rows():
+    probs = {"teacher:a": PROBS_A, "teacher:b": PROBS_B, "global": PROBS_A, "student:feddf": PROBS_B}
+    return score_models(probs, LABELS, TEST_SETS, functools.partial(evaluate_probs, geometry=GEOMETRY))
+
+
+MODELS = [
+    ModelEntry("teacher", "a"),
+    ModelEntry("teacher", "b"),
+    ModelEntry("global", "global"),
+    ModelEntry("student", "feddf", method={"loss": "kl", "aggregate": "mixture", "weights": "size"}),
+]
+
+
+def test_metrics_match_hand_computed_values(rows):
+    assert len(rows) == 4 * 3
+    for test_set, expected in EXPECTED_A.items():
+        for model in ("teacher:a", "global"):
+            row = next(r for r in rows if r["model"] == model and r["test_set"] == test_set)
+            for key, value in expected.items():
+                assert row[key] == pytest.approx(value, abs=1e-9), (model, test_set, key)
+    for r in rows:
+        if r["model"] in ("teacher:b", "student:feddf"):
+            assert (r["accuracy"], r["macro_f1"]) == (1.0, 1.0)
+            assert r["semantic_distance"] == pytest.approx(0.0, abs=1e-12)
+            assert r["expected_cost"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_rows_are_ordered_by_test_set_then_model(rows):
+    assert [r["test_set"] for r in rows[::4]] == ["d1", "d2", "union"]
+    assert [r["model"] for r in rows[:4]] == ["teacher:a", "teacher:b", "global", "student:feddf"]
+
+
+def test_baselines(rows):
+    assert pick_baselines(MODELS, rows, "union") == {
+        "global_alone": "global",
+        "best_single_teacher": "teacher:b",
+        "feddf": "student:feddf",
+    }
+    no_feddf = [m for m in MODELS if m.kind != "student"] + [
+        ModelEntry("student", "ot", method={"loss": "ot", "aggregate": "per_teacher"})
+    ]
+    assert pick_baselines(no_feddf, rows, "union")["feddf"] is None
+
+
+def test_results_json_and_markdown(rows, tmp_path):
+    results = build_results(
+        name="demo", geometry=GEOMETRY.to_dict(), label_names=GEOMETRY.labels, models=MODELS,
+        test_sets=TEST_SETS, rows=rows, missing=[{"id": "student:ot", "path": "students/ot"}],
+    )
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    back = load_results(path)
+    assert back["test_sets"][2] == {"name": "union", "kind": "union", "domains": ["d1", "d2"], "n": 6}
+    assert [m["id"] for m in back["models"]] == ["teacher:a", "teacher:b", "global", "student:feddf"]
+    assert back["baselines"]["best_single_teacher"] == "teacher:b"
+
+    md = render_markdown(back)
+    lines = md.splitlines()
+    # overview: one row per model, test sets as columns
+    assert "| model | d1 | d2 | union | notes |" in lines
+    assert "| `teacher:a` | 0.5556 | 0.5556 | 0.6556 | local teacher |" in lines
+    assert any(line.startswith("| `global` |") and "baseline: global model alone" in line for line in lines)
+    assert any(line.startswith("| `student:feddf` |") and "baseline: FedDF" in line for line in lines)
+    # per-domain and union rows with every metric
+    assert "| union | `teacher:a` | 6 | 0.6667 | 0.6556 | 0.3167 | 0.3167 |" in lines
+    assert "| d2 | `teacher:b` | 3 | 1.0000 | 1.0000 | 0.0000 | 0.0000 |" in lines
+    assert "Not evaluated (no checkpoint): `student:ot`." in lines
+
+
+def test_load_results_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `knot evaluate"):
+        load_results(tmp_path / "results.json")
+    (tmp_path / "results.json").write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="not a knot results file"):
+        load_results(tmp_path / "results.json")
+
+
+# --- end to end: teachers -> soft labels -> bias -> students -> evaluation ---------------------
+
+LABELS3 = ["neg", "neu", "pos"]
+KEYWORDS = {"neg": ["awful", "bad"], "neu": ["okay", "average"], "pos": ["great", "good"]}
+FILLER = ["the", "a", "item", "box", "it", "was", "this", "product", "arrived", "and", "is", "my"]
+
+
+def _rows(n: int, seed: int) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        label = LABELS3[i % 3]
+        words = rng.sample(FILLER, 4) + [rng.choice(KEYWORDS[label])] * 2
+        rng.shuffle(words)
+        out.append({"text": " ".join(words), "label": label})
+    return out
+
+
+@pytest.mark.slow
+def test_stages_end_to_end(tmp_path):
+    from knot.config import ExperimentConfig
+    from knot.data import prepare_data
+    from knot.distill import distill
+    from knot.evaluation import evaluate_run
+    from knot.layout import RunLayout
+    from knot.soft_labels import SoftLabels, distribution_bias, produce_soft_labels
+    from knot.teachers import train_teacher
+
+    data = tmp_path / "data"
+    data.mkdir()
+    domains = {"l1": "local", "l2": "local", "g": "global", "tr": "transfer"}
+    for i, name in enumerate(domains):
+        rows = _rows(30, i)
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = ExperimentConfig.from_dict({
+        "name": "e2e", "seed": 3, "device": "cpu",
+        "task": {"geometry": {"neg": [-1.0], "neu": [0.0], "pos": [1.0]}},
+        "data": {"seed": 3, "domains": [
+            {"name": n, "role": r, "split": "random",
+             "sources": [{"reader": "jsonl", "path": f"{n}.jsonl", "text": "text", "label": "label"}]}
+            for n, r in domains.items()]},
+        "model": {"encoder": "tiny", "max_length": 16, "dropout": 0.0},
+        "local": {"epochs": 1, "batch_size": 16, "lr": 2e-3},
+        "global_model": {"epochs": 1, "batch_size": 16, "lr": 2e-3},
+        "bias": {"n_samples": 24, "length": 6},
+        "distill": {"init": "global", "train": {"epochs": 1, "batch_size": 16, "lr": 1e-3},
+                    "methods": [{"name": "ot", "loss": "ot", "weights": "bias", "bias_base": "size"},
+                                {"name": "feddf", "loss": "kl", "aggregate": "mixture"}]},
+    })
+    layout = RunLayout(tmp_path / "run")
+    prepare_data(cfg, layout, data)
+    train_teacher(cfg, layout, role="local")
+    train_teacher(cfg, layout, role="global")
+
+    summary = produce_soft_labels(cfg, layout)
+    sl = SoftLabels.load(layout.soft_labels, "train")
+    assert sl.teacher_names == ["l1", "l2", "global"] and sl.label_names == LABELS3
+    assert sl.num_examples == summary["splits"]["train"]["n"]
+    counts = {d: json.loads(layout.manifest.read_text())["domains"][d]["counts"]["train"] for d in ("l1", "l2", "g")}
+    assert sl.teacher_sizes == [counts["l1"], counts["l2"], counts["g"]]
+    assert set(summary["splits"]["train"]["teacher_metrics"]) == {"l1", "l2", "global"}
+
+    bias = distribution_bias(cfg, layout)
+    assert bias["teachers"] == ["l1", "l2", "global"]
+    for name in bias["teachers"]:
+        assert sum(bias["distribution"][name]) == pytest.approx(1.0)
+
+    students = distill(cfg, layout)["students"]
+    assert set(students) == {"ot", "feddf"}
+    from knot.models import checkpoint_hash
+
+    for name, s in students.items():
+        assert s["init"] == "global"
+        if s["best_epoch"] == 0:  # no epoch beat the global model on val: its weights are kept
+            assert checkpoint_hash(layout.student(name)) == checkpoint_hash(layout.global_model)
+        else:
+            assert s["best_metrics"]["loss"] < s["initial_val"]["loss"]
+
+    results = evaluate_run(cfg, layout)
+    ids = [m["id"] for m in results["models"]]
+    assert ids == ["teacher:l1", "teacher:l2", "global", "student:ot", "student:feddf"]
+    assert [t["name"] for t in results["test_sets"]] == ["l1", "l2", "g", "union"]
+    assert len(results["rows"]) == 5 * 4
+    union = [t for t in results["test_sets"] if t["name"] == "union"][0]
+    assert union["n"] == sum(t["n"] for t in results["test_sets"] if t["kind"] == "local")
+    assert results["baselines"]["global_alone"] == "global"
+    assert results["baselines"]["feddf"] == "student:feddf"
+    assert results["baselines"]["best_single_teacher"] in ("teacher:l1", "teacher:l2")
+    assert load_results(layout.results_json)["rows"] == results["rows"]
+    md = layout.results_md.read_text()
+    assert sum(line.startswith("| union | `") for line in md.splitlines()) == 5
