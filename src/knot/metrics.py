@@ -1,0 +1,278 @@
+r"""Evaluation metrics: accuracy, macro-F1, per-class report, and the geometric metrics.
+
+The geometric metrics use the same :class:`~knot.geometry.LabelGeometry` as the OT loss:
+
+Semantic Distance (KNOT; lower is better)
+    for each example the Euclidean distance between the expected label coordinate under
+    the predicted distribution and the true label's coordinate,
+    :math:`\lVert \sum_k p_k c_k - c_y \rVert`; averaged within each true class, then over
+    the classes present in ``labels`` (classes without examples are left out).
+Expected cost (lower is better)
+    the expected ground cost to the true label, :math:`\sum_k p_k C_{k y}` (for a metric
+    cost, the exact OT cost from the prediction to the one-hot true label), averaged the
+    same way.
+
+Macro-F1 is the unweighted mean of per-class F1 over the classes that occur in the gold
+labels or in the predictions; a class that is neither true nor predicted anywhere in the
+evaluated set has no defined F1 and is left out (so a test set that lacks a class is not
+penalised for it), while a class that is predicted but never true counts with F1 = 0.
+
+>>> import numpy as np
+>>> from knot.geometry import LabelGeometry
+>>> g = LabelGeometry.preset("sentiment5")
+>>> probs = np.array([[0.0, 0.0, 0.5, 0.5, 0.0],    # true 4 stars; expected position 0.5
+...                   [0.0, 0.0, 0.0, 0.0, 1.0]])   # true 5 stars; exact
+>>> m = evaluate_probs(probs, np.array([3, 4]), g)
+>>> m["n"], m["accuracy"], m["semantic_distance"], m["expected_cost"]
+(2, 0.5, 0.25, 0.25)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "accuracy",
+    "macro_f1",
+    "per_class_report",
+    "semantic_distance",
+    "expected_cost",
+    "evaluate_probs",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _np(x: Any, name: str, dtype=None) -> np.ndarray:
+    """numpy view of a numpy array, torch tensor or sequence."""
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: expected an array, got {type(x).__name__} ({exc})") from None
+    return arr
+
+
+def _labels(y: Any, name: str, num_labels: int | None = None) -> np.ndarray:
+    arr = _np(y, name)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of class indices, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.mod(arr, 1) == 0):
+            raise ValueError(f"{name}: expected integer class indices, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64)
+    arr = arr.astype(np.int64, copy=False)
+    if num_labels is not None and arr.size and (arr.min() < 0 or arr.max() >= num_labels):
+        bad = int(arr[(arr < 0) | (arr >= num_labels)][0])
+        raise ValueError(f"{name}: class index {bad} outside [0, {num_labels - 1}]")
+    return arr
+
+
+def _probs(probs: Any, k: int | None, atol: float = 1e-3) -> np.ndarray:
+    p = _np(probs, "probs", np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"probs: expected shape (N, K), got {p.shape}")
+    if k is not None and p.shape[1] != k:
+        raise ValueError(f"probs: {p.shape[1]} columns but the geometry has K={k} labels")
+    if not np.isfinite(p).all():
+        raise ValueError(f"probs: row {int(np.nonzero(~np.isfinite(p).all(1))[0][0])} contains NaN or inf")
+    if (p < 0).any():
+        raise ValueError(f"probs: row {int(np.nonzero((p < 0).any(1))[0][0])} has negative entries")
+    sums = p.sum(1)
+    off = np.abs(sums - 1) > atol
+    if off.any():
+        i = int(np.nonzero(off)[0][0])
+        raise ValueError(f"probs: row {i} sums to {sums[i]:.6g}, expected 1 (atol {atol:g})")
+    return p
+
+
+def _same_length(a: np.ndarray, b: np.ndarray, na: str, nb: str) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"{na} has {len(a)} rows but {nb} has {len(b)}")
+
+
+def accuracy(y_true: Any, y_pred: Any) -> float:
+    """Fraction of exact matches.
+
+    >>> accuracy([0, 1, 2, 2], [0, 1, 1, 2])
+    0.75
+    """
+    t, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
+    _same_length(t, p, "y_true", "y_pred")
+    if not len(t):
+        raise ValueError("accuracy: no examples")
+    return float(np.mean(t == p))
+
+
+def macro_f1(y_true: Any, y_pred: Any, num_labels: int | None = None) -> float:
+    """Macro-F1 over the classes present in ``y_true`` or ``y_pred`` (scikit-learn).
+
+    Classes of ``range(num_labels)`` that are neither true nor predicted are left out;
+    predicted-but-never-true classes count with F1 = 0 (``zero_division=0``).
+
+    >>> macro_f1([0, 0, 1, 1], [0, 0, 1, 1], num_labels=5)  # classes 2-4 absent: not counted
+    1.0
+    >>> round(macro_f1([0, 0, 1, 1], [0, 0, 1, 2], num_labels=3), 4)  # (1 + 2/3 + 0) / 3
+    0.5556
+    """
+    from sklearn.metrics import f1_score
+
+    t = _labels(y_true, "y_true", num_labels)
+    p = _labels(y_pred, "y_pred", num_labels)
+    _same_length(t, p, "y_true", "y_pred")
+    if not len(t):
+        raise ValueError("macro_f1: no examples")
+    present = np.union1d(t, p)
+    return float(f1_score(t, p, labels=present, average="macro", zero_division=0))
+
+
+def per_class_report(y_true: Any, y_pred: Any, label_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of every class of ``label_names`` (zero_division=0).
+
+    >>> r = per_class_report([0, 1, 1], [0, 1, 0], ["neg", "pos"])
+    >>> r["pos"]
+    {'precision': 1.0, 'recall': 0.5, 'f1': 0.6666666666666666, 'support': 2}
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
+    k = len(label_names)
+    t = _labels(y_true, "y_true", k)
+    p = _labels(y_pred, "y_pred", k)
+    _same_length(t, p, "y_true", "y_pred")
+    prec, rec, f1, support = precision_recall_fscore_support(
+        t, p, labels=np.arange(k), average=None, zero_division=0
+    )
+    return {
+        str(name): {
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(label_names)
+    }
+
+
+def _class_balanced_mean(values: np.ndarray, y: np.ndarray) -> float:
+    """Mean within each class present in ``y``, then mean over those classes."""
+    classes, inverse = np.unique(y, return_inverse=True)
+    sums = np.bincount(inverse, weights=values, minlength=len(classes))
+    counts = np.bincount(inverse, minlength=len(classes))
+    return float(np.mean(sums / counts))
+
+
+def _average(values: np.ndarray, y: np.ndarray, average: str) -> float:
+    if average == "class":
+        return _class_balanced_mean(values, y)
+    if average == "example":
+        return float(np.mean(values))
+    raise ValueError(f"average: expected 'class' or 'example', got {average!r}")
+
+
+def semantic_distance(probs: Any, labels: Any, coords: Any, average: str = "class") -> float:
+    r"""Semantic Distance: :math:`\lVert \sum_k p_k c_k - c_y \rVert`, class-balanced mean.
+
+    Parameters
+    ----------
+    probs : array-like, shape (N, K)
+        Predicted distributions (numpy or torch).
+    labels : array-like, shape (N,)
+        True class indices.
+    coords : array-like (K, D), or a LabelGeometry
+        Label coordinates.
+    average : {"class", "example"}
+        ``class``: mean within each true class, then over the classes present (the
+        metric's definition); ``example``: plain mean.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> coords = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    >>> probs = np.array([[0.0, 0.5, 0.5],    # true 0: E[c] = (1.5, 2), distance 2.5
+    ...                   [0.0, 1.0, 0.0],    # true 1: distance 0
+    ...                   [0.0, 0.0, 1.0]])   # true 1: distance 5
+    >>> semantic_distance(probs, [0, 1, 1], coords)  # mean(2.5, mean(0, 5)); class 2 absent
+    2.5
+    """
+    c = _np(coords.coords if hasattr(coords, "coords") else coords, "coords", np.float64)
+    if c.ndim == 1:
+        c = c[:, None]
+    if c.ndim != 2:
+        raise ValueError(f"coords: expected shape (K, D), got {c.shape}")
+    p = _probs(probs, c.shape[0])
+    y = _labels(labels, "labels", c.shape[0])
+    _same_length(p, y, "probs", "labels")
+    if not len(y):
+        raise ValueError("semantic_distance: no examples")
+    d = np.linalg.norm(p @ c - c[y], axis=1)  # (N,)
+    return _average(d, y, average)
+
+
+def expected_cost(probs: Any, labels: Any, cost: Any, average: str = "class") -> float:
+    r"""Expected ground cost to the true label, :math:`\sum_k p_k C_{k y}`, class-balanced mean.
+
+    Parameters
+    ----------
+    probs : array-like, shape (N, K)
+    labels : array-like, shape (N,)
+    cost : array-like (K, K), or a LabelGeometry
+    average : {"class", "example"}
+        As in :func:`semantic_distance`.
+
+    Examples
+    --------
+    >>> cost = [[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]]
+    >>> expected_cost([[0.5, 0.0, 0.5], [0.0, 1.0, 0.0]], [0, 1], cost)  # mean(1.0, 0.0)
+    0.5
+    """
+    c = _np(cost.cost if hasattr(cost, "cost") else cost, "cost", np.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise ValueError(f"cost: expected shape (K, K), got {c.shape}")
+    p = _probs(probs, c.shape[0])
+    y = _labels(labels, "labels", c.shape[0])
+    _same_length(p, y, "probs", "labels")
+    if not len(y):
+        raise ValueError("expected_cost: no examples")
+    e = np.einsum("nk,nk->n", p, c[:, y].T)  # (N,)
+    return _average(e, y, average)
+
+
+def evaluate_probs(probs: Any, labels: Any, geometry: Any) -> dict[str, float]:
+    """All metrics of predicted distributions against gold class indices.
+
+    Parameters
+    ----------
+    probs : array-like, shape (N, K)
+        Predicted distributions (numpy or torch); predictions are their argmax.
+    labels : array-like, shape (N,)
+        Gold class indices in ``range(K)``, in ``geometry.labels`` order.
+    geometry : knot.geometry.LabelGeometry
+
+    Returns
+    -------
+    dict
+        ``{"n", "accuracy", "macro_f1", "semantic_distance", "expected_cost"}`` (``n`` an
+        int, the rest floats).
+    """
+    k = geometry.num_labels
+    p = _probs(probs, k)
+    y = _labels(labels, "labels", k)
+    _same_length(p, y, "probs", "labels")
+    if not len(y):
+        raise ValueError("evaluate_probs: no examples")
+    pred = p.argmax(1)
+    return {
+        "n": int(len(y)),
+        "accuracy": accuracy(y, pred),
+        "macro_f1": macro_f1(y, pred, k),
+        "semantic_distance": semantic_distance(p, y, geometry.coords.numpy()),
+        "expected_cost": expected_cost(p, y, geometry.cost.numpy()),
+    }
