@@ -87,7 +87,7 @@ def test_resume_after_interrupted_epoch_matches_uninterrupted_run(geometry, tmp_
     cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-3, warmup_ratio=0.2)
 
     model, train, val = _setup(geometry)
-    full = fit(model, ce, train, val, cfg, out_dir=tmp_path / "full", select_by="loss", seed=3)
+    full = fit(model, ce, train, val, cfg, out_dir=tmp_path / "full", select_by="loss", seed=3, keep_last_state=True)
 
     calls = {"n": 0}
 
@@ -104,7 +104,9 @@ def test_resume_after_interrupted_epoch_matches_uninterrupted_run(geometry, tmp_
     assert json.loads((tmp_path / "cut" / "last" / "state.json").read_text())["epoch"] == 1
 
     model, train, val = _setup(geometry, init_seed=99)  # fresh process: different init, overwritten
-    resumed = fit(model, ce, train, val, cfg, out_dir=tmp_path / "cut", select_by="loss", seed=3, resume=True)
+    resumed = fit(
+        model, ce, train, val, cfg, out_dir=tmp_path / "cut", select_by="loss", seed=3, resume=True, keep_last_state=True
+    )
     assert resumed.resumed_from == 1
     for part in ("last", "best"):
         a, b = _weights(tmp_path / "full" / part), _weights(tmp_path / "cut" / part)
@@ -120,6 +122,7 @@ def test_resume_of_finished_run_trains_nothing(geometry, tmp_path):
     model, train, val = _setup(geometry)
     fit(model, ce, train, val, cfg, out_dir=tmp_path, select_by="loss", seed=0)
     before = (tmp_path / "best" / "model.safetensors").stat().st_mtime_ns
+    assert sorted(p.name for p in (tmp_path / "last").iterdir()) == ["state.json"]  # pruned when done
 
     def never(logits, batch):
         if logits.requires_grad:
@@ -130,6 +133,22 @@ def test_resume_of_finished_run_trains_nothing(geometry, tmp_path):
     result = fit(model, never, train, val, cfg, out_dir=tmp_path, select_by="loss", seed=0, resume=True)
     assert len(result.history) == 1 and result.resumed_from == 1
     assert (tmp_path / "best" / "model.safetensors").stat().st_mtime_ns == before
+    np.testing.assert_array_equal(model.predict_proba(TEXTS), load(tmp_path).predict_proba(TEXTS))
+
+
+def test_extending_a_finished_run(geometry, tmp_path, caplog):
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, max_steps=1)
+    model, train, val = _setup(geometry)
+    fit(model, ce, train, val, cfg, out_dir=tmp_path / "kept", select_by="loss", keep_last_state=True)
+    fit(model, ce, train, val, cfg, out_dir=tmp_path / "pruned", select_by="loss")
+    more = TrainConfig(epochs=2, batch_size=4, lr=1e-3, max_steps=1)
+    model, train, val = _setup(geometry)
+    kept = fit(model, ce, train, val, more, out_dir=tmp_path / "kept", select_by="loss", resume=True)
+    assert kept.resumed_from == 1 and len(kept.history) == 2
+    model, train, val = _setup(geometry)
+    pruned = fit(model, ce, train, val, more, out_dir=tmp_path / "pruned", select_by="loss", resume=True)
+    assert pruned.resumed_from == 0 and len(pruned.history) == 2
+    assert "kept no optimiser state" in caplog.text
 
 
 def test_resume_with_other_settings_starts_again(geometry, tmp_path, caplog):

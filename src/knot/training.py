@@ -10,7 +10,8 @@ What ``fit(..., out_dir=D)`` writes::
     D/best/           best checkpoint so far (knot.models.save_checkpoint)
     D/last/           resumable state after the last completed epoch: model.safetensors,
                       trainer.pt (optimizer, scheduler, torch RNG; read with
-                      weights_only=True) and state.json (epoch, history, selection state)
+                      weights_only=True) and state.json (epoch, history, selection
+                      state); once training is over only state.json is kept
     D/metrics.jsonl   one JSON object per completed epoch
 
 ``knot.models.load(D)`` loads ``D/best``. With ``resume=True`` training continues after
@@ -320,6 +321,25 @@ def _load_last(out_dir: Path, model, optimizer, scheduler) -> dict:
     return state
 
 
+def _finish_last(out_dir: Path) -> None:
+    """After the last epoch, keep only ``last/state.json`` (marked complete).
+
+    The weights and optimiser moments are two to three times the checkpoint's size and
+    are not needed once training is over; a resume of a finished run then trains
+    nothing.
+    """
+    last = out_dir / "last"
+    file = last / "state.json"
+    if not file.is_file():
+        return
+    state = _peek_state(out_dir)
+    if state.get("complete"):
+        return
+    state["complete"] = True
+    with atomic_dir(last) as tmp:
+        (tmp / "state.json").write_text(json.dumps(state, default=str) + "\n", encoding="utf-8")
+
+
 def _write_history(out_dir: Path, history: list[dict]) -> None:
     text = "".join(json.dumps(h, default=str) + "\n" for h in history)
     atomic_write_text(out_dir / "metrics.jsonl", text)
@@ -353,6 +373,7 @@ def fit(
     eval_fn: EvalFn | None = None,
     metadata: dict | None = None,
     progress: bool | None = None,
+    keep_last_state: bool = False,
 ) -> TrainResult:
     """Train ``model`` with AdamW, evaluate each epoch, keep the best checkpoint.
 
@@ -387,6 +408,10 @@ def fit(
         Extra entries for the checkpoint's ``config.json`` (role, domain, n_train, ...).
     progress : bool, optional
         Progress bar; default: only on a terminal.
+    keep_last_state : bool
+        Keep the resumable weights and optimiser state in ``out_dir/last`` after the
+        final epoch (to extend the run later with more epochs). By default only
+        ``last/state.json`` is kept once training is over.
 
     Returns
     -------
@@ -437,6 +462,19 @@ def fit(
                 "optimiser); starting again from epoch 1",
                 out_dir / "last",
             )
+        elif saved.get("complete"):
+            patience = train_cfg.early_stopping_patience
+            still_stopped = bool(saved.get("stopped")) and patience is not None and saved["bad_epochs"] >= patience
+            if saved["epoch"] >= epochs or still_stopped:
+                state = saved  # finished: nothing to train, the best checkpoint stands
+            else:
+                log.warning(
+                    "%s: the finished run kept no optimiser state to continue from; "
+                    "training again from epoch 1 to reach %d epochs (use keep_last_state=True "
+                    "to keep it)",
+                    out_dir / "last",
+                    epochs,
+                )
         else:
             state = _load_last(out_dir, model, optimizer, scheduler)
     elif resume:
@@ -575,6 +613,8 @@ def fit(
         if stopped:
             log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, best_epoch)
 
+    if not keep_last_state and history:
+        _finish_last(out_dir)
     best_dir = out_dir / "best"
     if (best_dir / "model.safetensors").is_file():
         from safetensors.torch import load_file
