@@ -395,6 +395,141 @@ def report_cmd(
 
 # ---- federated (issue: federated) -------------------------------------------------------
 
+federated_app = typer.Typer(
+    help="Federated teachers: each local teacher stays with its owner (a Flower client) and "
+    "sends only soft labels on the public transfer set.",
+    no_args_is_help=True,
+)
+app.add_typer(federated_app, name="federated")
+
+
+def _need_flower() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("flwr") is None:
+        _fail('Flower is not installed: pip install "knot[flower]" (or run with --in-process)')
+
+
+def _federated_summary(run: Path) -> None:
+    import json
+
+    from knot.federated.core import read_status
+
+    status = read_status(run)
+    rounds = sorted((run / "federated").glob("round-*.json"))
+    if rounds:
+        info = json.loads(rounds[-1].read_text(encoding="utf-8"))
+        typer.echo(f"round {info['round']}: teachers from {', '.join(info['clients']) or 'no client'}")
+        for e in info.get("excluded", []):
+            typer.echo(f"  excluded {e.get('client') or 'node ' + str(e['node'])}: {e['reason']}")
+        for node in info.get("silent", []):
+            typer.echo(f"  skipped node {node}: no answer within {info.get('timeout')} s")
+    typer.echo(f"status: {status['status']}  run directory: {run}")
+    results = run / "results.md"
+    if results.is_file():
+        typer.echo(results.read_text(encoding="utf-8"))
+
+
+@federated_app.command("run")
+def federated_run_cmd(
+    config: Path = ConfigArg,
+    out: Optional[Path] = OutOpt,
+    sets: Optional[List[str]] = SetOpt,
+    data_root: Optional[Path] = DataRootOpt,
+    in_process: bool = typer.Option(
+        False, "--in-process", help="Call the clients directly in this process (no Flower needed)."
+    ),
+    clients: Optional[int] = typer.Option(
+        None, "--clients", min=1, help="SuperNodes to simulate (default: one per local domain; "
+        "extra nodes own no domain, answer with an error and are excluded)."
+    ),
+    verbose_flower: bool = typer.Option(False, "--flower-debug", help="Flower's debug logging."),
+) -> None:
+    """Run the experiment federated, on Flower's simulation engine (one client per local domain).
+
+    Each client trains its teacher on its own domain and returns soft labels on the transfer
+    set; the server trains the global model, distils the students and evaluates them into
+    RUN_DIR, like `knot run`. Exits 1 when the round or the server fails.
+    """
+    from knot.federated.core import FederatedError, run_in_process
+    from knot.layout import RunLayout
+
+    cfg = load(config, sets)
+    out_dir = run_dir(cfg, out)
+    try:
+        if in_process:
+            if clients is not None:
+                _fail("--clients is for the Flower simulation, not --in-process")
+            guarded(run_in_process, cfg, RunLayout(out_dir), data_root=data_root)
+        else:
+            _need_flower()
+            from knot.federated.flower import run_simulation
+
+            guarded(run_simulation, cfg, out_dir, data_root=data_root, num_clients=clients,
+                    verbose=verbose_flower)
+    except FederatedError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
+    _federated_summary(out_dir)
+
+
+@federated_app.command("app")
+def federated_app_cmd(
+    config: Path = ConfigArg,
+    app_dir: Path = typer.Argument(..., help="Folder to write the Flower app (pyproject.toml) into."),
+    out: Optional[Path] = OutOpt,
+    sets: Optional[List[str]] = SetOpt,
+    data_root: Optional[Path] = DataRootOpt,
+) -> None:
+    """Write a Flower app folder for `flwr run` on real processes (SuperLink + SuperNodes).
+
+    Its pyproject.toml names knot's ServerApp and ClientApp and carries the resolved config,
+    the run directory and the server's data root as run config; it installs nothing.
+    """
+    from knot.federated.deploy import write_app
+
+    cfg = load(config, sets)
+    out_dir = run_dir(cfg, out).resolve()
+    path = guarded(write_app, app_dir, cfg, out_dir, data_root=data_root.resolve() if data_root else None)
+    typer.echo(f"wrote {path}; the server writes to {out_dir}")
+
+
+@federated_app.command("status")
+def federated_status_cmd(
+    run: Path = typer.Argument(..., help="Run directory of a federated run."),
+    wait: float = typer.Option(0.0, "--wait", help="Wait up to this many seconds for the run to finish."),
+) -> None:
+    """Print a federated run's status; exit 0 only when it finished ok.
+
+    `flwr run` exits 0 even when the ServerApp fails: check the run with this instead.
+    Exit codes: 0 ok, 1 failed or still running, 2 no federated run there.
+    """
+    import time
+
+    from knot.federated.core import read_status
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            status = read_status(run)
+        except FileNotFoundError as exc:
+            status = None
+            if time.monotonic() >= deadline:
+                _fail(str(exc))
+        except ValueError as exc:
+            _fail(str(exc))
+        if status is not None and status["status"] != "running":
+            break
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    if status["status"] == "ok":
+        _federated_summary(run)
+        return
+    typer.secho(f"{status['status']}: {status.get('error') or ''}".rstrip(": "), err=True,
+                fg=typer.colors.RED if status["status"] == "failed" else typer.colors.YELLOW)
+    raise typer.Exit(code=1)
+
 
 def main() -> None:  # console script entry point
     app()

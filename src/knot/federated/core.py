@@ -1,0 +1,933 @@
+"""Federated teachers without an engine: messages, the client handler, the server round.
+
+KNOT's setting is federated: each local teacher belongs to an owner who never shares
+data or parameters. One round goes like this:
+
+1. the server prepares the public transfer set and sends every client a
+   :class:`TeacherRequest` (the round, the experiment's hyperparameters and a
+   :class:`TransferRef`: which transfer splits to label, their sizes and text hashes);
+2. each client (:func:`handle_request`) prepares its own private domain and the public
+   transfer set from its own data root, trains (or reloads) its teacher with the same
+   :func:`knot.teachers.train_teacher` as the in-process pipeline, and answers with a
+   :class:`TeacherReply`: its client id (the local domain's name), the number of private
+   training examples, soft labels ``(N, K)`` float32 for each transfer split, its
+   distribution bias ``(K,)`` and metrics. Never parameters, never texts;
+3. the server (:func:`run_round`) checks every reply (:func:`validate_reply`): a reply
+   with the wrong shape, NaN or rows not summing to 1 is excluded and named in the log,
+   a client that does not answer before the timeout is skipped, and the round fails
+   with :class:`FederatedError` only when fewer than ``federated.min_clients`` valid
+   replies arrive;
+4. the server (:func:`run_server`) trains the global model, writes the same
+   :class:`~knot.soft_labels.SoftLabels` artefact and ``bias.json`` as the in-process
+   soft-label and bias stages, and runs the unchanged distillation and evaluation stages.
+
+Nothing here imports Flower. The transport is a small protocol (:class:`Transport`):
+:class:`InProcessTransport` calls the handlers directly (:func:`run_in_process`), and
+:mod:`knot.federated.flower` sends the same request and replies as Flower messages.
+
+Files in the run directory besides the usual stage outputs::
+
+    RUN/federated/status.json     running | ok | failed, with the error
+    RUN/federated/round-1.json    who answered, who was excluded or silent and why
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from knot.utils import atomic_write_json, atomic_write_text, sha256_json
+
+__all__ = [
+    "PROTOCOL",
+    "FederatedError",
+    "TransferRef",
+    "TeacherRequest",
+    "TeacherReply",
+    "RoundResult",
+    "Transport",
+    "InProcessTransport",
+    "client_domain",
+    "handle_request",
+    "make_request",
+    "validate_reply",
+    "run_round",
+    "write_soft_labels",
+    "run_server",
+    "local_handlers",
+    "run_in_process",
+    "read_status",
+    "status_path",
+]
+
+log = logging.getLogger(__name__)
+
+#: Version tag carried by every request and reply; a mismatch excludes the reply.
+PROTOCOL = "knot.federated/1"
+STATUS_FORMAT = "knot.federated_status"
+ROUND_FORMAT = "knot.federated_round"
+
+
+class FederatedError(RuntimeError):
+    """A federated round failed (too few valid replies, or the server stage failed)."""
+
+
+# ---------------------------------------------------------------------------
+# messages
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class TransferRef:
+    """Which public transfer texts the teachers label (a reference: never the texts).
+
+    Parameters
+    ----------
+    domain : str
+        The transfer domain's name in the experiment config.
+    splits : list of str
+        Its prepared splits to label, in order (``soft_labels.splits``).
+    num_examples : list of int
+        Number of texts per split (same order).
+    texts_sha256 : list of str
+        :func:`knot.soft_labels.texts_hash` of each split's texts, so a client can check
+        it prepared exactly the server's texts.
+    data_hash : str, optional
+        Hash of the server's manifest entry for the transfer domain.
+    """
+
+    domain: str
+    splits: list[str]
+    num_examples: list[int]
+    texts_sha256: list[str]
+    data_hash: str | None = None
+
+    def __post_init__(self) -> None:
+        self.splits = [str(s) for s in self.splits]
+        self.num_examples = [int(n) for n in self.num_examples]
+        self.texts_sha256 = [str(h) for h in self.texts_sha256]
+        if not (len(self.splits) == len(self.num_examples) == len(self.texts_sha256)):
+            raise ValueError(
+                f"transfer reference: {len(self.splits)} splits, {len(self.num_examples)} sizes and "
+                f"{len(self.texts_sha256)} hashes (expected one of each per split)"
+            )
+
+    def size(self, split: str) -> int:
+        return self.num_examples[self.splits.index(split)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TeacherRequest:
+    """What the server asks every client in one round.
+
+    Parameters
+    ----------
+    round : int
+        Round number (1 for KNOT's single round).
+    config : dict
+        The experiment config as plain data (:meth:`knot.config.ExperimentConfig.to_dict`):
+        the hyperparameters (``model``, ``local``, ``task``, ``seed``, ...) and the domain
+        specifications each client reads its own data with.
+    transfer : TransferRef
+    protocol : str
+    """
+
+    round: int
+    config: dict[str, Any]
+    transfer: TransferRef
+    protocol: str = PROTOCOL
+
+    def experiment(self):
+        """The validated :class:`~knot.config.ExperimentConfig` of this request."""
+        from knot.config import ExperimentConfig
+
+        return ExperimentConfig.from_dict(self.config)
+
+
+@dataclass
+class TeacherReply:
+    """A client's answer: soft labels on the transfer texts, sizes and metrics only.
+
+    Parameters
+    ----------
+    client_id : str
+        The client's local domain (its teacher's name).
+    num_examples : int
+        Size of its private training split (for ``size`` teacher weights).
+    soft_labels : dict of str -> ndarray, shape (N_split, K), float32
+        One array per requested transfer split; row ``n`` is the teacher's class
+        distribution for text ``n`` of that split.
+    metrics : dict of str -> float
+        The teacher's validation metrics (``val_*``) and metrics on its own test split
+        (``test_*``), for the round's log.
+    bias : dict of str -> ndarray, shape (K,), optional
+        Distribution bias (``distribution``, ``mean_probs``) on random-token inputs, as
+        :func:`knot.soft_labels.predicted_class_distribution` measures it.
+    checkpoint_sha256 : str, optional
+        sha256 of the teacher's weights file (identifies the teacher; not the weights).
+    protocol : str
+    """
+
+    client_id: str
+    num_examples: int
+    soft_labels: dict[str, np.ndarray]
+    metrics: dict[str, float] = field(default_factory=dict)
+    bias: dict[str, np.ndarray] | None = None
+    checkpoint_sha256: str | None = None
+    protocol: str = PROTOCOL
+
+
+# ---------------------------------------------------------------------------
+# client side
+# ---------------------------------------------------------------------------
+
+
+def client_domain(cfg, *, domain: str | None = None, partition_id: int | None = None) -> str:
+    """The local domain a client owns: ``domain`` when given, else the ``partition_id``-th
+    local domain of the config (Flower's simulation numbers its nodes 0..n-1).
+
+    Raises ``ValueError`` for an unknown domain or an out-of-range partition.
+    """
+    names = [d.name for d in cfg.domains("local")]
+    if domain:
+        if domain not in names:
+            raise ValueError(f"client domain {domain!r} is not a local domain of the config ({', '.join(names)})")
+        return domain
+    if partition_id is None:
+        raise ValueError("client: no domain given (node config `domain`) and no partition id")
+    if not 0 <= int(partition_id) < len(names):
+        raise ValueError(
+            f"client: partition {partition_id} has no local domain (the config has {len(names)}: {', '.join(names)})"
+        )
+    return names[int(partition_id)]
+
+
+def _only_domains(cfg, keep: Callable[[Any], bool]):
+    """A copy of ``cfg`` whose data section keeps the domains for which ``keep(d)``."""
+    data = dataclasses.replace(cfg.data, domains=[d for d in cfg.data.domains if keep(d)])
+    return dataclasses.replace(cfg, data=data)
+
+
+def _client_config(cfg, domain: str):
+    """The client's view: its own local domain and the transfer domain, nothing else."""
+    return _only_domains(cfg, lambda d: d.name == domain or d.role == "transfer")
+
+
+def _client_fingerprint(cfg, domain: str) -> str:
+    d = cfg.to_dict()
+    own = next(x for x in d["data"]["domains"] if x["name"] == domain)
+    data = {k: v for k, v in d["data"].items() if k not in ("domains", "root")}
+    return sha256_json(
+        {k: d[k] for k in ("seed", "device", "task", "model", "local")} | {"data": data, "domain": own}
+    )
+
+
+def _numbers(prefix: str, metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def handle_request(
+    request: TeacherRequest,
+    *,
+    domain: str,
+    work_dir: str | Path,
+    data_root: str | Path | None = None,
+) -> TeacherReply:
+    """Client side of a round: train (or reload) this client's teacher, label the transfer set.
+
+    Parameters
+    ----------
+    request : TeacherRequest
+    domain : str
+        The local domain this client owns (its private data; see :func:`client_domain`).
+    work_dir : path
+        The client's own run directory (prepared data, teacher checkpoint, token cache).
+        A teacher trained there for the same settings and data is resumed (a no-op when
+        finished) rather than retrained.
+    data_root : path, optional
+        Where the client's private data and the public transfer set are read from (else
+        ``KNOT_DATA``, else the config's ``data.root``).
+
+    Returns
+    -------
+    TeacherReply
+
+    Raises
+    ------
+    ValueError
+        The request's protocol or config is invalid, ``domain`` is not a local domain, or
+        the client's transfer texts differ from the server's (hash mismatch).
+    """
+    from knot.data import load_split
+    from knot.data.prepare import run_prepare
+    from knot.layout import RunLayout
+    from knot.metrics import evaluate_probs
+    from knot.models import checkpoint_hash, load
+    from knot.soft_labels import predict_probs, predicted_class_distribution, texts_hash
+    from knot.teachers import task_geometry, train_teacher
+    from knot.utils import resolve_device
+
+    if request.protocol != PROTOCOL:
+        raise ValueError(f"request protocol {request.protocol!r}; this client speaks {PROTOCOL!r}")
+    cfg = request.experiment()
+    domain = client_domain(cfg, domain=domain)
+    transfer = request.transfer
+    if transfer.domain not in [d.name for d in cfg.domains("transfer")]:
+        raise ValueError(f"request: {transfer.domain!r} is not the config's transfer domain")
+    ccfg = _client_config(cfg, domain)
+    layout = RunLayout(Path(work_dir))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(layout.config, ccfg.to_yaml())
+
+    start = time.time()
+    _, reasons = run_prepare(ccfg, layout, data_root)
+    stamp_file = layout.root / "federated-client.json"
+    fingerprint = _client_fingerprint(cfg, domain)
+    stamp = {}
+    if stamp_file.is_file():
+        import json
+
+        try:
+            stamp = json.loads(stamp_file.read_text(encoding="utf-8"))
+        except ValueError:
+            stamp = {}
+    resume = not reasons and stamp.get("fingerprint") == fingerprint
+    log.info("client %s: %s teacher in %s", domain, "resuming" if resume else "training", layout.teacher(domain))
+    trained = train_teacher(ccfg, layout, role="local", domain=domain, resume=resume)["models"][domain]
+    atomic_write_json(stamp_file, {"domain": domain, "fingerprint": fingerprint})
+
+    device = resolve_device(ccfg.device)
+    geometry = task_geometry(ccfg)
+    model = load(layout.teacher(domain), device=device)
+    soft: dict[str, np.ndarray] = {}
+    for split, n, digest in zip(transfer.splits, transfer.num_examples, transfer.texts_sha256):
+        texts = [e.text for e in load_split(layout.data, transfer.domain, split)]
+        if len(texts) != n or texts_hash(texts) != digest:
+            raise ValueError(
+                f"client {domain}: transfer split {transfer.domain}/{split} differs from the server's "
+                f"({len(texts)} texts here, {n} there, or other texts); check the client's data root and "
+                "that both sides use the same config"
+            )
+        soft[split] = predict_probs(
+            model, texts, batch_size=ccfg.soft_labels.batch_size, device=device, desc=f"{domain} -> {split}"
+        )
+    res = predicted_class_distribution(
+        model,
+        n_samples=ccfg.bias.n_samples,
+        length=ccfg.bias.length,
+        seed=ccfg.bias.seed,
+        batch_size=ccfg.soft_labels.batch_size,
+        device=device,
+        desc=f"bias {domain}",
+    )
+    bias = {k: np.asarray(res[k], dtype=np.float64) for k in ("distribution", "mean_probs")}
+
+    metrics = {"n_val": float(trained.get("n_val", 0)), "best_epoch": float(trained.get("best_epoch", 0))}
+    metrics |= _numbers("val_", trained.get("best_metrics") or {})
+    test = load_split(layout.data, domain, "test")
+    if test and all(e.label is not None for e in test):
+        probs = predict_probs(model, [e.text for e in test], batch_size=ccfg.evaluate.batch_size, device=device,
+                              desc=f"{domain} test")
+        gold = np.asarray([geometry.index(e.label) for e in test])
+        metrics |= _numbers("test_", evaluate_probs(probs, gold, geometry))
+    metrics["seconds"] = round(time.time() - start, 3)
+    reply = TeacherReply(
+        client_id=domain,
+        num_examples=int(trained["n_train"]),
+        soft_labels=soft,
+        metrics=metrics,
+        bias=bias,
+        checkpoint_sha256=checkpoint_hash(layout.teacher(domain)),
+    )
+    log.info("client %s: %d private examples, soft labels for %s", domain, reply.num_examples,
+             ", ".join(f"{s} {a.shape}" for s, a in soft.items()))
+    return reply
+
+
+# ---------------------------------------------------------------------------
+# server side: request, validation, round
+# ---------------------------------------------------------------------------
+
+
+def _transfer_domain(cfg):
+    from knot.soft_labels import transfer_domain
+
+    return transfer_domain(cfg)
+
+
+def make_request(cfg, layout, round: int = 1) -> TeacherRequest:
+    """The round's request, from the config and the server's prepared transfer splits."""
+    from knot.data import load_split, read_manifest
+    from knot.soft_labels import texts_hash
+
+    transfer = _transfer_domain(cfg)
+    splits = list(cfg.soft_labels.splits)
+    sizes, hashes = [], []
+    for split in splits:
+        texts = [e.text for e in load_split(layout.data, transfer.name, split)]
+        if not texts:
+            raise ValueError(f"transfer domain {transfer.name!r}: split {split!r} is empty")
+        sizes.append(len(texts))
+        hashes.append(texts_hash(texts))
+    manifest = read_manifest(layout.data)
+    ref = TransferRef(
+        domain=transfer.name,
+        splits=splits,
+        num_examples=sizes,
+        texts_sha256=hashes,
+        data_hash=sha256_json(manifest.get("domains", {}).get(transfer.name)),
+    )
+    return TeacherRequest(round=round, config=cfg.to_dict(), transfer=ref)
+
+
+def _check_distribution(a: Any, shape: tuple[int, ...], what: str) -> tuple[np.ndarray | None, str | None]:
+    """``(array as float32/64, None)`` when ``a`` is finite, non-negative, rows summing to 1."""
+    from knot.soft_labels import SUM_TOL
+
+    if not isinstance(a, np.ndarray):
+        return None, f"{what} is not an array ({type(a).__name__})"
+    if a.shape != shape:
+        return None, f"{what} has shape {tuple(a.shape)}, expected {shape}"
+    if not np.issubdtype(a.dtype, np.floating):
+        return None, f"{what} has dtype {a.dtype}, expected float32"
+    finite = np.isfinite(a).all(axis=-1)
+    if not finite.all():
+        row = int(np.argmin(finite.reshape(-1)))
+        return None, f"{what} contains NaN or inf ({int((~finite).sum())} bad row(s), first: row {row})"
+    if (a < 0).any():
+        row = int(np.argmax((a < 0).any(axis=-1).reshape(-1)))
+        return None, f"{what} has negative probabilities (first: row {row})"
+    sums = a.astype(np.float64).sum(axis=-1)
+    bad = np.abs(sums - 1.0) > SUM_TOL
+    if bad.any():
+        flat = bad.reshape(-1)
+        row = int(np.argmax(flat))
+        return None, (
+            f"{what}: {int(flat.sum())} row(s) do not sum to 1 (tolerance {SUM_TOL:g}; "
+            f"first: row {row} sums to {float(sums.reshape(-1)[row]):.6g})"
+        )
+    return a, None
+
+
+def validate_reply(reply: Any, request: TeacherRequest, num_labels: int) -> str | None:
+    """Why ``reply`` cannot be used for ``request``, or None when it is valid.
+
+    Checks the protocol, the client id (a local domain of the request's config), the
+    number of private examples, one ``(N_split, K)`` float array per requested split with
+    finite, non-negative rows summing to 1 (:data:`knot.soft_labels.SUM_TOL`), and the
+    distribution bias (``(K,)`` each).
+
+    >>> ref = TransferRef("t", ["train"], [2], ["h"])
+    >>> cfg = {"data": {"domains": [{"name": "a", "sources": [{"reader": "jsonl", "path": "a"}]}]}}
+    >>> req = TeacherRequest(1, cfg, ref)
+    >>> good = np.array([[0.5, 0.5], [1.0, 0.0]], dtype=np.float32)
+    >>> bias = {"distribution": np.array([0.5, 0.5]), "mean_probs": np.array([0.5, 0.5])}
+    >>> validate_reply(TeacherReply("a", 10, {"train": good}, bias=bias), req, 2) is None
+    True
+    >>> validate_reply(TeacherReply("a", 10, {"train": good * 2}, bias=bias), req, 2)
+    "soft labels 'train': 2 row(s) do not sum to 1 (tolerance 0.001; first: row 0 sums to 2)"
+    """
+    if not isinstance(reply, TeacherReply):
+        return f"not a teacher reply ({type(reply).__name__})"
+    if reply.protocol != PROTOCOL:
+        return f"protocol {reply.protocol!r}, expected {PROTOCOL!r}"
+    locals_ = [d["name"] for d in request.config.get("data", {}).get("domains", []) if d.get("role", "local") == "local"]
+    if reply.client_id not in locals_:
+        return f"client id {reply.client_id!r} is not a local domain ({', '.join(locals_)})"
+    n = reply.num_examples
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        return f"number of private examples {n!r}, expected a positive integer"
+    splits = list(request.transfer.splits)
+    got = list(reply.soft_labels) if isinstance(reply.soft_labels, Mapping) else None
+    if got is None or sorted(got) != sorted(splits):
+        return f"soft labels for splits {got}, expected {splits}"
+    for split in splits:
+        _, why = _check_distribution(
+            reply.soft_labels[split], (request.transfer.size(split), num_labels), f"soft labels {split!r}"
+        )
+        if why:
+            return why
+    if reply.bias is None:
+        return "no distribution bias"
+    for key in ("distribution", "mean_probs"):
+        if key not in reply.bias:
+            return f"distribution bias without {key!r}"
+        _, why = _check_distribution(reply.bias[key], (num_labels,), f"bias {key!r}")
+        if why:
+            return why
+    return None
+
+
+@dataclass
+class RoundResult:
+    """Outcome of one round.
+
+    ``valid``: client id -> reply, in the config's local-domain order. ``excluded``: one
+    ``{"node", "client", "reason"}`` per rejected reply or failed client. ``silent``: nodes
+    that did not answer before the timeout.
+    """
+
+    round: int
+    valid: dict[str, TeacherReply]
+    excluded: list[dict[str, Any]]
+    silent: list[str]
+    nodes: list[str]
+    seconds: float
+    node_of: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "nodes": self.nodes,
+            "clients": {
+                cid: {
+                    "node": self.node_of.get(cid),
+                    "num_examples": int(r.num_examples),
+                    "checkpoint_sha256": r.checkpoint_sha256,
+                    "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.metrics.items()},
+                }
+                for cid, r in self.valid.items()
+            },
+            "excluded": self.excluded,
+            "silent": self.silent,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class Transport(Protocol):
+    """How the server reaches its clients (in-process handlers, Flower, ...)."""
+
+    def nodes(self) -> list[str]:
+        """The clients the request will be sent to (labels for the log)."""
+
+    def exchange(self, request: TeacherRequest, timeout: float | None) -> dict[str, Any]:
+        """Send ``request`` to every node; return ``{node: TeacherReply | Exception}`` for the
+        nodes that answered within ``timeout`` seconds (a client failure is an Exception)."""
+
+
+def run_round(
+    request: TeacherRequest,
+    transport: Transport,
+    *,
+    local_domains: Sequence[str],
+    num_labels: int,
+    min_clients: int,
+    timeout: float | None = None,
+) -> RoundResult:
+    """Send the request, keep the valid replies, name the rest, enforce ``min_clients``.
+
+    Parameters
+    ----------
+    request : TeacherRequest
+    transport : Transport
+    local_domains : sequence of str
+        The config's local domains, in order (the order of the valid replies).
+    num_labels : int
+        K, the number of classes.
+    min_clients : int
+        Fewest valid replies for the round to succeed.
+    timeout : float, optional
+        Seconds to wait for the replies (None: no limit).
+
+    Returns
+    -------
+    RoundResult
+
+    Raises
+    ------
+    FederatedError
+        Fewer than ``min_clients`` valid replies; the message lists every excluded and
+        silent client with the reason.
+    """
+    start = time.time()
+    nodes = [str(n) for n in transport.nodes()]
+    log.info("round %d: asking %d client(s) (%s) for soft labels on %s %s", request.round, len(nodes),
+             ", ".join(nodes), request.transfer.domain, "/".join(request.transfer.splits))
+    answers = transport.exchange(request, timeout)
+    valid: dict[str, TeacherReply] = {}
+    node_of: dict[str, str] = {}
+    excluded: list[dict[str, Any]] = []
+    for node in nodes:
+        if node not in answers:
+            continue
+        answer = answers[node]
+        client = getattr(answer, "client_id", None)
+        if isinstance(answer, BaseException):
+            reason = f"client failed: {answer}"
+        else:
+            reason = validate_reply(answer, request, num_labels)
+            if reason is None and client in valid:
+                reason = f"duplicate client id {client!r} (already answered by node {node_of[client]})"
+        if reason is not None:
+            who = f"client {client!r} (node {node})" if client else f"node {node}"
+            log.warning("round %d: %s excluded: %s", request.round, who, reason)
+            excluded.append({"node": node, "client": client, "reason": reason})
+            continue
+        answer.soft_labels = {s: np.ascontiguousarray(a, dtype=np.float32) for s, a in answer.soft_labels.items()}
+        valid[client] = answer
+        node_of[client] = node
+    silent = [n for n in nodes if n not in answers]
+    for node in silent:
+        limit = "the timeout" if timeout is None else f"{timeout:g} s"
+        log.warning("round %d: node %s did not answer within %s; skipped", request.round, node, limit)
+    order = [d for d in local_domains if d in valid]
+    result = RoundResult(
+        round=request.round,
+        valid={d: valid[d] for d in order},
+        excluded=excluded,
+        silent=silent,
+        nodes=nodes,
+        seconds=time.time() - start,
+        node_of=node_of,
+    )
+    missing = [d for d in local_domains if d not in valid]
+    log.info("round %d: %d valid repl%s (%s)%s", request.round, len(order), "y" if len(order) == 1 else "ies",
+             ", ".join(order) or "none", f"; no teacher for {', '.join(missing)}" if missing else "")
+    if len(order) < min_clients:
+        problems = [f"{e['client'] or 'node ' + e['node']}: {e['reason']}" for e in excluded]
+        problems += [f"node {n}: no answer within {'the timeout' if timeout is None else f'{timeout:g} s'}" for n in silent]
+        if not nodes:
+            problems.append("no client connected")
+        raise FederatedError(
+            f"round {request.round}: {len(order)} valid repl{'y' if len(order) == 1 else 'ies'} "
+            f"({', '.join(order) or 'none'}), federated.min_clients is {min_clients}"
+            + (": " + "; ".join(problems) if problems else "")
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------
+# server side: soft labels, stages, status
+# ---------------------------------------------------------------------------
+
+
+def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str, TeacherReply]) -> dict[str, Any]:
+    """Write the SoftLabels artefact and ``bias.json`` from the clients' replies.
+
+    ``cfg`` names exactly the teachers to include (its local domains must all have a
+    reply); the global model (``layout.global_model``) is run here on the server. The
+    files are those of :func:`knot.soft_labels.produce_soft_labels` and
+    :func:`knot.soft_labels.distribution_bias`, so the distillation and evaluation stages
+    read them unchanged. Returns a summary like ``produce_soft_labels``.
+    """
+    from knot.data import load_split, read_manifest
+    from knot.metrics import evaluate_probs
+    from knot.models import checkpoint_hash, load
+    from knot.soft_labels import (
+        _SCHEMA_VERSION,
+        BIAS_FORMAT,
+        SoftLabels,
+        _require_checkpoint,
+        predict_probs,
+        predicted_class_distribution,
+        run_teachers,
+        teacher_size,
+        texts_hash,
+    )
+    from knot.teachers import task_geometry
+    from knot.utils import resolve_device
+
+    device = resolve_device(cfg.device)
+    geometry = task_geometry(cfg)
+    refs = run_teachers(cfg, layout)
+    transfer = request.transfer
+    manifest = read_manifest(layout.data)
+    examples = {s: load_split(layout.data, transfer.domain, s) for s in transfer.splits}
+    outputs = {s: np.empty((len(ex), len(refs), geometry.num_labels), dtype=np.float32) for s, ex in examples.items()}
+    sizes, hashes = [], []
+    bias: dict[str, Any] = {
+        "format": BIAS_FORMAT,
+        "version": _SCHEMA_VERSION,
+        "n_samples": cfg.bias.n_samples,
+        "length": cfg.bias.length,
+        "seed": cfg.bias.seed,
+        "teachers": [r.name for r in refs],
+        "teacher_roles": [r.role for r in refs],
+        "teacher_hashes": [],
+        "label_names": list(geometry.labels),
+        "distribution": {},
+        "mean_probs": {},
+        "federated": {"round": request.round, "clients": [r.name for r in refs if r.role == "local"]},
+    }
+    for j, ref in enumerate(refs):
+        if ref.role == "local":
+            reply = replies[ref.name]
+            for s in transfer.splits:
+                outputs[s][:, j] = reply.soft_labels[s]
+            sizes.append(int(reply.num_examples))
+            hashes.append(reply.checkpoint_sha256 or "")
+            res = reply.bias or {}
+        else:  # the global model lives on the server
+            _require_checkpoint(ref)
+            model = load(ref.path, device=device)
+            for s, ex in examples.items():
+                outputs[s][:, j] = predict_probs(model, [e.text for e in ex], batch_size=cfg.soft_labels.batch_size,
+                                                 device=device, desc=f"{ref.name} -> {s}")
+            res = predicted_class_distribution(model, n_samples=cfg.bias.n_samples, length=cfg.bias.length,
+                                               seed=cfg.bias.seed, batch_size=cfg.soft_labels.batch_size,
+                                               device=device, desc=f"bias {ref.name}")
+            del model
+            sizes.append(teacher_size(ref, manifest))
+            hashes.append(checkpoint_hash(ref.path))
+        bias["distribution"][ref.name] = [round(float(v), 6) for v in res["distribution"]]
+        bias["mean_probs"][ref.name] = [round(float(v), 6) for v in res["mean_probs"]]
+        bias["teacher_hashes"].append(hashes[-1])
+
+    summary: dict[str, Any] = {"teachers": [r.name for r in refs], "splits": {}}
+    for s, ex in examples.items():
+        extra: dict[str, Any] = {}
+        if ex and all(e.label is not None for e in ex):
+            y = np.asarray([geometry.index(e.label) for e in ex])
+            extra["teacher_metrics"] = {
+                ref.name: _numbers("", evaluate_probs(outputs[s][:, j], y, geometry)) for j, ref in enumerate(refs)
+            }
+        sl = SoftLabels(
+            outputs[s],
+            teacher_names=[r.name for r in refs],
+            label_names=list(geometry.labels),
+            teacher_sizes=sizes,
+            teacher_hashes=hashes,
+            teacher_roles=[r.role for r in refs],
+            transfer_hash=transfer.data_hash,
+            texts_sha256=texts_hash(e.text for e in ex),
+            domain=transfer.domain,
+            split=s,
+            extra={**extra, "federated": {"round": request.round}},
+        )
+        sl.save(layout.soft_labels, s)
+        summary["splits"][s] = {"n": len(ex), **extra}
+    atomic_write_json(layout.soft_labels / "bias.json", bias)
+    log.info("soft labels from %d teacher(s) (%s) written to %s", len(refs), ", ".join(r.name for r in refs),
+             layout.soft_labels)
+    return summary
+
+
+def _effective_config(cfg, kept: Sequence[str]):
+    """``cfg`` with only the local domains in ``kept``; explicit teacher weights follow."""
+    locals_ = [d.name for d in cfg.domains("local")]
+    out = _only_domains(cfg, lambda d: d.role != "local" or d.name in kept)
+    if list(kept) == locals_:
+        return out
+    drop = [i for i, name in enumerate(locals_) if name not in kept]
+    methods = []
+    for m in cfg.distill.methods:
+        w = m.explicit_weights
+        if w is not None and len(w) >= len(locals_):
+            w = [x for i, x in enumerate(w) if i not in drop]
+            m = dataclasses.replace(m, explicit_weights=w)
+        methods.append(m)
+    return dataclasses.replace(out, distill=dataclasses.replace(cfg.distill, methods=methods))
+
+
+def status_path(layout) -> Path:
+    """``RUN/federated/status.json``."""
+    return Path(layout.root) / "federated" / "status.json"
+
+
+def _write_status(layout, status: str, **info: Any) -> None:
+    path = status_path(layout)
+    old = {}
+    if path.is_file():
+        try:
+            old = read_status(layout.root)
+        except ValueError:
+            old = {}
+    record = {
+        "format": STATUS_FORMAT,
+        "status": status,
+        "started": old.get("started") if status != "running" else time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **info,
+    }
+    atomic_write_json(path, record)
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any]:
+    """The federated status of a run directory (``RUN/federated/status.json``).
+
+    Raises ``FileNotFoundError`` when the run has no federated status and ``ValueError``
+    when the file is corrupt.
+    """
+    import json
+
+    path = Path(run_dir) / "federated" / "status.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no federated run status here")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or data.get("format") != STATUS_FORMAT:
+        raise ValueError(f"{path}: not a knot federated status file")
+    return data
+
+
+def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, round: int = 1) -> dict[str, Any]:
+    """The server's whole job: prepare, one round, global model, soft labels, students, evaluation.
+
+    Parameters
+    ----------
+    cfg : knot.config.ExperimentConfig
+        ``cfg.federated`` sets ``min_clients``, ``timeout`` and ``evaluate_local``.
+    layout : knot.layout.RunLayout
+        The server's run directory; ``RUN/teachers`` stays empty (teachers stay with their
+        owners), everything else is where the in-process pipeline puts it.
+    transport : Transport
+    data_root : path, optional
+        The server's data root (transfer, global and test domains; local ones too when
+        ``federated.evaluate_local``).
+
+    Returns
+    -------
+    dict: ``{"round": RoundResult.to_dict(), "soft_labels", "distill", "results"}``.
+
+    Raises
+    ------
+    FederatedError
+        Too few valid replies. Other stage errors propagate. Either way
+        ``RUN/federated/status.json`` says ``failed`` with the error.
+    """
+    from knot.data import prepare_data
+    from knot.distill import distill
+    from knot.evaluation import evaluate_run
+    from knot.teachers import task_geometry, train_teacher
+
+    layout.root.mkdir(parents=True, exist_ok=True)
+    _write_status(layout, "running")
+    try:
+        locals_ = [d.name for d in cfg.domains("local")]
+        if not locals_:
+            raise ValueError("data.domains: a federated run needs at least one domain with role 'local' (one per client)")
+        _transfer_domain(cfg)
+        fed = cfg.federated
+        min_clients = fed.min_clients if fed.min_clients is not None else len(locals_)
+        if min_clients > len(locals_):
+            raise ValueError(
+                f"federated.min_clients: {min_clients} but the config has only {len(locals_)} local domain(s)"
+            )
+        atomic_write_text(layout.config, cfg.to_yaml())
+        server_cfg = cfg if fed.evaluate_local else _only_domains(cfg, lambda d: d.role != "local")
+        prepare_data(server_cfg, layout, data_root)
+        request = make_request(cfg, layout, round)
+        geometry = task_geometry(cfg)
+        result = run_round(
+            request, transport, local_domains=locals_, num_labels=geometry.num_labels,
+            min_clients=min_clients, timeout=fed.timeout,
+        )
+        record = {"format": ROUND_FORMAT, "transfer": request.transfer.to_dict(),
+                  "config_sha256": sha256_json(request.config), "min_clients": min_clients,
+                  "timeout": fed.timeout, **result.to_dict()}
+        atomic_write_json(layout.root / "federated" / f"round-{round}.json", record)
+
+        eff = _effective_config(cfg, list(result.valid))
+        if cfg.domains("global"):
+            train_teacher(server_cfg, layout, role="global")
+        soft = write_soft_labels(eff, layout, request, result.valid)
+        students = distill(eff, layout)
+        eval_cfg = eff if fed.evaluate_local else _only_domains(eff, lambda d: d.role != "local")
+        results = evaluate_run(eval_cfg, layout)
+    except BaseException as exc:
+        _write_status(layout, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    _write_status(
+        layout, "ok", error=None, clients=list(result.valid),
+        excluded=[e["client"] or e["node"] for e in result.excluded], silent=result.silent,
+    )
+    return {"round": result.to_dict(), "soft_labels": soft, "distill": students, "results": results}
+
+
+# ---------------------------------------------------------------------------
+# in-process runner
+# ---------------------------------------------------------------------------
+
+
+class InProcessTransport:
+    """Calls client handlers directly, one after the other (teacher training is seeded and
+    uses the global torch RNG, so clients never run side by side in one process).
+
+    ``handlers`` maps a node label to ``handler(request) -> TeacherReply``. With a
+    timeout, each handler runs in a worker thread and the round's deadline is shared: a
+    handler still busy at the deadline is reported silent (its thread is left to finish
+    on its own), as are the handlers not started before it.
+    """
+
+    def __init__(self, handlers: Mapping[str, Callable[[TeacherRequest], TeacherReply]]):
+        self.handlers = dict(handlers)
+
+    def nodes(self) -> list[str]:
+        return list(self.handlers)
+
+    def exchange(self, request: TeacherRequest, timeout: float | None) -> dict[str, Any]:
+        answers: dict[str, Any] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for node, handler in self.handlers.items():
+            if deadline is None:
+                try:
+                    answers[node] = handler(request)
+                except Exception as exc:  # a failing client is excluded, not fatal
+                    log.debug("client %s failed", node, exc_info=True)
+                    answers[node] = exc
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            box: dict[str, Any] = {}
+
+            def call(h=handler, b=box) -> None:
+                try:
+                    b["reply"] = h(request)
+                except Exception as exc:
+                    b["reply"] = exc
+
+            worker = threading.Thread(target=call, name=f"knot-client-{node}", daemon=True)
+            worker.start()
+            worker.join(left)
+            if "reply" in box:
+                answers[node] = box["reply"]
+        return answers
+
+
+def local_handlers(cfg, client_root: str | Path, data_root: Any = None) -> dict[str, Callable[[TeacherRequest], TeacherReply]]:
+    """One :func:`handle_request` per local domain, each with its own work dir under
+    ``client_root`` (``client_root/<domain>``)."""
+    import functools
+
+    return {
+        d.name: functools.partial(handle_request, domain=d.name, work_dir=Path(client_root) / d.name,
+                                  data_root=data_root)
+        for d in cfg.domains("local")
+    }
+
+
+def run_in_process(
+    cfg,
+    layout,
+    *,
+    data_root: Any = None,
+    client_root: str | Path | None = None,
+    handlers: Mapping[str, Callable[[TeacherRequest], TeacherReply]] | None = None,
+) -> dict[str, Any]:
+    """A whole federated run in one process: the handlers are called directly.
+
+    Clients work in ``client_root/<domain>`` (default ``RUN/federated/clients``) and read
+    ``data_root``. ``handlers`` replaces the real clients (tests, custom clients).
+    """
+    if handlers is None:
+        root = Path(client_root) if client_root is not None else Path(layout.root) / "federated" / "clients"
+        handlers = local_handlers(cfg, root, data_root)
+    return run_server(cfg, layout, InProcessTransport(handlers), data_root=data_root)

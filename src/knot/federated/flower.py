@@ -1,0 +1,442 @@
+"""Flower adapter: records <-> requests/replies, the Grid transport, the apps, the simulation.
+
+A thin layer over :mod:`knot.federated.core` (needs the ``flower`` extra:
+``pip install "knot[flower]"``). It only translates: a :class:`~knot.federated.core.TeacherRequest`
+becomes a Flower ``Message`` of type :data:`MESSAGE_TYPE` whose ``RecordDict`` holds
+
+* ``knot.request`` (ConfigRecord): protocol, round, the experiment config as JSON, and
+  the transfer reference (domain, splits, sizes, text hashes) — no texts;
+
+and a :class:`~knot.federated.core.TeacherReply` comes back as
+
+* ``knot.reply`` (ConfigRecord): protocol, client id, number of private examples,
+  checkpoint hash, split names;
+* ``knot.soft_labels`` (ArrayRecord): one float32 ``(N, K)`` array per transfer split;
+* ``knot.bias`` (ArrayRecord): ``distribution`` and ``mean_probs``, ``(K,)`` each;
+* ``knot.metrics`` (MetricRecord): the teacher's validation/test metrics.
+
+No model parameters and no texts ever travel. A client that fails answers with a Flower
+``Error`` message, which the server logs and excludes.
+
+Settings: :func:`make_server_app` / :func:`make_client_app` take them as arguments (the
+simulation of ``knot federated run``); the module-level apps of
+:mod:`knot.federated.server_app` and :mod:`knot.federated.client_app` read them from the
+run config (``config``: the experiment's YAML text, ``out``: the run directory,
+``data-root``) and each SuperNode's node config (``domain``, ``data-root``, ``work-dir``;
+without ``domain`` the node's ``partition-id`` picks the local domain).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from flwr.app import (
+    DEFAULT_TTL,
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from knot.federated.core import (
+    FederatedError,
+    TeacherReply,
+    TeacherRequest,
+    TransferRef,
+    client_domain,
+    handle_request,
+    read_status,
+    run_server,
+)
+
+__all__ = [
+    "MESSAGE_TYPE",
+    "request_to_record",
+    "record_to_request",
+    "reply_to_record",
+    "record_to_reply",
+    "FlowerTransport",
+    "make_client_app",
+    "make_server_app",
+    "simulation_environment",
+    "run_simulation",
+]
+
+log = logging.getLogger(__name__)
+
+#: Flower message type of a round's request (a query: clients return data, not weights).
+MESSAGE_TYPE = "query.knot_teacher"
+#: Error code of a client's failure reply.
+CLIENT_FAILED = 1
+
+
+# ---------------------------------------------------------------------------
+# converters
+# ---------------------------------------------------------------------------
+
+
+def request_to_record(request: TeacherRequest) -> RecordDict:
+    """A request as Flower records (one ConfigRecord, ``knot.request``)."""
+    t = request.transfer
+    return RecordDict(
+        {
+            "knot.request": ConfigRecord(
+                {
+                    "protocol": request.protocol,
+                    "round": int(request.round),
+                    "config": json.dumps(request.config, sort_keys=True),
+                    "transfer.domain": t.domain,
+                    "transfer.splits": list(t.splits),
+                    "transfer.num_examples": [int(n) for n in t.num_examples],
+                    "transfer.texts_sha256": list(t.texts_sha256),
+                    "transfer.data_hash": t.data_hash or "",
+                }
+            )
+        }
+    )
+
+
+def _get(record: Mapping[str, Any], key: str, what: str) -> Any:
+    if key not in record:
+        raise ValueError(f"{what}: missing {key!r}")
+    return record[key]
+
+
+def record_to_request(content: RecordDict) -> TeacherRequest:
+    """The request in a message's content; ``ValueError`` naming what is missing or malformed."""
+    if "knot.request" not in content:
+        raise ValueError(f"message has no 'knot.request' record (records: {', '.join(content) or 'none'})")
+    rec = content["knot.request"]
+    what = "knot.request"
+    try:
+        config = json.loads(_get(rec, "config", what))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}: config is not valid JSON ({exc.msg})") from None
+    transfer = TransferRef(
+        domain=str(_get(rec, "transfer.domain", what)),
+        splits=list(_get(rec, "transfer.splits", what)),
+        num_examples=list(_get(rec, "transfer.num_examples", what)),
+        texts_sha256=list(_get(rec, "transfer.texts_sha256", what)),
+        data_hash=str(rec.get("transfer.data_hash") or "") or None,
+    )
+    return TeacherRequest(
+        round=int(_get(rec, "round", what)),
+        config=config,
+        transfer=transfer,
+        protocol=str(_get(rec, "protocol", what)),
+    )
+
+
+def reply_to_record(reply: TeacherReply) -> RecordDict:
+    """A reply as Flower records (see the module docstring)."""
+    records: dict[str, Any] = {
+        "knot.reply": ConfigRecord(
+            {
+                "protocol": reply.protocol,
+                "client_id": reply.client_id,
+                "num_examples": int(reply.num_examples),
+                "checkpoint_sha256": reply.checkpoint_sha256 or "",
+                "splits": list(reply.soft_labels),
+            }
+        ),
+        "knot.soft_labels": ArrayRecord(
+            {s: Array(np.ascontiguousarray(a)) for s, a in reply.soft_labels.items()}
+        ),
+        "knot.metrics": MetricRecord(
+            {k: float(v) for k, v in reply.metrics.items() if isinstance(v, (int, float, np.number))}
+        ),
+    }
+    if reply.bias is not None:
+        records["knot.bias"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in reply.bias.items()})
+    return RecordDict(records)
+
+
+def record_to_reply(content: RecordDict) -> TeacherReply:
+    """The reply in a message's content; ``ValueError`` naming what is missing or malformed.
+
+    Arrays are returned as sent (shape and dtype); checking them is
+    :func:`knot.federated.core.validate_reply`'s job.
+    """
+    for name in ("knot.reply", "knot.soft_labels"):
+        if name not in content:
+            raise ValueError(f"reply has no {name!r} record (records: {', '.join(content) or 'none'})")
+    rec = content["knot.reply"]
+    arrays = content["knot.soft_labels"]
+    splits = list(_get(rec, "splits", "knot.reply"))
+    missing = [s for s in splits if s not in arrays]
+    if missing:
+        raise ValueError(f"knot.soft_labels: no array for split(s) {missing}")
+    bias = None
+    if "knot.bias" in content:
+        bias = {k: a.numpy() for k, a in content["knot.bias"].items()}
+    metrics = dict(content["knot.metrics"]) if "knot.metrics" in content else {}
+    return TeacherReply(
+        client_id=str(_get(rec, "client_id", "knot.reply")),
+        num_examples=_get(rec, "num_examples", "knot.reply"),
+        soft_labels={s: arrays[s].numpy() for s in splits},
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        bias=bias,
+        checkpoint_sha256=str(rec.get("checkpoint_sha256") or "") or None,
+        protocol=str(_get(rec, "protocol", "knot.reply")),
+    )
+
+
+# ---------------------------------------------------------------------------
+# server side
+# ---------------------------------------------------------------------------
+
+
+class FlowerTransport:
+    """:class:`~knot.federated.core.Transport` over a Flower ``Grid``.
+
+    ``nodes()`` waits up to ``connect_timeout`` seconds for ``expected`` SuperNodes to be
+    connected (fewer is fine when time is up: the round decides if they are enough).
+    """
+
+    def __init__(self, grid: Grid, expected: int, connect_timeout: float, poll: float = 0.5):
+        self.grid = grid
+        self.expected = int(expected)
+        self.connect_timeout = float(connect_timeout)
+        self.poll = poll
+        self._nodes: list[int] | None = None
+
+    def nodes(self) -> list[str]:
+        deadline = time.monotonic() + self.connect_timeout
+        ids = sorted(self.grid.get_node_ids())
+        while len(ids) < self.expected and time.monotonic() < deadline:
+            time.sleep(self.poll)
+            ids = sorted(self.grid.get_node_ids())
+        if len(ids) < self.expected:
+            log.warning("%d of %d client(s) connected within %g s", len(ids), self.expected, self.connect_timeout)
+        self._nodes = ids
+        return [str(i) for i in ids]
+
+    def exchange(self, request: TeacherRequest, timeout: float | None) -> dict[str, Any]:
+        ids = self._nodes if self._nodes is not None else sorted(self.grid.get_node_ids())
+        content = request_to_record(request)
+        # a message expires after its TTL (Flower's default: 12 h); keep it alive for the whole wait
+        ttl = max(float(DEFAULT_TTL), timeout + 60.0) if timeout is not None else None
+        messages = [Message(content, dst_node_id=i, message_type=MESSAGE_TYPE, ttl=ttl) for i in ids]
+        answers: dict[str, Any] = {}
+        for msg in self.grid.send_and_receive(messages, timeout=timeout):
+            node = str(msg.metadata.src_node_id)
+            if msg.has_error():
+                answers[node] = RuntimeError(msg.error.reason or f"error code {msg.error.code}")
+                continue
+            try:
+                answers[node] = record_to_reply(msg.content)
+            except (ValueError, TypeError, KeyError) as exc:
+                answers[node] = ValueError(f"malformed reply: {exc}")
+        return answers
+
+
+def _load_run_config(run_config: Mapping[str, Any]):
+    """Experiment config from a run config's ``config`` (YAML text, or a path to a YAML file)."""
+    import yaml
+
+    from knot.config import ConfigError, ExperimentConfig, load_config
+
+    text = str(run_config.get("config") or "")
+    if not text.strip():
+        raise ConfigError("run config: `config` (the experiment's YAML, or a path to it) is empty")
+    if "\n" not in text and Path(text).expanduser().is_file():
+        return load_config(Path(text).expanduser())
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"run config `config`: invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("run config `config`: expected a YAML mapping (or a path to a YAML file)")
+    return ExperimentConfig.from_dict(raw)
+
+
+def make_server_app(
+    cfg: Any = None,
+    out: str | os.PathLike | None = None,
+    *,
+    data_root: str | os.PathLike | None = None,
+) -> ServerApp:
+    """The ServerApp: one KNOT round over the grid, then soft labels, students, evaluation.
+
+    With ``cfg`` and ``out`` given (the simulation), those are used; otherwise they come
+    from the run config (``config``, ``out``, ``data-root``).
+    """
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from knot.layout import RunLayout
+
+        run_cfg = dict(context.run_config)
+        config = cfg if cfg is not None else _load_run_config(run_cfg)
+        run_dir = out if out is not None else run_cfg.get("out") or str(Path("runs") / config.name)
+        root = data_root if data_root is not None else (run_cfg.get("data-root") or None)
+        transport = FlowerTransport(grid, expected=len(config.domains("local")),
+                                    connect_timeout=config.federated.connect_timeout)
+        run_server(config, RunLayout(Path(run_dir)), transport, data_root=root)
+
+    return app
+
+
+# ---------------------------------------------------------------------------
+# client side
+# ---------------------------------------------------------------------------
+
+
+def make_client_app(
+    *,
+    data_root: str | os.PathLike | None = None,
+    client_root: str | os.PathLike | None = None,
+) -> ClientApp:
+    """The ClientApp: answers :data:`MESSAGE_TYPE` with :func:`~knot.federated.core.handle_request`.
+
+    Node config (per SuperNode) first, then these arguments, then the run config:
+    ``domain`` (else ``partition-id`` picks the local domain), ``data-root``, and
+    ``work-dir`` (else ``client-root/<domain>``, else ``~/.cache/knot/federated/<name>/<domain>``).
+    """
+    app = ClientApp()
+
+    @app.query("knot_teacher")
+    def query(msg: Message, context: Context) -> Message:
+        node, run = dict(context.node_config), dict(context.run_config)
+        try:
+            request = record_to_request(msg.content)
+            cfg = request.experiment()
+            pid = node.get("partition-id")
+            domain = client_domain(cfg, domain=node.get("domain") or None,
+                                   partition_id=int(pid) if pid is not None else None)
+            root = node.get("data-root") or data_root or run.get("data-root") or None
+            work = node.get("work-dir")
+            if not work:
+                base = client_root or run.get("client-root")
+                base = Path(base) if base else Path.home() / ".cache" / "knot" / "federated" / cfg.name
+                work = Path(base) / domain
+            reply = handle_request(request, domain=domain, work_dir=Path(work), data_root=root)
+            return Message(reply_to_record(reply), reply_to=msg)
+        except Exception as exc:  # reported to the server, which excludes this client
+            log.exception("client failed")
+            return Message(Error(code=CLIENT_FAILED, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+
+    return app
+
+
+# ---------------------------------------------------------------------------
+# simulation
+# ---------------------------------------------------------------------------
+
+
+def simulation_environment(flwr_home: str | os.PathLike) -> dict[str, str]:
+    """Environment for a local simulation: no telemetry, no usage stats, a private
+    ``FLWR_HOME`` and one torch thread per client process (2 cores are not oversubscribed).
+
+    >>> env = simulation_environment("/tmp/x")
+    >>> env["FLWR_TELEMETRY_ENABLED"], env["RAY_USAGE_STATS_ENABLED"], env["OMP_NUM_THREADS"]
+    ('0', '0', '1')
+    """
+    return {
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_HOME": str(flwr_home),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_DEDUP_LOGS": "0",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+
+
+def run_simulation(
+    cfg: Any,
+    out: str | os.PathLike,
+    *,
+    data_root: str | os.PathLike | None = None,
+    client_root: str | os.PathLike | None = None,
+    num_clients: int | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run the federated experiment on Flower's Simulation Runtime (one SuperNode per local
+    domain, each a Ray worker with ``federated.client_cpus`` cores and one torch thread).
+
+    Node ``i`` owns the ``i``-th local domain; with ``num_clients`` above the number of
+    local domains, the extra nodes own none, answer with an error and are excluded.
+    Clients work in ``client_root/<domain>`` (default ``RUN/federated/clients``).
+
+    Returns the run's status (``RUN/federated/status.json``). Raises
+    :class:`~knot.federated.core.FederatedError` when the run did not finish with status
+    ``ok`` (the ServerApp failed or never ran), whatever Flower itself returned.
+    """
+    import flwr.simulation
+
+    out = Path(out)
+    n = len(cfg.domains("local"))
+    if n == 0:
+        raise ValueError("data.domains: a federated run needs at least one domain with role 'local' (one per client)")
+    if num_clients is not None:
+        if num_clients < 1:
+            raise ValueError(f"--clients: expected a positive number of clients, got {num_clients}")
+        n = num_clients
+    status_file = out / "federated" / "status.json"
+    if status_file.exists():
+        status_file.unlink()  # a stale "ok" must never pass for this run's result
+    client_root = Path(client_root) if client_root is not None else out / "federated" / "clients"
+    # Make the server process's torch thread pool before the 1-thread setting below
+    # reaches the environment (it is meant for the client workers only).
+    import torch
+
+    torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="knot-flwr-") as home:
+        env = simulation_environment(home)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            flwr.simulation.run_simulation(
+                server_app=make_server_app(cfg, out, data_root=data_root),
+                client_app=make_client_app(data_root=data_root, client_root=client_root),
+                num_supernodes=n,
+                backend_config={
+                    "client_resources": {"num_cpus": cfg.federated.client_cpus, "num_gpus": 0.0},
+                    "init_args": {"num_cpus": max(os.cpu_count() or 1, int(cfg.federated.client_cpus))},
+                },
+                verbose_logging=verbose,
+            )
+        except FederatedError:
+            raise
+        except Exception as exc:
+            status = _status_or_none(out)
+            if status and status.get("status") == "failed":
+                raise FederatedError(status.get("error") or str(exc)) from exc
+            raise FederatedError(f"Flower simulation failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    status = _status_or_none(out)
+    if status is None:
+        raise FederatedError(f"{status_file}: the ServerApp did not record a status (it never ran or was killed)")
+    if status.get("status") != "ok":
+        raise FederatedError(f"federated run {status.get('status')}: {status.get('error')}")
+    return status
+
+
+def _status_or_none(out: Path) -> dict[str, Any] | None:
+    try:
+        return read_status(out)
+    except (FileNotFoundError, ValueError):
+        return None

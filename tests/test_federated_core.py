@@ -1,0 +1,345 @@
+"""Federated teachers without Flower: reply validation, the round, the in-process runner.
+
+The round is exercised with fake client handlers (good, NaN, wrong shape, silent,
+failing); the in-process runner with real handlers on a tiny synthetic task must give
+the same soft labels and student results as the in-process pipeline (`knot run`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from knot.config import ExperimentConfig
+from knot.federated.core import (
+    PROTOCOL,
+    FederatedError,
+    InProcessTransport,
+    TeacherReply,
+    TeacherRequest,
+    TransferRef,
+    _effective_config,
+    client_domain,
+    read_status,
+    run_in_process,
+    run_round,
+    validate_reply,
+)
+from knot.layout import RunLayout
+
+# ---------------------------------------------------------------------------
+# a tiny synthetic task (shared with test_federated_flower.py)
+# ---------------------------------------------------------------------------
+
+LABELS = ["neg", "neu", "pos"]
+KEYWORDS = {"neg": ["awful", "terrible", "bad"], "neu": ["okay", "average", "fine"], "pos": ["great", "excellent", "good"]}
+FILLER = ["the", "a", "item", "box", "it", "was", "this", "product", "arrived", "and", "is", "my", "for"]
+DOMAINS = {"books": ("local", 30), "games": ("local", 30), "tools": ("local", 30), "shop": ("global", 45),
+           "public": ("transfer", 60)}
+
+
+def synthetic_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = LABELS[i % 3]
+        words = rng.sample(FILLER, 4) + [rng.choice(KEYWORDS[label])] * 2
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_data(root) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for i, (name, (_, n)) in enumerate(DOMAINS.items()):
+        rows = synthetic_rows(n, 100 + i)
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def tiny_config(**federated) -> ExperimentConfig:
+    """Three local clients, a global domain and a transfer set; the `tiny` encoder."""
+    return ExperimentConfig.from_dict(
+        {
+            "name": "tinyfed",
+            "seed": 7,
+            "device": "cpu",
+            "task": {"geometry": {"neg": [-1.0], "neu": [0.0], "pos": [1.0]}},
+            "data": {
+                "seed": 7,
+                "domains": [
+                    {"name": n, "role": r, "split": "random",
+                     "sources": [{"reader": "jsonl", "path": f"{n}.jsonl", "text": "text", "label": "label"}]}
+                    for n, (r, _) in DOMAINS.items()
+                ],
+            },
+            "model": {"encoder": "tiny", "max_length": 32, "dropout": 0.0},
+            "local": {"epochs": 1, "batch_size": 16, "lr": 2e-3},
+            "global_model": {"epochs": 1, "batch_size": 16, "lr": 2e-3},
+            "soft_labels": {"batch_size": 64},
+            "bias": {"n_samples": 16, "length": 8},
+            "distill": {"train": {"epochs": 2, "batch_size": 16, "lr": 2e-3},
+                        "methods": [{"name": "ot", "loss": "ot"}]},
+            "evaluate": {"batch_size": 64},
+            "federated": federated,
+        }
+    )
+
+
+# ---------------------------------------------------------------------------
+# fakes
+# ---------------------------------------------------------------------------
+
+SIZES = {"train": 4, "val": 2}
+K = 3
+
+
+def fake_request() -> TeacherRequest:
+    cfg = tiny_config().to_dict()
+    ref = TransferRef("public", list(SIZES), list(SIZES.values()), ["h-train", "h-val"])
+    return TeacherRequest(round=1, config=cfg, transfer=ref)
+
+
+def good_reply(client: str, n: int = 20) -> TeacherReply:
+    rng = np.random.default_rng(len(client))
+    soft = {}
+    for split, size in SIZES.items():
+        p = rng.random((size, K)).astype(np.float32)
+        soft[split] = p / p.sum(axis=1, keepdims=True)
+    bias = {"distribution": np.array([0.5, 0.25, 0.25]), "mean_probs": np.array([0.4, 0.3, 0.3])}
+    return TeacherReply(client, n, soft, metrics={"val_accuracy": 1.0}, bias=bias, checkpoint_sha256="abc")
+
+
+def spoiled(client: str, split: str, fn) -> TeacherReply:
+    r = good_reply(client)
+    r.soft_labels[split] = fn(r.soft_labels[split].copy())
+    return r
+
+
+def with_nan(a):
+    a[1, 0] = np.nan
+    return a
+
+
+# ---------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------
+
+
+def test_a_good_reply_is_valid():
+    assert validate_reply(good_reply("books"), fake_request(), K) is None
+
+
+@pytest.mark.parametrize(
+    "reply, reason",
+    [
+        (spoiled("books", "train", with_nan), "contains NaN"),
+        (spoiled("books", "val", lambda a: a[:1]), "shape (1, 3), expected (2, 3)"),
+        (spoiled("books", "train", lambda a: a[:, :2]), "shape (4, 2), expected (4, 3)"),
+        (spoiled("books", "train", lambda a: a * 1.5), "do not sum to 1"),
+        (spoiled("books", "train", lambda a: a - 0.5), "negative"),
+        (spoiled("books", "train", lambda a: (a * 100).astype(np.int64)), "dtype int64"),
+        (TeacherReply("books", 20, {"train": good_reply("x").soft_labels["train"]}, bias=good_reply("x").bias),
+         "soft labels for splits ['train'], expected ['train', 'val']"),
+        (good_reply("shop"), "client id 'shop' is not a local domain"),
+        (good_reply("books", n=0), "number of private examples 0"),
+        (TeacherReply("books", 20, good_reply("b").soft_labels, bias=None), "no distribution bias"),
+        (TeacherReply("books", 20, good_reply("b").soft_labels, bias={"distribution": np.ones(3) / 3}),
+         "without 'mean_probs'"),
+        (TeacherReply("books", 20, good_reply("b").soft_labels, bias=good_reply("b").bias, protocol="other/0"),
+         "protocol 'other/0'"),
+    ],
+)
+def test_bad_replies_say_why(reply, reason):
+    why = validate_reply(reply, fake_request(), K)
+    assert why is not None and reason in why
+
+
+# ---------------------------------------------------------------------------
+# the round
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def release():
+    """An event the silent fake client waits on; set at teardown so its thread ends."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def test_round_keeps_valid_replies_and_names_the_rest(release, caplog):
+    def silent(request):
+        release.wait(30)
+        return good_reply("tools")
+
+    handlers = {
+        "node-books": lambda request: good_reply("books"),
+        "node-games": lambda request: spoiled("games", "train", with_nan),
+        "node-tools": silent,
+    }
+    with caplog.at_level("WARNING", logger="knot.federated.core"):
+        result = run_round(fake_request(), InProcessTransport(handlers), local_domains=["books", "games", "tools"],
+                           num_labels=K, min_clients=1, timeout=1.0)
+
+    assert list(result.valid) == ["books"]
+    assert result.silent == ["node-tools"]
+    assert [(e["client"], e["node"]) for e in result.excluded] == [("games", "node-games")]
+    assert "NaN" in result.excluded[0]["reason"]
+    log = caplog.text
+    assert "client 'games' (node node-games) excluded" in log and "NaN" in log
+    assert "node node-tools did not answer within 1 s" in log
+    assert result.valid["books"].soft_labels["train"].dtype == np.float32
+
+
+def test_valid_replies_follow_the_config_order_not_the_answer_order():
+    handlers = {"n1": lambda r: good_reply("tools"), "n2": lambda r: good_reply("books")}
+    result = run_round(fake_request(), InProcessTransport(handlers), local_domains=["books", "games", "tools"],
+                       num_labels=K, min_clients=2)
+    assert list(result.valid) == ["books", "tools"]
+    assert result.to_dict()["clients"]["tools"]["node"] == "n1"
+
+
+def test_too_few_valid_replies_fail_with_every_reason():
+    def crash(request):
+        raise OSError("disk full")
+
+    handlers = {
+        "n1": lambda r: good_reply("books"),
+        "n2": crash,
+        "n3": lambda r: good_reply("books"),  # a second client claiming the same domain
+    }
+    with pytest.raises(FederatedError) as info:
+        run_round(fake_request(), InProcessTransport(handlers), local_domains=["books", "games", "tools"],
+                  num_labels=K, min_clients=2)
+    msg = str(info.value)
+    assert "1 valid reply (books), federated.min_clients is 2" in msg
+    assert "client failed: disk full" in msg
+    assert "duplicate client id 'books' (already answered by node n1)" in msg
+
+
+def test_no_client_at_all_fails():
+    with pytest.raises(FederatedError, match="no client connected"):
+        run_round(fake_request(), InProcessTransport({}), local_domains=["books"], num_labels=K, min_clients=1)
+
+
+# ---------------------------------------------------------------------------
+# config helpers
+# ---------------------------------------------------------------------------
+
+
+def test_client_domain_by_name_or_partition():
+    cfg = tiny_config()
+    assert client_domain(cfg, domain="games") == "games"
+    assert client_domain(cfg, partition_id=2) == "tools"
+    with pytest.raises(ValueError, match="'shop' is not a local domain"):
+        client_domain(cfg, domain="shop")
+    with pytest.raises(ValueError, match="partition 3 has no local domain"):
+        client_domain(cfg, partition_id=3)
+
+
+def test_effective_config_drops_missing_teachers_and_their_explicit_weights():
+    cfg = tiny_config()
+    cfg.distill.methods[0].weights = "explicit"
+    cfg.distill.methods[0].explicit_weights = [1.0, 2.0, 3.0, 4.0]  # books, games, tools, global
+    eff = _effective_config(cfg, ["books", "tools"])
+    assert [d.name for d in eff.domains("local")] == ["books", "tools"]
+    assert eff.distill.methods[0].explicit_weights == [1.0, 3.0, 4.0]
+    assert [d.name for d in cfg.domains("local")] == ["books", "games", "tools"]  # cfg untouched
+
+
+# ---------------------------------------------------------------------------
+# the server: failure status, and equality with the in-process pipeline
+# ---------------------------------------------------------------------------
+
+
+def test_a_failed_round_is_recorded_as_failed(tmp_path):
+    write_data(tmp_path / "data")
+    cfg = tiny_config(min_clients=2)
+    layout = RunLayout(tmp_path / "run")
+    handlers = {"n1": lambda r: good_reply("books")}
+    with pytest.raises(FederatedError, match="min_clients is 2"):
+        run_in_process(cfg, layout, data_root=tmp_path / "data", handlers=handlers)
+    status = read_status(layout.root)
+    assert status["status"] == "failed" and "min_clients is 2" in status["error"]
+    assert not (layout.root / "students").exists()
+
+
+def test_a_request_carries_references_not_texts(tmp_path):
+    from knot.data import load_split, prepare_data
+    from knot.federated.core import make_request
+
+    write_data(tmp_path / "data")
+    cfg = tiny_config()
+    layout = RunLayout(tmp_path / "run")
+    prepare_data(cfg, layout, tmp_path / "data")
+    request = make_request(cfg, layout)
+    texts = [e.text for s in ("train", "val") for e in load_split(layout.data, "public", s)]
+    blob = json.dumps({"config": request.config, "transfer": request.transfer.to_dict()})
+    assert request.protocol == PROTOCOL
+    assert request.transfer.num_examples == [len(load_split(layout.data, "public", s)) for s in ("train", "val")]
+    assert not any(t in blob for t in texts)
+
+
+def compare_runs(reference, federated, atol: float) -> None:
+    """Same soft labels (every split) and the same student rows in results.json."""
+    from knot.soft_labels import SoftLabels
+
+    for split in ("train", "val"):
+        a = SoftLabels.load(reference.soft_labels, split)
+        b = SoftLabels.load(federated.soft_labels, split)
+        assert b.teacher_names == a.teacher_names == ["books", "games", "tools", "global"]
+        assert b.teacher_sizes == a.teacher_sizes
+        worst = {t: float(np.abs(b.probs[:, j] - a.probs[:, j]).max()) for j, t in enumerate(a.teacher_names)}
+        assert max(worst.values()) <= atol, f"{split}: largest soft-label difference per teacher {worst}"
+    ref = json.loads(reference.results_json.read_text())
+    fed = json.loads(federated.results_json.read_text())
+
+    def rows(results):
+        return {(r["model"], r["test_set"]): r for r in results["rows"] if r["model"].startswith(("student", "global"))}
+
+    ra, rb = rows(ref), rows(fed)
+    assert ra.keys() == rb.keys() and len(ra) == 2 * 5  # global + student, on 3 local + global + union
+    for key in ra:
+        for metric in ("accuracy", "macro_f1", "semantic_distance", "expected_cost"):
+            assert rb[key][metric] == pytest.approx(ra[key][metric], abs=max(atol, 1e-9)), (key, metric)
+
+
+def pipeline_reference(tmp_path_factory):
+    """The in-process pipeline (`knot run`, without the report) on the tiny task, run once
+    per test session and shared by both federated test files. Returns its folder
+    (``data/``: the data root, ``run/``: the run directory)."""
+    from knot.pipeline import run_pipeline
+
+    root = tmp_path_factory.getbasetemp() / "federated-reference"
+    if not (root / "run" / "results.json").is_file():
+        write_data(root / "data")
+        stages = ["prepare", "local", "global", "soft-labels", "bias", "distill", "evaluate"]
+        run_pipeline(tiny_config(), root / "run", data_root=root / "data", stages=stages)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    return pipeline_reference(tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_in_process_runner_equals_the_pipeline(pipeline_run, tmp_path):
+    cfg = tiny_config()
+    layout = RunLayout(tmp_path / "fed")
+    out = run_in_process(cfg, layout, data_root=pipeline_run / "data", client_root=tmp_path / "clients")
+
+    assert read_status(layout.root)["status"] == "ok"
+    assert list(out["round"]["clients"]) == ["books", "games", "tools"]
+    assert not (layout.root / "teachers").exists()  # teachers stay with their owners
+    assert (tmp_path / "clients" / "books" / "teachers" / "books" / "best" / "model.safetensors").is_file()
+    compare_runs(RunLayout(pipeline_run / "run"), layout, atol=0.0)
+    bias_ref = json.loads((pipeline_run / "run" / "soft_labels" / "bias.json").read_text())
+    bias_fed = json.loads((layout.soft_labels / "bias.json").read_text())
+    assert bias_fed["distribution"] == bias_ref["distribution"]
+    missing = {m["id"] for m in json.loads(layout.results_json.read_text())["missing"]}
+    assert missing == {"teacher:books", "teacher:games", "teacher:tools"}

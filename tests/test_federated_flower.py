@@ -1,0 +1,177 @@
+"""The Flower adapter: record converters, the app folder, status, and a real simulation.
+
+Needs the ``flower`` extra; skipped (with the reason) without it. The simulation runs the
+tiny task on Flower's Simulation Runtime with one SuperNode per local domain plus a spare
+node that owns no domain (it answers with an error and must be excluded), and must give
+the pipeline's soft labels and student results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr", reason='Flower is not installed (pip install "knot[flower]")')
+
+from typer.testing import CliRunner  # noqa: E402
+
+from knot.cli import app  # noqa: E402
+from knot.federated.core import TeacherRequest, read_status  # noqa: E402
+from knot.federated.flower import (  # noqa: E402
+    record_to_reply,
+    record_to_request,
+    reply_to_record,
+    request_to_record,
+)
+from knot.layout import RunLayout  # noqa: E402
+from test_federated_core import compare_runs, fake_request, good_reply, pipeline_reference, tiny_config  # noqa: E402
+
+pytestmark = pytest.mark.flower
+
+
+# ---------------------------------------------------------------------------
+# converters
+# ---------------------------------------------------------------------------
+
+
+def test_request_round_trips_through_records():
+    request = fake_request()
+    again = record_to_request(request_to_record(request))
+    assert isinstance(again, TeacherRequest)
+    assert again == request
+    assert again.experiment().to_dict() == request.experiment().to_dict()
+
+
+def test_reply_round_trips_through_records_nan_included():
+    reply = good_reply("games", n=21)
+    reply.soft_labels["val"][0, 1] = np.nan  # the server must see it to exclude the client
+    again = record_to_reply(reply_to_record(reply))
+    assert (again.client_id, again.num_examples, again.checkpoint_sha256) == ("games", 21, "abc")
+    assert list(again.soft_labels) == ["train", "val"]
+    for split, a in reply.soft_labels.items():
+        assert again.soft_labels[split].dtype == np.float32
+        np.testing.assert_array_equal(again.soft_labels[split], a)  # NaN == NaN here
+    for key, a in reply.bias.items():
+        np.testing.assert_array_equal(again.bias[key], a)
+    assert again.metrics == {"val_accuracy": 1.0}
+
+
+def test_records_carry_no_texts_and_no_parameters():
+    content = reply_to_record(good_reply("books"))
+    assert sorted(content) == ["knot.bias", "knot.metrics", "knot.reply", "knot.soft_labels"]
+    assert sorted(content["knot.soft_labels"]) == ["train", "val"]
+
+
+def test_malformed_records_are_named():
+    from flwr.app import ConfigRecord, RecordDict
+
+    with pytest.raises(ValueError, match="no 'knot.request' record"):
+        record_to_request(RecordDict({"other": ConfigRecord({"a": 1})}))
+    content = reply_to_record(good_reply("books"))
+    del content["knot.soft_labels"]
+    with pytest.raises(ValueError, match="no 'knot.soft_labels' record"):
+        record_to_reply(content)
+
+
+# ---------------------------------------------------------------------------
+# app folder and status
+# ---------------------------------------------------------------------------
+
+
+def test_app_folder_is_a_valid_flower_app(tmp_path):
+    from flwr.cli.config_utils import load_and_validate
+
+    from knot.federated.flower import _load_run_config
+
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(tiny_config().to_yaml())
+    result = CliRunner().invoke(app, ["federated", "app", str(cfg_file), str(tmp_path / "app"),
+                                      "--out", str(tmp_path / "run"), "--set", "local.epochs=3"])
+    assert result.exit_code == 0, result.output
+    config, warnings = load_and_validate(tmp_path / "app" / "pyproject.toml")
+    assert config is not None, warnings
+    flwr_app = config["tool"]["flwr"]["app"]
+    assert flwr_app["components"] == {"serverapp": "knot.federated.server_app:app",
+                                      "clientapp": "knot.federated.client_app:app"}
+    assert config["project"]["dependencies"] == []  # nothing to install at run time
+    run_cfg = flwr_app["config"]
+    assert run_cfg["out"] == str((tmp_path / "run").resolve())
+    loaded = _load_run_config(run_cfg)
+    assert loaded.local.epochs == 3 and loaded.to_dict() == tiny_config().to_dict() | {"local": loaded.local.to_dict()}
+
+
+def test_status_command_exit_codes(tmp_path):
+    from knot.federated.core import _write_status
+
+    runner = CliRunner()
+    layout = RunLayout(tmp_path / "run")
+    assert runner.invoke(app, ["federated", "status", str(layout.root)]).exit_code == 2
+    _write_status(layout, "running")
+    start = time.monotonic()
+    result = runner.invoke(app, ["federated", "status", str(layout.root), "--wait", "0.5"])
+    assert result.exit_code == 1 and time.monotonic() - start >= 0.5
+    _write_status(layout, "failed", error="FederatedError: round 1: 0 valid replies")
+    result = runner.invoke(app, ["federated", "status", str(layout.root)])
+    assert result.exit_code == 1 and "0 valid replies" in result.output
+    _write_status(layout, "ok")
+    assert runner.invoke(app, ["federated", "status", str(layout.root)]).exit_code == 0
+
+
+def test_federated_help_and_bad_config(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["federated", "run", "--help"])
+    assert result.exit_code == 0 and "simulation" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("federated: {min_clients: 0}\n")
+    result = runner.invoke(app, ["federated", "run", str(bad)])
+    assert result.exit_code == 2 and "federated.min_clients" in result.output
+
+
+# ---------------------------------------------------------------------------
+# the simulation
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_simulation_equals_the_pipeline_and_excludes_a_bad_node(tmp_path_factory, tmp_path):
+    reference = pipeline_reference(tmp_path_factory)
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(tiny_config(min_clients=3, timeout=240.0, connect_timeout=60.0).to_yaml())
+    out = tmp_path / "fed"
+
+    start = time.monotonic()
+    result = CliRunner().invoke(app, ["federated", "run", str(cfg_file), "--out", str(out),
+                                      "--data-root", str(reference / "data"), "--clients", "4"])
+    seconds = time.monotonic() - start
+
+    assert result.exit_code == 0, result.output
+    assert read_status(out)["status"] == "ok"
+    round_ = json.loads((out / "federated" / "round-1.json").read_text())
+    assert list(round_["clients"]) == ["books", "games", "tools"]
+    assert len(round_["excluded"]) == 1 and "partition 3 has no local domain" in round_["excluded"][0]["reason"]
+    assert "excluded node" in result.output and "partition 3" in result.output
+    compare_runs(RunLayout(reference / "run"), RunLayout(out), atol=1e-5)
+    assert seconds < 120, f"the simulation took {seconds:.0f} s"
+
+
+@pytest.mark.slow
+def test_a_failed_round_exits_non_zero(tmp_path):
+    from test_federated_core import write_data
+
+    write_data(tmp_path / "data")
+    # the clients' private data is missing: every client answers with an error, no valid reply
+    cfg = tiny_config(min_clients=1, timeout=120.0, connect_timeout=60.0, evaluate_local=False)
+    for d in cfg.data.domains:
+        if d.role == "local":
+            d.sources[0]["path"] = f"missing-{d.name}.jsonl"
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(cfg.to_yaml())
+    result = CliRunner().invoke(app, ["federated", "run", str(cfg_file), "--out", str(tmp_path / "fed"),
+                                      "--data-root", str(tmp_path / "data")])
+    assert result.exit_code == 1, result.output
+    status = read_status(tmp_path / "fed")
+    assert status["status"] == "failed" and "0 valid replies" in status["error"]
+    assert "missing-books.jsonl" in status["error"]
