@@ -260,3 +260,12 @@ def test_bias_table_lists_every_teacher():
         {"label_names": ["x", "y"], "teachers": ["a", "b"], "distribution": {"a": [1, 0], "b": [0.5, 0.5]}}
     )
     assert table.splitlines()[2:] == ["| a | 1.000 | 0.000 |", "| b | 0.500 | 0.500 |"]
+
+
+def test_soft_label_config_requires_the_train_split():
+    from knot.config import ConfigError, ExperimentConfig
+
+    with pytest.raises(ConfigError, match=r"soft_labels.splits: must include train"):
+        ExperimentConfig.from_dict({"soft_labels": {"splits": ["val"]}})
+    with pytest.raises(ConfigError, match=r"soft_labels.splits: expected some of train, val, test"):
+        ExperimentConfig.from_dict({"soft_labels": {"splits": ["train", "dev"]}})

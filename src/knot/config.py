@@ -378,10 +378,21 @@ class TrainConfig(ConfigBase):
 
 @dataclass
 class SoftLabelConfig(ConfigBase):
-    """Teacher inference on the transfer set."""
+    """Teacher inference on the transfer set.
+
+    ``splits`` are the transfer splits the teachers label: ``train`` (what students learn
+    from) is required; ``val`` (model selection of the students) is recommended.
+    """
 
     batch_size: int = 128
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "batch_size: expected >= 1")
+        bad = [s for s in self.splits if s not in ("train", "val", "test")]
+        _check(not bad, f"splits: expected some of train, val, test, got {bad}")
+        _check("train" in self.splits, "splits: must include train (the students learn from it)")
+        _check(len(set(self.splits)) == len(self.splits), "splits: duplicates")
 
 
 @dataclass
@@ -490,6 +501,9 @@ class EvalConfig(ConfigBase):
     """Evaluation of every model on every test set."""
 
     batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "batch_size: expected >= 1")
 
 
 @dataclass
