@@ -259,14 +259,22 @@ class GroundCost:
         return None if v is None else int(v.shape[0])
 
     def vertex_tensors(self, dtype: torch.dtype, device: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(F, G)`` of shape (K, V) (``G`` None for a metric cost), cached."""
+        """Dual vertices as tensors, cached.
+
+        For a metric cost ``(F, None)`` with ``F`` of shape (K, V/2): the Lipschitz polytope
+        is symmetric (``f`` is a vertex iff ``-f`` is), so one vertex of each pair is kept
+        and the cost is ``max |F^T (p - q)|``. Otherwise ``(F, G)`` of shape (K, V) each.
+        """
         verts = self.vertices()
         if verts is None:
             raise ValueError("too many dual vertices for this cost; use method='lp'")
         k = self.num_labels
+        if self.is_metric:
+            f = self._cached("vf", dtype, device, lambda: torch.from_numpy(_half_of_symmetric(verts)).T.contiguous())
+            return f, None
         v64 = torch.from_numpy(verts)
         f = self._cached("vf", dtype, device, lambda: v64[:, :k].T.contiguous())
-        g = None if self.is_metric else self._cached("vg", dtype, device, lambda: v64[:, k:].T.contiguous())
+        g = self._cached("vg", dtype, device, lambda: v64[:, k:].T.contiguous())
         return f, g
 
     def __repr__(self) -> str:
@@ -465,22 +473,90 @@ def exact_cost(
     return _vertex_cost(p, q, gc)
 
 
-def _vertex_cost(p: torch.Tensor, q: torch.Tensor, gc: GroundCost) -> torch.Tensor:
-    f, g = gc.vertex_tensors(p.dtype, p.device)  # (K, V), (K, V) or None
-    lead = p.shape[:-1]
-    k, nv = f.shape
-    p2, q2 = p.reshape(-1, k), q.reshape(-1, k)
-    rows = max(1, (1 << 24) // max(nv, 1))  # bound the (rows, V) intermediate
-    out = []
-    for s in range(0, p2.shape[0], rows):
-        ps, qs = p2[s : s + rows], q2[s : s + rows]
-        if g is None:
-            scores = (ps - qs) @ f  # (n, V)
+def _half_of_symmetric(verts: np.ndarray) -> np.ndarray:
+    """One vertex of each pair ``{f, -f}`` of a symmetric vertex set (V, K) -> (V/2, K)."""
+    scale = float(np.abs(verts).max()) or 1.0
+    key = {tuple(np.round(v / scale, 9)): i for i, v in enumerate(verts)}
+    keep, dropped = [], set()
+    for i, v in enumerate(verts):
+        if i in dropped:
+            continue
+        keep.append(i)
+        j = key.get(tuple(np.round(-v / scale, 9)))
+        if j is not None and j != i:
+            dropped.add(j)
+    return verts[keep]
+
+
+_SCORE_BUDGET = 1 << 24  # largest (rows, V) score matrix kept for the backward pass
+
+
+class _VertexMax(torch.autograd.Function):
+    """``max_v f_v . p + g_v . q`` over dual vertices, or ``max_v |f_v . (p - q)|`` (metric).
+
+    The backward pass gathers the maximising vertex (the first one on exact ties: an
+    optimal dual all the same; zero where ``p == q`` in the metric case) and never builds
+    the gradient of the (N, V) score matrix.
+    """
+
+    @staticmethod
+    def forward(ctx, p, q, f, g):  # p, q: (N, K); f, g: (K, V)
+        n, nv = p.shape[0], f.shape[1]
+        rows = max(1, _SCORE_BUDGET // max(nv, 1))
+        values, saved = [], []
+        keep = n * nv <= _SCORE_BUDGET  # keep the scores for backward, else the duals now
+        for s in range(0, n, rows):
+            ps, qs = p[s : s + rows], q[s : s + rows]
+            scores = (ps - qs) @ f if g is None else ps @ f + qs @ g  # (n, V)
+            if g is None:
+                value = torch.maximum(scores.amax(-1), -scores.amin(-1))
+            else:
+                value = scores.amax(-1)
+            values.append(value)
+            saved.append(scores if keep else torch.cat(_optimal_dual(scores, value, f, g), -1))
+        value = torch.cat(values) if len(values) != 1 else values[0]
+        ctx.keep = keep
+        ctx.symmetric = g is None
+        ctx.save_for_backward(value, f, g if g is not None else f, *saved)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):  # grad: (N,)
+        value, f, g, *saved = ctx.saved_tensors
+        k = f.shape[0]
+        if ctx.keep:
+            gp, gq = _optimal_dual(saved[0], value, f, None if ctx.symmetric else g)
         else:
-            scores = ps @ f + qs @ g
-        out.append(scores.max(dim=-1).values)
-    res = torch.cat(out) if len(out) != 1 else out[0]
-    return res.reshape(lead)
+            both = torch.cat(saved)
+            gp, gq = both[:, :k], both[:, k:]
+        grad = grad[:, None]
+        return (
+            gp * grad if ctx.needs_input_grad[0] else None,
+            gq * grad if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+        )
+
+
+def _optimal_dual(scores: torch.Tensor, value: torch.Tensor, f: torch.Tensor, g: torch.Tensor | None):
+    """Optimal dual potentials (n, K) for p and q: a maximising vertex per row."""
+    if g is None:  # max |f . (p - q)|: vertex +f or -f
+        hit = scores.abs() == value[:, None]  # (n, V)
+        idx = hit.view(torch.uint8).argmax(-1)  # first maximiser (uint8 argmax is fast on CPU)
+        sign = scores.gather(1, idx[:, None]).sign()  # (n, 1); 0 where p == q: gradient 0
+        d = f.T.index_select(0, idx) * sign  # (n, K)
+        return d, -d
+    hit = scores == value[:, None]
+    idx = hit.view(torch.uint8).argmax(-1)
+    return f.T.index_select(0, idx), g.T.index_select(0, idx)
+
+
+def _vertex_cost(p: torch.Tensor, q: torch.Tensor, gc: GroundCost) -> torch.Tensor:
+    f, g = gc.vertex_tensors(p.dtype, p.device)  # (K, V') and (K, V) or None
+    lead = p.shape[:-1]
+    k = f.shape[0]
+    value = _VertexMax.apply(p.reshape(-1, k), q.reshape(-1, k), f, g)  # (N,)
+    return value.reshape(lead)
 
 
 def _emd_solver():
