@@ -329,17 +329,36 @@ def pipeline_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_in_process_runner_equals_the_pipeline(pipeline_run, tmp_path):
-    cfg = tiny_config()
-    layout = RunLayout(tmp_path / "fed")
-    out = run_in_process(cfg, layout, data_root=pipeline_run / "data", client_root=tmp_path / "clients")
+    from typer.testing import CliRunner
 
+    from knot.cli import app
+
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(tiny_config().to_yaml())
+    layout = RunLayout(tmp_path / "fed")
+    result = CliRunner().invoke(app, ["federated", "run", str(cfg_file), "--in-process", "--out", str(layout.root),
+                                      "--data-root", str(pipeline_run / "data")])
+
+    assert result.exit_code == 0, result.output
+    assert "round 1: teachers from books, games, tools" in result.output
     assert read_status(layout.root)["status"] == "ok"
-    assert list(out["round"]["clients"]) == ["books", "games", "tools"]
     assert not (layout.root / "teachers").exists()  # teachers stay with their owners
-    assert (tmp_path / "clients" / "books" / "teachers" / "books" / "best" / "model.safetensors").is_file()
+    clients = layout.root / "federated" / "clients"
+    assert (clients / "books" / "teachers" / "books" / "best" / "model.safetensors").is_file()
     compare_runs(RunLayout(pipeline_run / "run"), layout, atol=0.0)
     bias_ref = json.loads((pipeline_run / "run" / "soft_labels" / "bias.json").read_text())
     bias_fed = json.loads((layout.soft_labels / "bias.json").read_text())
     assert bias_fed["distribution"] == bias_ref["distribution"]
     missing = {m["id"] for m in json.loads(layout.results_json.read_text())["missing"]}
     assert missing == {"teacher:books", "teacher:games", "teacher:tools"}
+
+    # asked again, a client reuses its finished teacher instead of training it again
+    from knot.federated.core import handle_request, make_request
+    from knot.soft_labels import SoftLabels
+
+    weights = clients / "books" / "teachers" / "books" / "best" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    reply = handle_request(make_request(tiny_config(), layout), domain="books", work_dir=clients / "books",
+                           data_root=pipeline_run / "data")
+    assert weights.stat().st_mtime_ns == before
+    np.testing.assert_array_equal(reply.soft_labels["train"], SoftLabels.load(layout.soft_labels, "train").probs[:, 0])

@@ -38,7 +38,6 @@ from typing import Any, Mapping
 
 import numpy as np
 from flwr.app import (
-    DEFAULT_TTL,
     Array,
     ArrayRecord,
     ConfigRecord,
@@ -81,6 +80,8 @@ log = logging.getLogger(__name__)
 MESSAGE_TYPE = "query.knot_teacher"
 #: Error code of a client's failure reply.
 CLIENT_FAILED = 1
+#: Flower's default message time-to-live, seconds (``flwr.app.DEFAULT_TTL`` in recent versions).
+_FLOWER_TTL = 43200.0
 
 
 # ---------------------------------------------------------------------------
@@ -228,7 +229,7 @@ class FlowerTransport:
         ids = self._nodes if self._nodes is not None else sorted(self.grid.get_node_ids())
         content = request_to_record(request)
         # a message expires after its TTL (Flower's default: 12 h); keep it alive for the whole wait
-        ttl = max(float(DEFAULT_TTL), timeout + 60.0) if timeout is not None else None
+        ttl = timeout + 60.0 if timeout is not None and timeout + 60.0 > _FLOWER_TTL else None
         messages = [Message(content, dst_node_id=i, message_type=MESSAGE_TYPE, ttl=ttl) for i in ids]
         answers: dict[str, Any] = {}
         for msg in self.grid.send_and_receive(messages, timeout=timeout):
