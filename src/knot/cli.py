@@ -404,9 +404,9 @@ app.add_typer(federated_app, name="federated")
 
 
 def _need_flower() -> None:
-    import importlib.util
+    from knot.federated import flower_available
 
-    if importlib.util.find_spec("flwr") is None:
+    if not flower_available():
         _fail('Flower is not installed: pip install "knot[flower]" (or run with --in-process)')
 
 

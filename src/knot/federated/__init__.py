@@ -23,7 +23,20 @@ from knot.federated.core import (
     validate_reply,
 )
 
+
+
+def flower_available() -> bool:
+    """Whether Flower (the ``flower`` extra) can be imported, without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("flwr") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 __all__ = [
+    "flower_available",
     "PROTOCOL",
     "FederatedError",
     "InProcessTransport",

@@ -1,7 +1,5 @@
 """Doctest collection: skip the Flower adapter modules when the ``flower`` extra is absent."""
 
-import importlib.util
+from knot.federated import flower_available
 
-collect_ignore = (
-    [] if importlib.util.find_spec("flwr") is not None else ["flower.py", "client_app.py", "server_app.py"]
-)
+collect_ignore = [] if flower_available() else ["flower.py", "client_app.py", "server_app.py"]
