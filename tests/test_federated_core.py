@@ -24,6 +24,7 @@ from knot.federated.core import (
     TransferRef,
     _effective_config,
     client_domain,
+    make_request,
     read_status,
     run_in_process,
     run_round,
@@ -81,7 +82,7 @@ def tiny_config(**federated) -> ExperimentConfig:
             "global_model": {"epochs": 1, "batch_size": 16, "lr": 2e-3},
             "soft_labels": {"batch_size": 64},
             "bias": {"n_samples": 16, "length": 8},
-            "distill": {"train": {"epochs": 2, "batch_size": 16, "lr": 2e-3},
+            "distill": {"train": {"epochs": 1, "batch_size": 16, "lr": 2e-3},
                         "methods": [{"name": "ot", "loss": "ot"}]},
             "evaluate": {"batch_size": 64},
             "federated": federated,
@@ -353,7 +354,7 @@ def test_in_process_runner_equals_the_pipeline(pipeline_run, tmp_path):
     assert missing == {"teacher:books", "teacher:games", "teacher:tools"}
 
     # asked again, a client reuses its finished teacher instead of training it again
-    from knot.federated.core import handle_request, make_request
+    from knot.federated.core import handle_request
     from knot.soft_labels import SoftLabels
 
     weights = clients / "books" / "teachers" / "books" / "best" / "model.safetensors"
@@ -362,3 +363,48 @@ def test_in_process_runner_equals_the_pipeline(pipeline_run, tmp_path):
                            data_root=pipeline_run / "data")
     assert weights.stat().st_mtime_ns == before
     np.testing.assert_array_equal(reply.soft_labels["train"], SoftLabels.load(layout.soft_labels, "train").probs[:, 0])
+
+
+def fitting_reply(request: TeacherRequest, client: str, seed: int) -> TeacherReply:
+    """A well-formed reply for `request` (random soft labels of the requested shapes)."""
+    rng = np.random.default_rng(seed)
+    soft = {}
+    for split, n in zip(request.transfer.splits, request.transfer.num_examples):
+        p = rng.random((n, K)).astype(np.float32) + 0.1
+        soft[split] = p / p.sum(axis=1, keepdims=True)
+    bias = {"distribution": np.array([1.0, 0.0, 0.0]), "mean_probs": np.array([0.5, 0.3, 0.2])}
+    return TeacherReply(client, 10 + seed, soft, bias=bias)
+
+
+@pytest.mark.slow
+def test_server_without_local_data_distils_from_the_valid_clients_only(tmp_path, caplog):
+    write_data(tmp_path / "data")
+    cfg = tiny_config(min_clients=2, evaluate_local=False)
+    cfg.distill.methods[0].weights = "explicit"
+    cfg.distill.methods[0].explicit_weights = [1.0, 2.0, 3.0, 4.0]  # books, games, tools, global
+    layout = RunLayout(tmp_path / "run")
+    handlers = {
+        "n1": lambda r: fitting_reply(r, "books", 1),
+        "n2": lambda r: spoiled_reply(fitting_reply(r, "games", 2)),
+        "n3": lambda r: fitting_reply(r, "tools", 3),
+    }
+    with caplog.at_level("WARNING", logger="knot.federated.core"):
+        out = run_in_process(cfg, layout, data_root=tmp_path / "data", handlers=handlers)
+
+    assert "client 'games' (node n2) excluded" in caplog.text
+    assert read_status(layout.root)["status"] == "ok"
+    assert sorted(p.name for p in layout.data.iterdir() if p.is_dir()) == ["public", "shop"]  # no local data read
+    from knot.soft_labels import SoftLabels
+
+    sl = SoftLabels.load(layout.soft_labels, "train")
+    assert sl.teacher_names == ["books", "tools", "global"] and sl.teacher_sizes[:2] == [11, 13]
+    np.testing.assert_array_equal(sl.probs[:, 1], fitting_reply(make_request(cfg, layout), "tools", 3).soft_labels["train"])
+    results = json.loads(layout.results_json.read_text())
+    assert [t["name"] for t in results["test_sets"]] == ["shop"]
+    assert {m["id"] for m in results["models"]} == {"global", "student:ot"}
+    assert out["distill"]["students"]["ot"]["method"]["explicit_weights"] == [1.0, 3.0, 4.0]
+
+
+def spoiled_reply(reply: TeacherReply) -> TeacherReply:
+    reply.soft_labels["train"][0] = np.nan
+    return reply
