@@ -306,10 +306,11 @@ def test_vertex_gradient_is_zero_where_p_equals_q():
     assert out.abs().max().item() < 1e-15 and p.grad.abs().max().item() == 0.0
 
 
-def test_vertex_solver_chunks_large_batches(monkeypatch):
+@pytest.mark.parametrize("name", ["emotion5", "emotion5-p2"])  # metric (|f . (p - q)|) and (F, G) pairs
+def test_vertex_solver_chunks_large_batches(monkeypatch, name):
     import knot.ot as kot
 
-    g = GEOMETRIES["emotion5-p2"]  # non-metric: (F, G) vertex pairs
+    g = GEOMETRIES[name]
     logits, q = _generic_pair(5, seed=16)
     q = q.repeat(20, 1)
     logits = logits.repeat(20, 1)

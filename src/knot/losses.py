@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -182,7 +183,10 @@ def normalize_weights(weights: Any, batch: int, num_teachers: int, like: torch.T
             f"teachers and batch {batch}, got {tuple(torch.as_tensor(weights).shape)}"
         )
     total = w.sum(-1, keepdim=True)  # (B or 1, 1)
-    if check and not bool(torch.isfinite(total).all() & (w.min() >= 0) & (total.min() > 0)):
+    if check:
+        lowest_w, lowest_total, highest_total = torch.stack([w.min(), total.min(), total.max()]).tolist()
+        ok = lowest_w >= 0 and lowest_total > 0 and math.isfinite(highest_total)
+    if check and not ok:
         if not torch.isfinite(w).all() or (w < 0).any():
             raise ValueError(f"weights: expected finite non-negative teacher weights, got {w.tolist()[:4]}")
         row = int(torch.nonzero(total[:, 0] <= 0)[0])
@@ -222,9 +226,9 @@ def validate_teacher_probs(
     sums = teacher_probs.sum(-1)  # (B, T); NaN/inf anywhere makes its sum non-finite
     if teacher_probs.numel() == 0:
         return
-    # happy path: one device sync
-    worst = torch.stack([(sums - 1).abs().max(), -teacher_probs.min()])
-    if bool(torch.isfinite(worst).all() & (worst[0] <= atol) & (worst[1] <= 0)):
+    # happy path: one device sync (NaN propagates through sum and max)
+    off_sum, neg = torch.stack([(sums - 1).abs().max(), -teacher_probs.min()]).tolist()
+    if off_sum <= atol and neg <= 0:  # False for NaN
         return
     finite = torch.isfinite(teacher_probs).all(-1)  # (B, T)
     nonneg = (teacher_probs >= 0).all(-1)

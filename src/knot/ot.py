@@ -500,20 +500,23 @@ class _VertexMax(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, p, q, f, g):  # p, q: (N, K); f, g: (K, V)
+    def forward(ctx, p, q, f, g):  # p, q: (N, K), q None for a metric (p is then p - q); f, g: (K, V)
         n, nv = p.shape[0], f.shape[1]
         rows = max(1, _SCORE_BUDGET // max(nv, 1))
         values, saved = [], []
         keep = n * nv <= _SCORE_BUDGET  # keep the scores for backward, else the duals now
         for s in range(0, n, rows):
-            ps, qs = p[s : s + rows], q[s : s + rows]
-            scores = (ps - qs) @ f if g is None else ps @ f + qs @ g  # (n, V)
+            ps = p[s : s + rows]
+            scores = ps @ f if g is None else ps @ f + q[s : s + rows] @ g  # (n, V)
             if g is None:
                 value = torch.maximum(scores.amax(-1), -scores.amin(-1))
             else:
                 value = scores.amax(-1)
             values.append(value)
-            saved.append(scores if keep else torch.cat(_optimal_dual(scores, value, f, g), -1))
+            if keep:
+                saved.append(scores)
+            else:
+                saved.append(torch.cat([x for x in _optimal_dual(scores, value, f, g) if x is not None], -1))
         value = torch.cat(values) if len(values) != 1 else values[0]
         ctx.keep = keep
         ctx.symmetric = g is None
@@ -532,7 +535,7 @@ class _VertexMax(torch.autograd.Function):
         grad = grad[:, None]
         return (
             gp * grad if ctx.needs_input_grad[0] else None,
-            gq * grad if ctx.needs_input_grad[1] else None,
+            gq * grad if not ctx.symmetric and ctx.needs_input_grad[1] else None,
             None,
             None,
         )
@@ -544,8 +547,8 @@ def _optimal_dual(scores: torch.Tensor, value: torch.Tensor, f: torch.Tensor, g:
         hit = scores.abs() == value[:, None]  # (n, V)
         idx = hit.view(torch.uint8).argmax(-1)  # first maximiser (uint8 argmax is fast on CPU)
         sign = scores.gather(1, idx[:, None]).sign()  # (n, 1); 0 where p == q: gradient 0
-        d = f.T.index_select(0, idx) * sign  # (n, K)
-        return d, -d
+        d = f.T.index_select(0, idx) * sign  # (n, K), the gradient in p - q
+        return d, None
     hit = scores == value[:, None]
     idx = hit.view(torch.uint8).argmax(-1)
     return f.T.index_select(0, idx), g.T.index_select(0, idx)
@@ -555,7 +558,11 @@ def _vertex_cost(p: torch.Tensor, q: torch.Tensor, gc: GroundCost) -> torch.Tens
     f, g = gc.vertex_tensors(p.dtype, p.device)  # (K, V') and (K, V) or None
     lead = p.shape[:-1]
     k = f.shape[0]
-    value = _VertexMax.apply(p.reshape(-1, k), q.reshape(-1, k), f, g)  # (N,)
+    if g is None:  # metric: only p - q matters (autograd handles broadcast views)
+        d = (p - q).reshape(-1, k)
+        value = _VertexMax.apply(d, None, f, None)  # (N,)
+    else:
+        value = _VertexMax.apply(p.reshape(-1, k), q.reshape(-1, k), f, g)
     return value.reshape(lead)
 
 
