@@ -750,11 +750,19 @@ def _sinkhorn(
     f = torch.zeros_like(p)
     g = torch.zeros_like(q)
 
+    scaled: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def cost_over(e):  # (C / e, C^T / e), contiguous, once per eps level
+        if e not in scaled:
+            ce = c / e
+            scaled[e] = (ce, ce.T.contiguous())
+        return scaled[e]
+
     def f_update(g, e):  # f_i = -e log sum_j q_j exp((g_j - C_ij) / e)
-        return -e * torch.logsumexp(logq[..., None, :] + (g[..., None, :] - c) / e, dim=-1)
+        return -e * torch.logsumexp((logq + g / e)[..., None, :] - cost_over(e)[0], dim=-1)
 
     def g_update(f, e):  # g_j = -e log sum_i p_i exp((f_i - C_ij) / e)
-        return -e * torch.logsumexp(logp[..., :, None] + (f[..., :, None] - c) / e, dim=-2)
+        return -e * torch.logsumexp((logp + f / e)[..., None, :] - cost_over(e)[1], dim=-1)
 
     schedule = []
     if anneal and cmax > eps:
@@ -798,8 +806,12 @@ def _sinkhorn_symmetric(
     logp = torch.log(p)
     a = torch.zeros_like(p)
 
-    def t_update(a, e):
-        return -e * torch.logsumexp(logp[..., None, :] + (a[..., None, :] - c) / e, dim=-1)
+    scaled: dict[float, torch.Tensor] = {}
+
+    def t_update(a, e):  # a_i <- -e log sum_j p_j exp((a_j - C_ij) / e)
+        if e not in scaled:
+            scaled[e] = c / e
+        return -e * torch.logsumexp((logp + a / e)[..., None, :] - scaled[e], dim=-1)
 
     schedule = []
     if anneal and cmax > eps:
