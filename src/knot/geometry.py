@@ -426,7 +426,8 @@ class LabelGeometry:
             and bool(torch.equal(self._coords, other._coords))
         )
 
-    __hash__ = None  # mutable-free but compared by value; not meant as a dict key
+    def __hash__(self) -> int:
+        return hash((tuple(self._labels), self._p, self._coords.numpy().tobytes()))
 
     def __repr__(self) -> str:
         src = f", name={self.name!r}" if self.name else ""

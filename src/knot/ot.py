@@ -208,6 +208,7 @@ class GroundCost:
             if not torch.allclose(expect, c, rtol=1e-9, atol=1e-12):
                 raise ValueError("positions: the cost is not |x_i - x_j| ** power for these positions")
             self.positions = x
+        self.sorted_is_identity = bool(self.positions is None or (self.positions[1:] >= self.positions[:-1]).all())
         self._cache: dict = {}
         self._vertices: Any = _UNSET
 
@@ -407,7 +408,7 @@ def wasserstein_1d(p: torch.Tensor, q: torch.Tensor, positions: Any, power: int 
 
 def _w1d(p: torch.Tensor, q: torch.Tensor, gc: GroundCost) -> torch.Tensor:
     order, xs = gc.sorted_1d(p.dtype, p.device)
-    if not torch.equal(order, torch.arange(gc.num_labels, device=order.device)):
+    if not gc.sorted_is_identity:  # python bool: no device sync
         p, q = p[..., order], q[..., order]
     cp, cq = torch.cumsum(p, -1), torch.cumsum(q, -1)  # (..., K)
     if gc.power == 1:
@@ -844,9 +845,10 @@ def sinkhorn_plan(
     q: torch.Tensor,
     cost: Any,
     eps: float | None = None,
-    rel_eps: float = 1e-2,
     max_iter: int = 2000,
     tol: float = 1e-5,
+    *,
+    rel_eps: float = 1e-2,
     anneal: bool = True,
     scaling: float = 0.7,
     check_every: int = 10,
@@ -873,12 +875,12 @@ def sinkhorn_plan(
     cost : LabelGeometry, GroundCost or array-like (K, K)
     eps : float, optional
         Absolute regularisation; default ``rel_eps`` times the largest cost.
-    rel_eps : float
-        Regularisation relative to the largest cost when ``eps`` is None.
     max_iter : int
         Update budget (annealing included).
     tol : float
         Stopping threshold on the largest row-marginal L1 error in the batch.
+    rel_eps : float
+        Regularisation relative to the largest cost when ``eps`` is None.
     anneal : bool
         Use eps-annealing (eps-scaling).
     scaling : float
@@ -940,9 +942,10 @@ def sinkhorn_cost(
     q: torch.Tensor,
     cost: Any,
     eps: float | None = None,
-    rel_eps: float = 1e-2,
     max_iter: int = 2000,
     tol: float = 1e-5,
+    *,
+    rel_eps: float = 1e-2,
     debias: bool = False,
     entropic: bool = False,
     return_result: bool = False,
@@ -967,7 +970,7 @@ def sinkhorn_cost(
     ----------
     p, q : torch.Tensor, shape (..., K)
     cost : LabelGeometry, GroundCost or array-like (K, K)
-    eps, rel_eps, max_iter, tol
+    eps, max_iter, tol, rel_eps
         As in :func:`sinkhorn_plan`.
     debias : bool
         Return the debiased Sinkhorn divergence.
