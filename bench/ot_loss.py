@@ -340,6 +340,11 @@ def main(argv=None) -> int:
     rows, sinkhorn_rows = bench_losses(args.repeats)
     step_rows = bench_step(rows, args.step_iters) if args.step else []
     table = fmt_table(rows, sinkhorn_rows, step_rows)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average {load:.1f}")
+    if load > (os.cpu_count() or 1):
+        print("warning: the machine is busier than its CPU count; timings are unreliable "
+              "(with --threads 2, OpenMP waits for descheduled threads; try --threads 1)")
     print(table)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or ROOT / "bench" / "results" / f"ot_loss-{stamp}.json"
