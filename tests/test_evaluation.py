@@ -55,7 +55,7 @@ MODELS = [
     ModelEntry("teacher", "a"),
     ModelEntry("teacher", "b"),
     ModelEntry("global", "global"),
-    ModelEntry("student", "feddf", method={"loss": "kl", "aggregate": "mixture", "weights": "size"}),
+    ModelEntry("student", "feddf", method={"loss": "kl", "aggregate": "mixture", "weights": "size"}, best_epoch=0),
 ]
 
 
@@ -108,7 +108,8 @@ def test_results_json_and_markdown(rows, tmp_path):
     assert "| model | d1 | d2 | union | notes |" in lines
     assert "| `teacher:a` | 0.5556 | 0.5556 | 0.6556 | local teacher |" in lines
     assert any(line.startswith("| `global` |") and "baseline: global model alone" in line for line in lines)
-    assert any(line.startswith("| `student:feddf` |") and "baseline: FedDF" in line for line in lines)
+    assert any(line.startswith("| `student:feddf` |") and "baseline: FedDF" in line
+               and "initial weights kept" in line for line in lines)
     # per-domain and union rows with every metric
     assert "| union | `teacher:a` | 6 | 0.6667 | 0.6556 | 0.3167 | 0.3167 |" in lines
     assert "| d2 | `teacher:b` | 3 | 1.0000 | 1.0000 | 0.0000 | 0.0000 |" in lines
@@ -205,6 +206,8 @@ def test_stages_end_to_end(tmp_path):
 
     results = evaluate_run(cfg, layout)
     ids = [m["id"] for m in results["models"]]
+    assert [m.get("best_epoch") for m in results["models"]][3:] == [students["ot"]["best_epoch"],
+                                                                     students["feddf"]["best_epoch"]]
     assert ids == ["teacher:l1", "teacher:l2", "global", "student:ot", "student:feddf"]
     assert [t["name"] for t in results["test_sets"]] == ["l1", "l2", "g", "union"]
     assert len(results["rows"]) == 5 * 4

@@ -20,7 +20,7 @@ The table also names three baselines:
     {"format", "version", "name", "geometry": {...}, "label_names": [...],
      "test_sets": [{"name", "kind": "local"|"global"|"test"|"union", "domains": [...], "n"}],
      "models": [{"id", "kind": "teacher"|"global"|"student", "name", "path",
-                 "checkpoint_hash", "method"?: {...}}],
+                 "checkpoint_hash", "method"?: {...}, "best_epoch"?: int}],
      "baselines": {"global_alone": id|null, "best_single_teacher": id|null, "feddf": id|null},
      "rows": [{"model", "test_set", "n", "accuracy", "macro_f1", "semantic_distance",
                "expected_cost"}],
@@ -80,6 +80,7 @@ class ModelEntry:
     path: Path | None = None
     method: dict[str, Any] | None = None  # students: the DistillMethod as a dict
     checkpoint_hash: str | None = None
+    best_epoch: int | None = None  # epoch of the checkpoint (0: a student kept its initial weights)
 
     @property
     def id(self) -> str:
@@ -95,6 +96,8 @@ class ModelEntry:
         d = {"id": self.id, "kind": self.kind, "name": self.name, "path": path, "checkpoint_hash": self.checkpoint_hash}
         if self.method is not None:
             d["method"] = self.method
+        if self.best_epoch is not None:
+            d["best_epoch"] = self.best_epoch
         return d
 
 
@@ -283,6 +286,8 @@ def _describe(model: Mapping[str, Any], baselines: Mapping[str, Any]) -> str:
             notes.append(f"student: {m.get('loss')}, {m.get('aggregate')}, {m.get('weights')} weights")
         else:
             notes.append("student")
+        if model.get("best_epoch") == 0:
+            notes.append("initial weights kept (no epoch beat them on val)")
     mid = model["id"]
     if baselines.get("global_alone") == mid:
         notes.append("baseline: global model alone")
@@ -380,7 +385,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
 def run_models(cfg: Any, layout: Any) -> tuple[list[ModelEntry], list[ModelEntry]]:
     """The run's models that have a checkpoint, and those that do not (teachers, global,
     configured students, then any other student folder found under ``students/``)."""
-    from knot.soft_labels import has_checkpoint
+    from knot.soft_labels import _checkpoint_meta, has_checkpoint
 
     candidates = [ModelEntry("teacher", d.name, layout.teacher(d.name)) for d in cfg.domains("local")]
     if cfg.domains("global"):
@@ -394,6 +399,9 @@ def run_models(cfg: Any, layout: Any) -> tuple[list[ModelEntry], list[ModelEntry
             if p.is_dir() and p.name not in configured and has_checkpoint(p):
                 candidates.append(ModelEntry("student", p.name, p, method=_stored_method(p)))
     present = [m for m in candidates if has_checkpoint(m.path)]
+    for m in present:
+        epoch = _checkpoint_meta(m.path).get("epoch")
+        m.best_epoch = epoch if isinstance(epoch, int) else None
     missing = [m for m in candidates if not has_checkpoint(m.path)]
     return present, missing
 
