@@ -223,6 +223,19 @@ def test_raw_cost_matrices_are_cached_by_content():
     assert m is g.ground_cost.matrix(torch.float32, torch.device("cpu"))
 
 
+@pytest.mark.parametrize("name", ["emotion5", "emotion5-p2"])
+def test_lp_gradients_are_feasible_optimal_duals_even_on_empty_labels(name):
+    g = GEOMETRIES[name]
+    m = g.cost
+    p = torch.tensor([[0.0, 0.3, 0.0, 0.7, 0.0], [0.5, 0.0, 0.5, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    q = torch.tensor([[0.2, 0.0, 0.0, 0.0, 0.8], [0.0, 0.0, 0.5, 0.0, 0.5]], dtype=torch.float64, requires_grad=True)
+    cost = lp_cost(p, q, g)
+    u, v = torch.autograd.grad(cost.sum(), (p, q))
+    for b in range(2):
+        assert (u[b][:, None] + v[b][None, :] <= m + 1e-12).all()  # dual feasible everywhere
+        assert (u[b] @ p[b] + v[b] @ q[b]).item() == pytest.approx(cost[b].item(), abs=1e-12)  # and optimal
+
+
 def test_lp_threads_do_not_change_results():
     gen = torch.Generator().manual_seed(2)
     p = torch.softmax(torch.randn(300, 28, generator=gen, dtype=torch.float64), -1)

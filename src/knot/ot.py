@@ -651,6 +651,9 @@ def lp_cost(
             c, u, v, code = solve(a[i], b[i], m, max_iter)
             if code != 1:
                 failed.append((i, code))
+            za, zb = a[i] == 0, b[i] == 0
+            if za.any() or zb.any():
+                u, v = _complete_duals(u, v, m, za, zb)
             shift = u.mean()
             vals[i], us[i], vs[i] = c, u - shift, v + shift
 
@@ -672,6 +675,21 @@ def lp_cost(
     u = torch.from_numpy(us).to(dtype=p.dtype, device=p.device).reshape(p.shape)
     v = torch.from_numpy(vs).to(dtype=p.dtype, device=p.device).reshape(p.shape)
     return _with_gradient(val, p, u, q, v)
+
+
+def _complete_duals(u: np.ndarray, v: np.ndarray, m: np.ndarray, za: np.ndarray, zb: np.ndarray):
+    """Feasible, optimal potentials on zero-mass labels (the network simplex leaves them arbitrary).
+
+    ``u_i = min_{j: b_j > 0} (M_ij - v_j)`` on empty sources, then
+    ``v_j = min_i (M_ij - u_i)`` on empty targets (c-transforms): every constraint
+    ``u_i + v_j <= M_ij`` holds and the objective is unchanged (those labels carry no mass).
+    """
+    u, v = u.copy(), v.copy()
+    if za.any() and (~zb).any():
+        u[za] = (m[np.ix_(za, ~zb)] - v[~zb]).min(1)
+    if zb.any():
+        v[zb] = (m[:, zb] - u[:, None]).min(0)
+    return u, v
 
 
 def _with_gradient(value: torch.Tensor, p, u, q, v) -> torch.Tensor:
