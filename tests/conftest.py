@@ -32,7 +32,19 @@ def data_root() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _few_threads(monkeypatch):
-    """Keep torch to the machine's cores and never touch a model hub."""
+def _offline(monkeypatch):
+    """Never touch a model hub."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One intra-op torch thread: the tests' tensors and models are small, and on a shared
+    2-core machine spinning OpenMP threads cost more than they give."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

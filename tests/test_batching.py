@@ -17,15 +17,6 @@ from knot.batching import (
     tokenizer_fingerprint,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning threads cost more than they give."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # Texts of clearly different lengths (1 to 40 words).
 TEXTS = [" ".join(["word"] * n) for n in [1, 40, 3, 7, 2, 25, 12, 5, 9, 30, 4, 18]]
 

@@ -40,14 +40,6 @@ GEOMETRIES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def batch(b=6, t=3, k=5, seed=0, dtype=torch.float64, zeros=True):
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn(b, k, generator=gen, dtype=dtype)

@@ -21,15 +21,6 @@ from knot.models import (
 )
 from knot.utils import sha256_file
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning threads cost more than they give."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TEXTS = ["a short one", "a much longer text that goes on and on about many things", "mid length text here"]
 
 

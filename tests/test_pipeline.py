@@ -8,12 +8,11 @@ config on the real data (tiny encoder, a few steps), skipped when the data is ab
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
+from helpers import write_polarity_corpus
 from knot.cli import app
 from knot.config import load_config
 from knot.layout import RunLayout
@@ -21,9 +20,6 @@ from knot.pipeline import STAGE_NAMES, read_stage_log, run_pipeline
 
 runner = CliRunner()
 
-GOOD = ["great", "wonderful", "excellent", "lovely", "superb", "brilliant"]
-BAD = ["awful", "terrible", "horrible", "dreadful", "boring", "poor"]
-NOUNS = ["film", "story", "music", "plot", "cast", "ending", "book", "show"]
 
 CONFIG = """\
 name: tiny-pipeline
@@ -49,31 +45,13 @@ distill:
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _corpus(path, n, seed):
-    rng = random.Random(seed)
-    lines = []
-    for i in range(n):
-        label = "pos" if i % 2 else "neg"
-        words = GOOD if label == "pos" else BAD
-        lines.append(json.dumps({"text": f"{rng.choice(words)} {rng.choice(NOUNS)}", "label": label}))
-    path.write_text("\n".join(lines) + "\n")
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline")
     root = base / "data"
     root.mkdir()
     for name, n, seed in [("books", 40, 0), ("films", 40, 1), ("mixed", 40, 2), ("public", 60, 3)]:
-        _corpus(root / f"{name}.jsonl", n, seed)
+        write_polarity_corpus(root / f"{name}.jsonl", n, seed, words=2)
     cfg_path = base / "tiny.yaml"
     cfg_path.write_text(CONFIG)
     return cfg_path, root, base

@@ -7,13 +7,13 @@ teachers are the random-init ``tiny`` encoder, so everything runs offline in sec
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from helpers import write_polarity_corpus
 from knot.cli import app
 from knot.config import ExperimentConfig, TrainConfig, load_config
 from knot.geometry import LabelGeometry
@@ -23,9 +23,6 @@ from knot.teachers import teacher_loss, train_teacher
 
 runner = CliRunner()
 
-GOOD = ["great", "wonderful", "excellent", "lovely", "superb", "brilliant"]
-BAD = ["awful", "terrible", "horrible", "dreadful", "boring", "poor"]
-NOUNS = ["film", "story", "music", "plot", "cast", "ending", "book", "show"]
 
 CONFIG = """\
 name: tiny-teachers
@@ -44,34 +41,14 @@ global_model: {epochs: 1, batch_size: 8, lr: 2.0e-3, max_steps: 2}
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning threads cost more than they give."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _corpus(path, n, seed):
-    rng = random.Random(seed)
-    lines = []
-    for i in range(n):
-        label = "pos" if i % 2 else "neg"
-        words = GOOD if label == "pos" else BAD
-        text = f"{rng.choice(words)} {rng.choice(NOUNS)} {rng.choice(words)}"
-        lines.append(json.dumps({"text": text, "label": label}))
-    path.write_text("\n".join(lines) + "\n")
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("teachers")
     root = base / "data"
     root.mkdir()
-    _corpus(root / "books.jsonl", 40, 0)
-    _corpus(root / "films.jsonl", 30, 1)
-    _corpus(root / "mixed.jsonl", 40, 2)
+    write_polarity_corpus(root / "books.jsonl", 40, 0)
+    write_polarity_corpus(root / "films.jsonl", 30, 1)
+    write_polarity_corpus(root / "mixed.jsonl", 40, 2)
     cfg_path = base / "tiny.yaml"
     cfg_path.write_text(CONFIG)
     return cfg_path, root, base

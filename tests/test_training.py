@@ -20,15 +20,6 @@ POS = ["great wonderful film", "excellent lovely story", "superb acting great", 
        "lovely great music", "brilliant superb plot", "great lovely ending", "excellent brilliant cast"]
 NEG = ["awful terrible film", "horrible boring story", "dreadful acting awful", "terrible horrible mess",
        "boring dreadful music", "awful bad plot", "terrible boring ending", "horrible dreadful cast"]
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning threads cost more than they give."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TEXTS = POS + NEG
 LABELS = torch.tensor([1] * len(POS) + [0] * len(NEG))
 
