@@ -27,7 +27,14 @@ from knot.federated.flower import (  # noqa: E402
     request_to_record,
 )
 from knot.layout import RunLayout  # noqa: E402
-from test_federated_core import compare_runs, fake_request, good_reply, pipeline_reference, tiny_config  # noqa: E402
+from test_federated_core import (  # noqa: E402
+    compare_runs,
+    fake_request,
+    good_reply,
+    knot_cli,
+    pipeline_reference,
+    tiny_config,
+)
 
 pytestmark = pytest.mark.flower
 
@@ -143,18 +150,18 @@ def test_simulation_equals_the_pipeline_and_excludes_a_bad_node(tmp_path_factory
     out = tmp_path / "fed"
 
     start = time.monotonic()
-    result = CliRunner().invoke(app, ["federated", "run", str(cfg_file), "--out", str(out),
-                                      "--data-root", str(reference / "data"), "--clients", "4"])
+    done = knot_cli("federated", "run", cfg_file, "--out", out, "--data-root", reference / "data", "--clients", "4")
     seconds = time.monotonic() - start
 
-    assert result.exit_code == 0, result.output
+    assert done.returncode == 0, done.stderr[-3000:]
     assert read_status(out)["status"] == "ok"
     round_ = json.loads((out / "federated" / "round-1.json").read_text())
     assert list(round_["clients"]) == ["books", "games", "tools"]
     assert len(round_["excluded"]) == 1 and "partition 3 has no local domain" in round_["excluded"][0]["reason"]
-    assert "excluded node" in result.output and "partition 3" in result.output
-    compare_runs(RunLayout(reference / "run"), RunLayout(out), atol=1e-5)
-    assert seconds < 120, f"the simulation took {seconds:.0f} s"
+    assert "excluded node" in done.stdout and "partition 3" in done.stdout
+    # same soft labels and student results as `knot run`, bit for bit (both with one torch thread)
+    compare_runs(RunLayout(reference / "run"), RunLayout(out), atol=0.0)
+    assert seconds < 180, f"the simulation took {seconds:.0f} s"  # 66 s measured on 2 cores at load average 6.6
 
 
 @pytest.mark.slow

@@ -269,11 +269,14 @@ def make_server_app(
     out: str | os.PathLike | None = None,
     *,
     data_root: str | os.PathLike | None = None,
+    expected_clients: int | None = None,
 ) -> ServerApp:
     """The ServerApp: one KNOT round over the grid, then soft labels, students, evaluation.
 
     With ``cfg`` and ``out`` given (the simulation), those are used; otherwise they come
-    from the run config (``config``, ``out``, ``data-root``).
+    from the run config (``config``, ``out``, ``data-root``). The round waits (up to
+    ``federated.connect_timeout``) for ``expected_clients`` SuperNodes (default: one per
+    local domain).
     """
     app = ServerApp()
 
@@ -285,7 +288,8 @@ def make_server_app(
         config = cfg if cfg is not None else _load_run_config(run_cfg)
         run_dir = out if out is not None else run_cfg.get("out") or str(Path("runs") / config.name)
         root = data_root if data_root is not None else (run_cfg.get("data-root") or None)
-        transport = FlowerTransport(grid, expected=len(config.domains("local")),
+        expected = expected_clients if expected_clients is not None else len(config.domains("local"))
+        transport = FlowerTransport(grid, expected=expected,
                                     connect_timeout=config.federated.connect_timeout)
         run_server(config, RunLayout(Path(run_dir)), transport, data_root=root)
 
@@ -304,25 +308,26 @@ def make_client_app(
 ) -> ClientApp:
     """The ClientApp: answers :data:`MESSAGE_TYPE` with :func:`~knot.federated.core.handle_request`.
 
-    Node config (per SuperNode) first, then these arguments, then the run config:
-    ``domain`` (else ``partition-id`` picks the local domain), ``data-root``, and
-    ``work-dir`` (else ``client-root/<domain>``, else ``~/.cache/knot/federated/<name>/<domain>``).
+    Node config (per SuperNode) first, then these arguments: ``domain`` (else
+    ``partition-id`` picks the local domain), ``data-root`` (else the client's ``KNOT_DATA``,
+    else the config's ``data.root``; never the server's data root) and ``work-dir`` (else
+    ``client-root/<domain>``, else ``~/.cache/knot/federated/<name>/<domain>``).
     """
     app = ClientApp()
 
     @app.query("knot_teacher")
     def query(msg: Message, context: Context) -> Message:
-        node, run = dict(context.node_config), dict(context.run_config)
+        node = dict(context.node_config)
         try:
             request = record_to_request(msg.content)
             cfg = request.experiment()
             pid = node.get("partition-id")
             domain = client_domain(cfg, domain=node.get("domain") or None,
                                    partition_id=int(pid) if pid is not None else None)
-            root = node.get("data-root") or data_root or run.get("data-root") or None
+            root = node.get("data-root") or data_root or None
             work = node.get("work-dir")
             if not work:
-                base = client_root or run.get("client-root")
+                base = client_root
                 base = Path(base) if base else Path.home() / ".cache" / "knot" / "federated" / cfg.name
                 work = Path(base) / domain
             reply = handle_request(request, domain=domain, work_dir=Path(work), data_root=root)
@@ -406,7 +411,7 @@ def run_simulation(
         os.environ.update(env)
         try:
             flwr.simulation.run_simulation(
-                server_app=make_server_app(cfg, out, data_root=data_root),
+                server_app=make_server_app(cfg, out, data_root=data_root, expected_clients=n),
                 client_app=make_client_app(data_root=data_root, client_root=client_root),
                 num_supernodes=n,
                 backend_config={
