@@ -313,6 +313,7 @@ class KnotClassifier(nn.Module):
         batch_size: int = 128,
         device: torch.device | str | None = None,
         progress: bool = False,
+        desc: str = "predict",
     ) -> np.ndarray:
         """Class probabilities for raw texts, streamed in length-sorted batches.
 
@@ -323,7 +324,7 @@ class KnotClassifier(nn.Module):
         device : optional
             Where to run; default: where the model is.
         progress : bool
-            Show a progress bar.
+            Show a progress bar (in examples), labelled ``desc``.
 
         Returns
         -------
@@ -345,10 +346,12 @@ class KnotClassifier(nn.Module):
             loader = make_loader(ds, batch_size, shuffle=False, group_by_length=True)
             from tqdm.auto import tqdm
 
-            for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
-                logits = self(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
-                probs = torch.softmax(logits.float(), dim=-1)
-                out[batch["index"].numpy()] = probs.cpu().numpy()
+            with tqdm(total=len(texts), desc=desc, unit="ex", disable=not progress, leave=False) as bar:
+                for batch in loader:
+                    logits = self(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
+                    probs = torch.softmax(logits.float(), dim=-1)  # (B, K)
+                    out[batch["index"].numpy()] = probs.cpu().numpy()
+                    bar.update(probs.shape[0])
         finally:
             self.train(was_training)
         return out

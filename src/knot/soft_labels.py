@@ -536,38 +536,13 @@ def predict_probs(
     device: Any = None,
     desc: str = "predict",
 ) -> np.ndarray:
-    """Class probabilities of ``model`` for ``texts``, in order, shape (N, K) float32.
+    """Class probabilities of a :class:`knot.models.KnotClassifier` for ``texts``, in
+    order, shape (N, K) float32, with a progress bar labelled ``desc``.
 
     Streams length-grouped batches under :func:`torch.inference_mode` (memory flat in N
-    apart from the tokens and the (N, K) result), with a progress bar. ``model`` follows the classifier interface:
-    ``model.tokenizer``, ``model.max_length`` (or ``model.config.max_length``) and
-    ``forward(input_ids, attention_mask) -> logits (B, K)``.
+    apart from the tokens and the (N, K) result); see ``KnotClassifier.predict_proba``.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from knot.batching import TextDataset, make_loader
-
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.eval()
-    out = np.empty((len(texts), _num_labels(model)), dtype=np.float32)
-    if len(texts) == 0:
-        return out
-    ds = TextDataset(list(texts), model.tokenizer, _max_length(model))
-    # length-sorted batches (little padding); rows go back in place through batch["index"]
-    loader = make_loader(ds, batch_size, shuffle=False, group_by_length=True, seed=0)
-    seen = 0
-    with torch.inference_mode(), tqdm(total=len(texts), desc=desc, unit="ex", leave=False) as bar:
-        for batch in loader:
-            ids = batch["input_ids"].to(device)
-            mask = batch["attention_mask"].to(device)
-            probs = torch.softmax(model(ids, mask).float(), dim=-1)  # (B, K)
-            out[batch["index"].numpy()] = probs.cpu().numpy()
-            seen += probs.shape[0]
-            bar.update(probs.shape[0])
-    if seen != len(texts):
-        raise RuntimeError(f"predict: the loader yielded {seen} rows for {len(texts)} texts")
-    return out
+    return model.predict_proba(list(texts), batch_size=batch_size, device=device, progress=True, desc=desc)
 
 
 def _num_labels(model: Any) -> int:
