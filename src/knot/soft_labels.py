@@ -35,7 +35,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -877,6 +877,31 @@ def _plain_metrics(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def bias_record(cfg: Any, refs: Sequence["TeacherRef"], label_names: Sequence[str]) -> dict[str, Any]:
+    """An empty ``bias.json`` record for the teachers ``refs``; fill it with :func:`add_bias`."""
+    return {
+        "format": BIAS_FORMAT,
+        "version": _SCHEMA_VERSION,
+        "n_samples": cfg.bias.n_samples,
+        "length": cfg.bias.length,
+        "seed": cfg.bias.seed,
+        "teachers": [r.name for r in refs],
+        "teacher_roles": [r.role for r in refs],
+        "teacher_hashes": [],
+        "label_names": list(label_names),
+        "distribution": {},
+        "mean_probs": {},
+    }
+
+
+def add_bias(record: dict[str, Any], name: str, result: Mapping[str, Any], checkpoint_sha256: str) -> None:
+    """Add one teacher's :func:`predicted_class_distribution` result to a bias record
+    (teachers in the record's order)."""
+    record["distribution"][name] = [round(float(v), 6) for v in result["distribution"]]
+    record["mean_probs"][name] = [round(float(v), 6) for v in result["mean_probs"]]
+    record["teacher_hashes"].append(checkpoint_sha256)
+
+
 def distribution_bias(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, Any]:
     """Distribution-bias stage: each teacher's predicted-class distribution on random inputs.
 
@@ -894,19 +919,7 @@ def distribution_bias(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[s
     refs = run_teachers(cfg, layout)
     for ref in refs:
         _require_checkpoint(ref)
-    out: dict[str, Any] = {
-        "format": BIAS_FORMAT,
-        "version": _SCHEMA_VERSION,
-        "n_samples": cfg.bias.n_samples,
-        "length": cfg.bias.length,
-        "seed": cfg.bias.seed,
-        "teachers": [r.name for r in refs],
-        "teacher_roles": [r.role for r in refs],
-        "teacher_hashes": [],
-        "label_names": list(geometry.labels),
-        "distribution": {},
-        "mean_probs": {},
-    }
+    out = bias_record(cfg, refs, geometry.labels)
     for ref in refs:
         model = load(ref.path, device=device)
         res = predicted_class_distribution(
@@ -918,9 +931,7 @@ def distribution_bias(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[s
             device=device,
             desc=f"bias {ref.name}",
         )
-        out["distribution"][ref.name] = [round(float(v), 6) for v in res["distribution"]]
-        out["mean_probs"][ref.name] = [round(float(v), 6) for v in res["mean_probs"]]
-        out["teacher_hashes"].append(checkpoint_hash(ref.path))
+        add_bias(out, ref.name, res, checkpoint_hash(ref.path))
         del model
     atomic_write_json(layout.soft_labels / "bias.json", out)
     log.info("distribution bias (%d random inputs of %d tokens):\n%s", cfg.bias.n_samples, cfg.bias.length, bias_table(out))

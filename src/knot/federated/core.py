@@ -629,10 +629,10 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
     from knot.metrics import evaluate_probs
     from knot.models import checkpoint_hash, load
     from knot.soft_labels import (
-        _SCHEMA_VERSION,
-        BIAS_FORMAT,
         SoftLabels,
         _require_checkpoint,
+        add_bias,
+        bias_record,
         predict_probs,
         predicted_class_distribution,
         run_teachers,
@@ -650,20 +650,8 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
     examples = {s: load_split(layout.data, transfer.domain, s) for s in transfer.splits}
     outputs = {s: np.empty((len(ex), len(refs), geometry.num_labels), dtype=np.float32) for s, ex in examples.items()}
     sizes, hashes = [], []
-    bias: dict[str, Any] = {
-        "format": BIAS_FORMAT,
-        "version": _SCHEMA_VERSION,
-        "n_samples": cfg.bias.n_samples,
-        "length": cfg.bias.length,
-        "seed": cfg.bias.seed,
-        "teachers": [r.name for r in refs],
-        "teacher_roles": [r.role for r in refs],
-        "teacher_hashes": [],
-        "label_names": list(geometry.labels),
-        "distribution": {},
-        "mean_probs": {},
-        "federated": {"round": request.round, "clients": [r.name for r in refs if r.role == "local"]},
-    }
+    bias = bias_record(cfg, refs, geometry.labels)
+    bias["federated"] = {"round": request.round, "clients": [r.name for r in refs if r.role == "local"]}
     for j, ref in enumerate(refs):
         if ref.role == "local":
             reply = replies[ref.name]
@@ -684,9 +672,7 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
             del model
             sizes.append(teacher_size(ref, manifest))
             hashes.append(checkpoint_hash(ref.path))
-        bias["distribution"][ref.name] = [round(float(v), 6) for v in res["distribution"]]
-        bias["mean_probs"][ref.name] = [round(float(v), 6) for v in res["mean_probs"]]
-        bias["teacher_hashes"].append(hashes[-1])
+        add_bias(bias, ref.name, res, hashes[-1])
 
     summary: dict[str, Any] = {"teachers": [r.name for r in refs], "splits": {}}
     for s, ex in examples.items():
