@@ -356,3 +356,16 @@ def test_golden_values():
     assert got.keys() == stored["values"].keys()
     for key, value in stored["values"].items():
         assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+@pytest.mark.parametrize("name", ["sentiment5", "sentiment5-knot6d", "emotion5"])
+def test_ot_loss_trains_after_a_first_use_under_inference_mode(name):
+    # The distillation stage evaluates the initial student under torch.inference_mode before
+    # training; the geometry's cached solver data must not become an inference tensor.
+    g = LabelGeometry.preset(name)
+    teachers = torch.softmax(torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0)), -1)
+    with torch.inference_mode():
+        distillation_loss("ot", torch.zeros(4, 5), teachers, torch.ones(3), g)
+    logits = torch.zeros(4, 5, requires_grad=True)
+    distillation_loss("ot", logits, teachers, torch.ones(3), g).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0

@@ -228,7 +228,10 @@ class GroundCost:
         key = (name, dtype, torch.device(device))
         out = self._cache.get(key)
         if out is None:
-            out = make().to(dtype=dtype, device=device)
+            # Built outside inference mode (and copied): a cache first filled during an
+            # evaluation under torch.inference_mode must still serve later training steps.
+            with torch.inference_mode(False):
+                out = make().to(dtype=dtype, device=device).clone()
             self._cache[key] = out
         return out
 
