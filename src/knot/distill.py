@@ -220,7 +220,7 @@ def distill(
 
     methods = select_methods(cfg, method, loss)
     device = resolve_device(cfg.device)
-    geometry = LabelGeometry.from_spec(cfg.task.geometry, labels=cfg.task.labels, p=cfg.task.cost_power)
+    geometry = LabelGeometry.from_task(cfg.task)
     transfer = transfer_domain(cfg)
     teachers = [r.name for r in run_teachers(cfg, layout)]
 

@@ -442,7 +442,7 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
     from knot.utils import resolve_device
 
     device = resolve_device(cfg.device)
-    geometry = LabelGeometry.from_spec(cfg.task.geometry, labels=cfg.task.labels, p=cfg.task.cost_power)
+    geometry = LabelGeometry.from_task(cfg.task)
     models, missing = run_models(cfg, layout)
     if not models:
         raise FileNotFoundError(

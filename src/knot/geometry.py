@@ -276,6 +276,12 @@ class LabelGeometry:
         return cls.from_mapping(data, p=p, name=str(path), where=str(path))
 
     @classmethod
+    def from_task(cls, task: Any) -> "LabelGeometry":
+        """The geometry of a :class:`knot.config.TaskConfig` (``geometry``, ``labels``,
+        ``cost_power``): the one every stage uses for losses and metrics."""
+        return cls.from_spec(task.geometry, labels=task.labels, p=task.cost_power)
+
+    @classmethod
     def from_spec(
         cls, spec: Any, labels: Sequence[str] | None = None, p: int = 1
     ) -> "LabelGeometry":

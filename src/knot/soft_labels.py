@@ -803,7 +803,7 @@ def produce_soft_labels(cfg: Any, layout: Any, *, data_root: Any = None) -> dict
     from knot.utils import resolve_device
 
     device = resolve_device(cfg.device)
-    geometry = LabelGeometry.from_spec(cfg.task.geometry, labels=cfg.task.labels, p=cfg.task.cost_power)
+    geometry = LabelGeometry.from_task(cfg.task)
     transfer = transfer_domain(cfg)
     refs = run_teachers(cfg, layout)
     for ref in refs:
@@ -902,6 +902,20 @@ def add_bias(record: dict[str, Any], name: str, result: Mapping[str, Any], check
     record["teacher_hashes"].append(checkpoint_sha256)
 
 
+def teacher_bias(model: Any, cfg: Any, device: Any, name: str) -> dict[str, Any]:
+    """:func:`predicted_class_distribution` of one teacher with the config's ``bias``
+    settings (the same random inputs for every teacher, in process or federated)."""
+    return predicted_class_distribution(
+        model,
+        n_samples=cfg.bias.n_samples,
+        length=cfg.bias.length,
+        seed=cfg.bias.seed,
+        batch_size=cfg.soft_labels.batch_size,
+        device=device,
+        desc=f"bias {name}",
+    )
+
+
 def distribution_bias(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, Any]:
     """Distribution-bias stage: each teacher's predicted-class distribution on random inputs.
 
@@ -915,23 +929,14 @@ def distribution_bias(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[s
     from knot.utils import resolve_device
 
     device = resolve_device(cfg.device)
-    geometry = LabelGeometry.from_spec(cfg.task.geometry, labels=cfg.task.labels, p=cfg.task.cost_power)
+    geometry = LabelGeometry.from_task(cfg.task)
     refs = run_teachers(cfg, layout)
     for ref in refs:
         _require_checkpoint(ref)
     out = bias_record(cfg, refs, geometry.labels)
     for ref in refs:
         model = load(ref.path, device=device)
-        res = predicted_class_distribution(
-            model,
-            n_samples=cfg.bias.n_samples,
-            length=cfg.bias.length,
-            seed=cfg.bias.seed,
-            batch_size=cfg.soft_labels.batch_size,
-            device=device,
-            desc=f"bias {ref.name}",
-        )
-        add_bias(out, ref.name, res, checkpoint_hash(ref.path))
+        add_bias(out, ref.name, teacher_bias(model, cfg, device, ref.name), checkpoint_hash(ref.path))
         del model
     atomic_write_json(layout.soft_labels / "bias.json", out)
     log.info("distribution bias (%d random inputs of %d tokens):\n%s", cfg.bias.n_samples, cfg.bias.length, bias_table(out))

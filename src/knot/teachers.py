@@ -38,7 +38,7 @@ def task_geometry(cfg):
     """The task's :class:`~knot.geometry.LabelGeometry` from ``cfg.task``."""
     from knot.geometry import LabelGeometry
 
-    return LabelGeometry.from_spec(cfg.task.geometry, labels=cfg.task.labels, p=cfg.task.cost_power)
+    return LabelGeometry.from_task(cfg.task)
 
 
 def teacher_loss(train_cfg, geometry) -> Callable[[torch.Tensor, dict], torch.Tensor]:

@@ -72,7 +72,7 @@ def task_labels(cfg: ExperimentConfig) -> list[str]:
     """The task's label names, in geometry order (``task.geometry`` / ``task.labels``)."""
     from knot.geometry import LabelGeometry
 
-    g = LabelGeometry.from_spec(cfg.task.geometry, labels=cfg.task.labels, p=cfg.task.cost_power)
+    g = LabelGeometry.from_task(cfg.task)
     return list(g.labels)
 
 

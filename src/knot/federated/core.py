@@ -278,7 +278,7 @@ def handle_request(
     from knot.layout import RunLayout
     from knot.metrics import evaluate_probs
     from knot.models import checkpoint_hash, load
-    from knot.soft_labels import predict_probs, predicted_class_distribution, texts_hash
+    from knot.soft_labels import predict_probs, teacher_bias, texts_hash
     from knot.teachers import task_geometry, train_teacher
     from knot.utils import resolve_device
 
@@ -326,15 +326,7 @@ def handle_request(
         soft[split] = predict_probs(
             model, texts, batch_size=ccfg.soft_labels.batch_size, device=device, desc=f"{domain} -> {split}"
         )
-    res = predicted_class_distribution(
-        model,
-        n_samples=ccfg.bias.n_samples,
-        length=ccfg.bias.length,
-        seed=ccfg.bias.seed,
-        batch_size=ccfg.soft_labels.batch_size,
-        device=device,
-        desc=f"bias {domain}",
-    )
+    res = teacher_bias(model, ccfg, device, domain)
     bias = {k: np.asarray(res[k], dtype=np.float64) for k in ("distribution", "mean_probs")}
 
     metrics = {"n_val": float(trained.get("n_val", 0)), "best_epoch": float(trained.get("best_epoch", 0))}
@@ -634,7 +626,7 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
         add_bias,
         bias_record,
         predict_probs,
-        predicted_class_distribution,
+        teacher_bias,
         run_teachers,
         teacher_size,
         texts_hash,
@@ -666,9 +658,7 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
             for s, ex in examples.items():
                 outputs[s][:, j] = predict_probs(model, [e.text for e in ex], batch_size=cfg.soft_labels.batch_size,
                                                  device=device, desc=f"{ref.name} -> {s}")
-            res = predicted_class_distribution(model, n_samples=cfg.bias.n_samples, length=cfg.bias.length,
-                                               seed=cfg.bias.seed, batch_size=cfg.soft_labels.batch_size,
-                                               device=device, desc=f"bias {ref.name}")
+            res = teacher_bias(model, cfg, device, ref.name)
             del model
             sizes.append(teacher_size(ref, manifest))
             hashes.append(checkpoint_hash(ref.path))
