@@ -1,0 +1,447 @@
+"""Write ``docs/results.md`` (and its plots) from the study's run directories.
+
+Every number in the page is read from the runs' ``results.json``, ``stages.json``,
+``data/manifest.json``, ``config.yaml`` and the students' ``geometry_loss.json``; nothing
+is typed in, except the reference's development-log figures quoted from issue 8, which
+are printed as such. ``bench/reproduce.sh`` runs the study and then this script::
+
+    python bench/make_results.py runs/study-sentiment runs/study-erc runs/study-goemotions
+
+Each run directory is one task run with ``seeds:`` (``RUN/seed-<s>/``). Per task the page
+gets: the set-up (sizes, encoder, epochs, seeds, wall time), the union table (mean ± std
+over seeds), the per-domain table, the teachers' own-domain check, paired per-seed
+comparisons (OT vs entropy, mixture vs per-teacher OT, derived vs hand-made geometry),
+the derived ground costs, the students' selected epochs, and plots (made by
+:func:`knot.reporting.write_report` into ``docs/results/<task>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from knot import __version__
+from knot.config import load_config
+from knot.evaluation import load_results
+from knot.layout import RunLayout
+from knot.reporting import aggregate_rows, format_cell, write_report
+from knot.utils import atomic_write_text
+
+METRICS = [("accuracy", "accuracy", +1), ("macro_f1", "macro-F1", +1),
+           ("semantic_distance", "SD", -1), ("expected_cost", "expected cost", -1)]
+
+#: Figures from the KNOT reference's development log (sentiment), as quoted in issue 8.
+#: They are the paper authors' numbers on their data and models, not ours.
+REFERENCE = {
+    "student:ot": {"accuracy": 0.72, "macro_f1": 0.52, "semantic_distance": 0.758},
+    "student:entropy": {"accuracy": 0.72, "macro_f1": 0.52, "semantic_distance": 0.778},
+}
+
+#: Paired comparisons, (a, b, question). Skipped when either student is missing.
+COMPARISONS = [
+    ("student:ot", "student:entropy", "OT vs entropy distillation (KNOT's claim)"),
+    ("student:ot-mixture", "student:ot", "OT to the teacher mixture vs per-teacher OT"),
+    ("student:ot-derived", "student:ot", "derived vs hand-made label geometry (per-teacher OT)"),
+    ("student:ot", "student:feddf", "OT vs FedDF (KL to the uniform teacher average)"),
+    ("student:ot", "global", "OT student vs the global model it starts from"),
+]
+
+
+def _f(x: float | None, nd: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{nd}f}"
+
+
+def _seed_layouts(run: Path) -> list[RunLayout]:
+    seeds = sorted(p for p in run.glob("seed-*") if (p / "results.json").is_file())
+    if not seeds and (run / "results.json").is_file():
+        seeds = [run]
+    return [RunLayout(p) for p in seeds]
+
+
+def _row(res: Mapping[str, Any], model: str, test_set: str) -> Mapping[str, Any] | None:
+    for r in res["rows"]:
+        if r["model"] == model and r["test_set"] == test_set:
+            return r
+    return None
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        torch_v = torch.__version__
+    except ImportError:  # pragma: no cover
+        torch_v = "?"
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), no GPU; Python {platform.python_version()}, "
+        f"torch {torch_v}, knot {__version__}"
+    )
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def stage_times(layouts: Sequence[RunLayout]) -> tuple[float, dict[str, float], tuple[dt.datetime, dt.datetime] | None]:
+    """Seconds summed over every stage of every seed, per stage group, and the span from the
+    first stage's start to the last stage's end (from ``stages.json``)."""
+    total, groups = 0.0, {}
+    starts, ends = [], []
+    for lay in layouts:
+        log = json.loads(lay.stages.read_text(encoding="utf-8")) if lay.stages.is_file() else {}
+        for name, rec in log.items():
+            s = float(rec.get("seconds") or 0.0)
+            total += s
+            g = name.split(":")[0]
+            groups[g] = groups.get(g, 0.0) + s
+            if rec.get("finished"):
+                end = dt.datetime.fromisoformat(rec["finished"])
+                ends.append(end)
+                starts.append(end - dt.timedelta(seconds=s))
+    span = (min(starts), max(ends)) if ends else None
+    return total, groups, span
+
+
+def _setup(cfg: Any, layout: RunLayout) -> list[str]:
+    man = json.loads(layout.manifest.read_text(encoding="utf-8"))
+    lines = ["| domain | role | train | val | test | label counts (train) |", "|---|---|---|---|---|---|"]
+    for name, d in man["domains"].items():
+        c = d["counts"]
+        lc = d.get("label_counts", {}).get("train", {})
+        lines.append(
+            f"| {name} | {d['role']} | {c.get('train', 0)} | {c.get('val', 0)} | {c.get('test', 0)} | "
+            + ", ".join(f"{k}: {v}" for k, v in lc.items()) + " |"
+        )
+    m = cfg.model
+    enc = f"{m.encoder}" + (f", first {m.encoder_layers} layers" if getattr(m, "encoder_layers", None) else "")
+    lines += [
+        "",
+        f"Encoder {enc}, max_length {m.max_length}. Local teachers: {cfg.local.epochs} epochs, batch "
+        f"{cfg.local.batch_size}, lr {cfg.local.lr:g}, loss {cfg.local.loss}. Global model: "
+        f"{cfg.global_model.epochs} epochs, batch {cfg.global_model.batch_size}, lr {cfg.global_model.lr:g}. "
+        f"Students: start from the {cfg.distill.init} model, {cfg.distill.train.epochs} epochs, batch "
+        f"{cfg.distill.train.batch_size}, lr {cfg.distill.train.lr:g}, best epoch by val {cfg.distill.select_by} "
+        f"(epoch 0 = the starting model counts). Geometry `{cfg.task.geometry}` (cost power "
+        f"{cfg.task.cost_power}). Seeds: {', '.join(str(s) for s in (cfg.seeds or [cfg.seed]))}.",
+    ]
+    return lines
+
+
+def _methods(cfg: Any) -> list[str]:
+    lines = ["| student | loss | aggregate | teacher weights | loss geometry |", "|---|---|---|---|---|"]
+    for m in cfg.distill.methods:
+        geo = getattr(m, "geometry", None)
+        geo_s = "task" if geo is None else (geo if isinstance(geo, str) else "derived" if "derived" in geo else "custom")
+        lines.append(f"| {m.name} | {m.loss} | {m.aggregate} | {m.weights} | {geo_s} |")
+    return lines
+
+
+def _main_table(agg, models, baselines, test_set: str, ref: Mapping[str, Mapping[str, float]] | None) -> list[str]:
+    role = {v: k for k, v in baselines.items() if v}
+    head = "| model | " + " | ".join(t for _, t, _ in METRICS) + (" | reference (dev log) |" if ref else " |")
+    lines = [head, "|---|" + "---|" * (len(METRICS) + (1 if ref else 0))]
+    for m in models:
+        a = agg.get((m["id"], test_set))
+        if a is None:
+            continue
+        label = f"`{m['id']}`" + (f" ({role[m['id']].replace('_', ' ')})" if m["id"] in role else "")
+        cells = [format_cell(a[k], a["n_runs"]) for k, _, _ in METRICS]
+        if ref:
+            r = ref.get(m["id"])
+            cells.append(", ".join(f"{k.replace('semantic_distance', 'SD')} {v:g}" for k, v in r.items()) if r else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _domain_table(agg, models, sets) -> list[str]:
+    lines = ["| model | " + " | ".join(f"{t['name']} (n={t['n']})" for t in sets) + " |",
+             "|---|" + "---|" * len(sets)]
+    for m in models:
+        cells = []
+        for t in sets:
+            a = agg.get((m["id"], t["name"]))
+            cells.append("–" if a is None else
+                         f"{format_cell(a['macro_f1'], a['n_runs'])} / {format_cell(a['semantic_distance'], a['n_runs'])}")
+        lines.append(f"| `{m['id']}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def own_domain_check(results: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, int]]:
+    """On each local test set, is the teacher trained on that domain the best teacher (macro-F1)?
+    Also: is each teacher's macro-F1 highest on its own domain? Counted over seeds."""
+    first = results[0]
+    teachers = [m for m in first["models"] if m["kind"] == "teacher"]
+    local_sets = [t["name"] for t in first["test_sets"] if t["kind"] == "local"]
+    lines = ["| teacher | " + " | ".join(local_sets) + " | own domain best teacher | own domain its best set |",
+             "|---|" + "---|" * (len(local_sets) + 2)]
+    counts = {"best_teacher": 0, "best_set": 0, "total": 0}
+    for t in teachers:
+        if t["name"] not in local_sets:
+            continue
+        cells = []
+        for s in local_sets:
+            vals = [(_row(r, t["id"], s) or {}).get("macro_f1") for r in results]
+            vals = [v for v in vals if v is not None]
+            cells.append(_f(statistics.fmean(vals)) if vals else "–")
+        bt = bs = 0
+        for r in results:
+            own = (_row(r, t["id"], t["name"]) or {}).get("macro_f1")
+            others = [(_row(r, o["id"], t["name"]) or {}).get("macro_f1") for o in teachers if o["id"] != t["id"]]
+            elsewhere = [(_row(r, t["id"], s) or {}).get("macro_f1") for s in local_sets if s != t["name"]]
+            bt += int(own is not None and all(own > o for o in others if o is not None))
+            bs += int(own is not None and all(own > e for e in elsewhere if e is not None))
+        counts["best_teacher"] += bt
+        counts["best_set"] += bs
+        counts["total"] += len(results)
+        lines.append(f"| `{t['id']}` | " + " | ".join(cells) + f" | {bt}/{len(results)} seeds | {bs}/{len(results)} seeds |")
+    return lines, counts
+
+
+def paired(results: Sequence[Mapping[str, Any]], a: str, b: str, test_set: str) -> dict[str, Any] | None:
+    """Per-seed differences a - b on ``test_set`` for every metric; None if a model is missing."""
+    out: dict[str, Any] = {}
+    for key, _, sign in METRICS:
+        diffs = []
+        for r in results:
+            ra, rb = _row(r, a, test_set), _row(r, b, test_set)
+            if ra is None or rb is None:
+                return None
+            diffs.append(float(ra[key]) - float(rb[key]))
+        better = sum(1 for d in diffs if sign * d > 0)
+        worse = sum(1 for d in diffs if sign * d < 0)
+        out[key] = {
+            "mean": statistics.fmean(diffs),
+            "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+            "better": better, "worse": worse, "n": len(diffs),
+        }
+    return out
+
+
+def verdict(p: Mapping[str, Any]) -> str:
+    """A plain reading of one comparison: where a beats b on every seed, where it loses on every
+    seed, and where the seeds disagree."""
+    parts = []
+    for key, title, _ in METRICS[:3]:
+        d = p[key]
+        if d["better"] == d["n"]:
+            parts.append(f"{title} better on all {d['n']} seeds")
+        elif d["worse"] == d["n"]:
+            parts.append(f"{title} worse on all {d['n']} seeds")
+        else:
+            parts.append(f"{title} mixed ({d['better']} better, {d['worse']} worse of {d['n']})")
+    return "; ".join(parts)
+
+
+def _paired_table(results, test_set: str) -> tuple[list[str], dict[str, Any]]:
+    lines = ["| comparison (a − b) | Δ accuracy | Δ macro-F1 | Δ SD | Δ expected cost | reading |",
+             "|---|---|---|---|---|---|"]
+    found = {}
+    for a, b, q in COMPARISONS:
+        p = paired(results, a, b, test_set)
+        if p is None:
+            continue
+        found[(a, b)] = p
+        cells = [f"{p[k]['mean']:+.3f} ± {p[k]['std']:.3f}" for k, _, _ in METRICS]
+        lines.append(f"| {q}: `{a}` − `{b}` | " + " | ".join(cells) + f" | a: {verdict(p)} |")
+    return lines, found
+
+
+def _derived_costs(layout: RunLayout, cfg: Any) -> list[str]:
+    lines: list[str] = []
+    for m in cfg.distill.methods:
+        path = layout.student(m.name) / "geometry_loss.json"
+        if getattr(m, "geometry", None) is None or not path.is_file():
+            continue
+        g = json.loads(path.read_text(encoding="utf-8"))
+        labels = g.get("labels", [])
+        cost = g.get("cost")
+        if cost is None:
+            continue
+        from knot.geometry import LabelGeometry
+
+        task = LabelGeometry.from_task(cfg.task)
+        hand = task.reorder(labels).cost.numpy() if list(task.labels) != list(labels) else task.cost.numpy()
+        lines += [f"Ground cost of `{m.name}` (derived) / task geometry, row → column:", "",
+                  "| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        for i, li in enumerate(labels):
+            lines.append(f"| {li} | " + " | ".join(f"{cost[i][j]:.2f} / {hand[i][j]:.2f}" for j in range(len(labels))) + " |")
+        flat_d = np.asarray(cost)[np.triu_indices(len(labels), 1)]
+        flat_h = hand[np.triu_indices(len(labels), 1)]
+        if len(flat_d) > 2:
+            from scipy.stats import spearmanr
+
+            rho = spearmanr(flat_d, flat_h).statistic
+            lines += ["", f"Spearman rank correlation of the off-diagonal costs, derived vs hand-made: {rho:.2f}."]
+        lines.append("")
+    return lines
+
+
+def _epochs(results) -> list[str]:
+    first = results[0]
+    students = [m for m in first["models"] if m["kind"] == "student"]
+    if not students:
+        return []
+    lines = ["| student | selected epoch per seed |", "|---|---|"]
+    for s in students:
+        eps = []
+        for r in results:
+            mm = next((m for m in r["models"] if m["id"] == s["id"]), None)
+            eps.append(str(mm.get("best_epoch")) if mm else "–")
+        lines.append(f"| `{s['id']}` | {', '.join(eps)} |")
+    return lines
+
+
+def task_section(run: Path, out_dir: Path, docs: Path) -> tuple[list[str], dict[str, Any]]:
+    layouts = _seed_layouts(run)
+    if not layouts:
+        raise SystemExit(f"{run}: no results.json under seed-*/ (run `knot run` on its config first)")
+    cfg = load_config(run / "config.yaml")
+    results = [load_results(l.results_json) for l in layouts]
+    first = results[0]
+    agg = aggregate_rows(results)
+    order = {"teacher": 0, "global": 1, "student": 2}
+    models = sorted(first["models"], key=lambda m: order.get(m["kind"], 3))
+    baselines = first.get("baselines", {})
+    sets = first["test_sets"]
+    union = next((t["name"] for t in sets if t["kind"] == "union"), sets[0]["name"])
+    task_out = out_dir / cfg.name
+    write_report(layouts, task_out, title=f"{cfg.name} ({len(layouts)} seeds)")
+    rel = os.path.relpath(task_out, docs)
+    total, groups, span = stage_times(layouts)
+
+    lines = [f"## {cfg.name}", ""]
+    n_seeds = f"{len(layouts)} seed" + ("s" if len(layouts) != 1 else "")
+    lines += [f"Run directory `{run.as_posix()}` ({n_seeds}); "
+              f"compute time {total / 60:.1f} min summed over seeds and stages ("
+              + ", ".join(f"{g} {s / 60:.1f}" for g, s in groups.items()) + " min)"
+              + (f"; first stage started {span[0]:%Y-%m-%d %H:%M}, last ended {span[1]:%H:%M}" if span else "")
+              + ".", ""]
+    lines += ["### Set-up", ""] + _setup(cfg, layouts[0]) + [""] + _methods(cfg) + [""]
+    ref = REFERENCE if cfg.task.geometry == "sentiment5" else None
+    lines += [f"### Union of the local test sets (`{union}`), mean ± std over seeds", ""]
+    lines += _main_table(agg, models, baselines, union, ref) + [""]
+    if ref:
+        lines += ["The reference column quotes the KNOT reference's development log (their data, "
+                  "encoder and sizes); it is there for scale, not as a like-for-like comparison.", ""]
+    lines += ["The best single teacher is chosen by macro-F1 on this same test set (an oracle choice "
+              "that favours that baseline).", ""]
+    lines += ["### Per test set: macro-F1 / SD", ""] + _domain_table(agg, models, sets) + [""]
+    own, counts = own_domain_check(results)
+    lines += ["### Teachers on their own domain (macro-F1, mean over seeds)", ""] + own + [""]
+    ptab, found = _paired_table(results, union)
+    lines += [f"### Paired comparisons on `{union}` (per-seed differences, mean ± std)", "",
+              "Higher is better for accuracy and macro-F1, lower for SD and expected cost; "
+              "'better' below is from a's side.", ""] + ptab + [""]
+    dc = _derived_costs(layouts[0], cfg)
+    if dc:
+        lines += ["### Derived label geometry", ""] + dc
+    lines += ["### Selected student epochs (0 = no epoch beat the starting model on val)", ""] + _epochs(results) + [""]
+    lines += ["### Plots", "",
+              f"![Semantic Distance per test set]({rel}/plots/semantic_distance.png)",
+              f"![macro-F1 per test set]({rel}/plots/macro_f1.png)",
+              f"![training curves, first seed]({rel}/plots/training_curves.png)", "",
+              f"Full per-task report with the students' confusion matrices: [{rel}/report.md]({rel}/report.md).", ""]
+
+    summary = {"name": cfg.name, "union": union, "found": found, "own": counts, "total_s": total, "span": span,
+               "n_seeds": len(layouts), "agg": agg, "models": models}
+    return lines, summary
+
+
+def _summary_lines(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = ["## What the data supports", ""]
+    for s in summaries:
+        p = s["found"].get(("student:ot", "student:entropy"))
+        if p is None:
+            continue
+        sd, f1, acc = p["semantic_distance"], p["macro_f1"], p["accuracy"]
+        lines.append(
+            f"- **{s['name']}**: OT − entropy on `{s['union']}`: SD {sd['mean']:+.3f} ± {sd['std']:.3f} "
+            f"(OT lower on {sd['better']}/{sd['n']} seeds), macro-F1 {f1['mean']:+.3f} ± {f1['std']:.3f}, "
+            f"accuracy {acc['mean']:+.3f} ± {acc['std']:.3f}. "
+            + ("KNOT's claim (lower SD) holds on every seed here." if sd["better"] == sd["n"]
+               else "KNOT's claim (lower SD) does not hold on any seed here." if sd["worse"] == sd["n"]
+               else "The seeds disagree on SD, so this run neither confirms nor refutes the claim.")
+        )
+        o = s["own"]
+        if o["total"]:
+            lines.append(
+                f"  Teachers best on their own domain's test set: {o['best_teacher']}/{o['total']} "
+                f"(teacher, seed) pairs; own domain their best test set: {o['best_set']}/{o['total']}."
+            )
+    lines.append("")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="task run directories (each with seed-*/results.json)")
+    ap.add_argument("--out", type=Path, default=Path("docs/results.md"), help="page to write")
+    ap.add_argument("--command", default="bench/reproduce.sh", help="the command to cite as the regenerator")
+    ap.add_argument("--wall", default=None, help="wall time of the whole study to print (from reproduce.sh)")
+    args = ap.parse_args(argv)
+
+    docs = args.out.parent
+    out_dir = docs / "results"
+    sections, summaries = [], []
+    for run in args.runs:
+        lines, summary = task_section(run, out_dir, docs)
+        sections += lines
+        summaries.append(summary)
+
+    head = [
+        "# Results: the KNOT study",
+        "",
+        f"Generated by `bench/make_results.py` on {dt.date.today().isoformat()} at commit {_git_commit()}; "
+        "every figure below is read from the run directories. Do not edit by hand: rerun",
+        "",
+        "```bash",
+        f"{args.command}",
+        "```",
+        "",
+        f"Machine: {_machine()}."
+        + (f" Wall time of the whole study: {args.wall}." if args.wall else ""),
+        "",
+        "Sizes are far below the paper's (2 of MiniLM's 6 layers, hundreds of examples per teacher, "
+        "2 epochs): they were chosen so three seeds of three tasks fit in about an hour on 2 CPU cores. "
+        "Read the comparisons as what happens at this scale, not as the paper's setting.",
+        "",
+    ]
+    spans = [s["span"] for s in summaries if s["span"]]
+    if spans:
+        start, end = min(a for a, _ in spans), max(b for _, b in spans)
+        head += [f"Compute summed over all tasks, seeds and stages: "
+                 f"{sum(s['total_s'] for s in summaries) / 60:.0f} min; from the first stage's start to "
+                 f"the last stage's end: {(end - start).total_seconds() / 60:.0f} min (the tasks ran in "
+                 "two lanes side by side, see bench/reproduce.sh).", ""]
+    head += _summary_lines(summaries)
+    text = "\n".join(head + sections) + "\n"
+    atomic_write_text(args.out, text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""bench/make_results.py: the study page is computed from the run directories.
+
+The runs here are hand-built ``results.json`` files for two seeds, so every figure the page
+should show can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from knot.config import ExperimentConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def mr():
+    spec = importlib.util.spec_from_file_location("make_results", ROOT / "bench" / "make_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TEACHERS = ["a", "b"]
+
+
+def _results(seed_shift: float, ot_sd: float, ent_sd: float) -> dict:
+    models = [{"id": f"teacher:{t}", "kind": "teacher", "name": t, "path": f"teachers/{t}", "best_epoch": 2}
+              for t in TEACHERS]
+    models += [
+        {"id": "global", "kind": "global", "name": "global", "path": "global", "best_epoch": 2},
+        {"id": "student:ot", "kind": "student", "name": "ot", "path": "students/ot", "best_epoch": 0,
+         "method": {"loss": "ot", "aggregate": "per_teacher"}},
+        {"id": "student:entropy", "kind": "student", "name": "entropy", "path": "students/entropy",
+         "best_epoch": 1, "method": {"loss": "entropy", "aggregate": "per_teacher"}},
+    ]
+    # teacher a: 0.6 on a, 0.4 on b; teacher b: 0.5 on a, 0.45 on b -> a is best on a (and
+    # a's best set), b is best on b but b's best set is a
+    f1 = {("teacher:a", "a"): 0.6, ("teacher:a", "b"): 0.4, ("teacher:b", "a"): 0.5, ("teacher:b", "b"): 0.45}
+    rows = []
+    for m in models:
+        for ts in ("a", "b", "union"):
+            sd = {"student:ot": ot_sd, "student:entropy": ent_sd}.get(m["id"], 0.9)
+            rows.append({
+                "model": m["id"], "test_set": ts, "n": 10,
+                "accuracy": 0.5 + seed_shift, "macro_f1": f1.get((m["id"], ts), 0.4) + seed_shift,
+                "semantic_distance": sd, "expected_cost": 1.0,
+            })
+    return {
+        "format": "knot.results", "version": 1, "name": "toy-study", "label_names": ["1", "2", "3"],
+        "test_sets": [
+            {"name": "a", "kind": "local", "domains": ["a"], "n": 10},
+            {"name": "b", "kind": "local", "domains": ["b"], "n": 10},
+            {"name": "union", "kind": "union", "domains": ["a", "b"], "n": 20},
+        ],
+        "models": models,
+        "baselines": {"global_alone": "global", "best_single_teacher": "teacher:a", "feddf": None},
+        "rows": rows, "confusion": {}, "missing": [],
+    }
+
+
+def test_paired_differences_and_reading(mr):
+    r1, r2 = _results(0.0, 0.70, 0.80), _results(0.01, 0.75, 0.72)
+    p = mr.paired([r1, r2], "student:ot", "student:entropy", "union")
+    sd = p["semantic_distance"]
+    assert sd["mean"] == pytest.approx(((0.70 - 0.80) + (0.75 - 0.72)) / 2)
+    assert (sd["better"], sd["worse"], sd["n"]) == (1, 1, 2)
+    assert "SD mixed (1 better, 1 worse of 2)" in mr.verdict(p)
+    p_all = mr.paired([r1, _results(0.0, 0.6, 0.9)], "student:ot", "student:entropy", "union")
+    assert "SD better on all 2 seeds" in mr.verdict(p_all)
+    assert mr.paired([r1], "student:ot", "student:nope", "union") is None
+
+
+def test_own_domain_check(mr):
+    lines, counts = mr.own_domain_check([_results(0.0, 0.7, 0.8), _results(0.0, 0.7, 0.8)])
+    # a best teacher on a (2 seeds), b best teacher on b (0.45 > 0.4, 2 seeds)
+    assert counts == {"best_teacher": 4, "best_set": 2, "total": 4}
+    assert any(line.startswith("| `teacher:a` | 0.600 | 0.400 | 2/2 seeds | 2/2 seeds |") for line in lines)
+    assert any(line.startswith("| `teacher:b` | 0.500 | 0.450 | 2/2 seeds | 0/2 seeds |") for line in lines)
+
+
+def test_page_from_run_dirs(mr, tmp_path):
+    run = tmp_path / "runs" / "toy-study"
+    cfg = ExperimentConfig.from_dict({
+        "name": "toy-study", "seeds": [1, 2], "task": {"geometry": "uniform", "labels": ["1", "2", "3"]},
+        "data": {"domains": [
+            {"name": "a", "role": "local", "sources": [{"reader": "csv", "path": "a.csv", "text": "text", "label": "label"}]},
+            {"name": "b", "role": "local", "sources": [{"reader": "csv", "path": "b.csv", "text": "text", "label": "label"}]},
+            {"name": "t", "role": "transfer", "sources": [{"reader": "csv", "path": "t.csv", "text": "text", "label": "label"}]},
+        ]},
+        "distill": {"methods": [{"name": "ot", "loss": "ot"}, {"name": "entropy", "loss": "entropy"}]},
+    })
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    for seed, (shift, ot_sd, ent_sd) in zip((1, 2), ((0.0, 0.70, 0.80), (0.02, 0.66, 0.72))):
+        d = run / f"seed-{seed}"
+        (d / "data").mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(_results(shift, ot_sd, ent_sd)))
+        (d / "stages.json").write_text(json.dumps({
+            "local:a": {"seconds": 60.0, "finished": f"2026-01-0{seed}T10:01:00"},
+            "distill:ot": {"seconds": 120.0, "finished": f"2026-01-0{seed}T10:03:00"},
+        }))
+        (d / "data" / "manifest.json").write_text(json.dumps({"domains": {
+            n: {"role": r, "counts": {"train": 7, "val": 1, "test": 2}, "label_counts": {"train": {"1": 7}}}
+            for n, r in (("a", "local"), ("b", "local"), ("t", "transfer"))
+        }}))
+    out = tmp_path / "docs" / "results.md"
+    assert mr.main([str(run), "--out", str(out)]) == 0
+    page = out.read_text()
+    # OT - entropy SD: (-0.10 + -0.06) / 2 = -0.080, lower on both seeds
+    assert "SD -0.080 ± 0.028 (OT lower on 2/2 seeds)" in page
+    assert "KNOT's claim (lower SD) holds on every seed here." in page
+    assert "compute time 6.0 min summed over seeds and stages (local 2.0, distill 4.0 min)" in page
+    assert "| a | local | 7 | 1 | 2 | 1: 7 |" in page
+    assert "| `student:ot` | 0, 0 |" in page
+    assert (tmp_path / "docs" / "results" / "toy-study" / "plots" / "macro_f1.png").is_file()
+    assert "](results/toy-study/plots/macro_f1.png)" in page
+
+
+def test_missing_results_is_a_clear_error(mr, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no results.json"):
+        mr.main([str(tmp_path / "empty"), "--out", str(tmp_path / "r.md")])
