@@ -194,9 +194,11 @@ class TaskConfig(ConfigBase):
     """The label space and its geometry.
 
     ``geometry`` is a preset name (``sentiment5``, ``sentiment5-knot6d``, ``emotion5``,
-    ``uniform``), a mapping ``{label: [coords...]}``, or a path to a YAML/JSON file with
-    such a mapping. ``labels`` is only needed for ``uniform``. ``cost_power`` 2 squares
-    the Euclidean ground cost.
+    ``ekman7``, ``uniform``), a mapping ``{label: [coords...]}``, a path to a YAML/JSON
+    file with such a mapping, or ``derived`` (sentence-encoder embeddings of the label
+    names, :meth:`knot.geometry.LabelGeometry.derived`). ``labels`` is only needed for
+    ``uniform`` and ``derived``. ``cost_power`` 2 squares the Euclidean ground cost. A
+    student's loss can use another geometry (:class:`DistillMethod` ``geometry``).
     """
 
     geometry: Union[str, dict[str, list[float]]] = "sentiment5"
@@ -421,6 +423,15 @@ class DistillMethod(ConfigBase):
     ``aggregate`` is ``per_teacher`` (weighted sum of per-teacher losses) or ``mixture``
     (loss to the weighted teacher average; with ``kl`` this is the FedDF baseline).
     ``options`` are passed to the loss function (e.g. ``{"method": "sinkhorn"}``).
+    ``geometry`` (default null: the task geometry) is the label geometry of this student's
+    loss only, in any form :meth:`knot.geometry.LabelGeometry.from_spec` accepts: a preset
+    name, a mapping ``{label: [coords]}``, a YAML/JSON file, ``derived`` (coordinates from
+    all-MiniLM-L6-v2 embeddings of the label names) or ``{derived: {texts: {label:
+    description}, encoder: minilm, scale: task}}`` (``scale: task`` rescales it so its
+    largest cost equals the task geometry's). Its labels must be the task's labels and it
+    takes ``task.cost_power``; the model, the evaluation and Semantic Distance keep the task
+    geometry. When null it is left out of :meth:`to_dict`, so runs configured before the
+    field existed keep their stage hashes.
     """
 
     name: str = "ot"
@@ -432,6 +443,7 @@ class DistillMethod(ConfigBase):
     bias_floor: float = 0.05
     temperature: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
+    geometry: Union[str, dict[str, Any], None] = None
 
     def __post_init__(self) -> None:
         _check(
@@ -460,6 +472,22 @@ class DistillMethod(ConfigBase):
         )
         _check(0.0 < self.bias_floor <= 1.0, "bias_floor: expected 0 < bias_floor <= 1")
         _check(self.temperature > 0, "temperature: expected > 0")
+        if isinstance(self.geometry, dict):
+            # checked here without loading anything (files and encoders are read at distill time)
+            from knot.geometry import LabelGeometry, parse_derived_spec
+
+            try:
+                if parse_derived_spec(self.geometry) is None:
+                    LabelGeometry.from_mapping(self.geometry)
+            except ValueError as exc:
+                msg = str(exc)
+                raise ConfigError(msg if msg.startswith("geometry") else f"geometry: {msg}") from None
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if out.get("geometry") is None:
+            out.pop("geometry", None)  # unset: same dict, hence same stage hash, as before the field
+        return out
 
 
 def _default_methods() -> list[DistillMethod]:

@@ -13,13 +13,17 @@ Per batch the loss is ::
                       **method.options)
 
 with the teacher weights of :func:`knot.soft_labels.teacher_weights` (``uniform``,
-``size``, ``explicit`` or per-example ``bias``). The best epoch is chosen on the transfer
-set's val split, by the distillation loss against its soft labels (``distill.select_by:
-loss``, the reference's rule) or by a metric against the teachers' weighted consensus
-(the argmax of the weighted teacher average). As in the reference, the starting model
-counts as epoch 0: when no epoch beats it on the val split, the student keeps its initial
-weights. Students are saved like teachers (``RUN/students/<method>/best``, ``last``,
-``metrics.jsonl``).
+``size``, ``explicit`` or per-example ``bias``). ``geometry`` is the task geometry unless
+the method sets its own (``DistillMethod.geometry``, :func:`loss_geometry`); only the loss
+uses the method's geometry (model, evaluation and Semantic Distance keep the task's), and
+``RUN/students/<method>/geometry_loss.json`` records the geometry the loss used.
+
+The best epoch is chosen on the transfer set's val split, by the distillation loss against
+its soft labels (``distill.select_by: loss``, the reference's rule) or by a metric against
+the teachers' weighted consensus (the argmax of the weighted teacher average). As in the
+reference, the starting model counts as epoch 0: when no epoch beats it on the val split,
+the student keeps its initial weights. Students are saved like teachers
+(``RUN/students/<method>/best``, ``last``, ``metrics.jsonl``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,13 @@ from knot.soft_labels import (
 )
 from knot.utils import resolve_device, set_seed, sha256_file
 
-__all__ = ["distill", "select_methods", "initial_is_better", "pack_targets", "make_loss_fn", "consensus_eval_fn", "method_weights"]
+__all__ = [
+    "distill", "select_methods", "initial_is_better", "pack_targets", "make_loss_fn", "consensus_eval_fn",
+    "method_weights", "loss_geometry", "GEOMETRY_LOSS_FILE",
+]
+
+#: File in each student's folder with the geometry its loss used (labels, coords, p, name, cost).
+GEOMETRY_LOSS_FILE = "geometry_loss.json"
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +171,63 @@ def select_methods(cfg: Any, method: Any = None, loss: str | None = None) -> lis
     return chosen
 
 
+def loss_geometry(method: Any, geometry: Any) -> Any:
+    """The label geometry of one method's loss.
+
+    ``method.geometry`` when set (any :meth:`~knot.geometry.LabelGeometry.from_spec` spec),
+    with the task's labels in the task's order and the task's cost power, a derived spec
+    scaled against the task geometry when it says ``scale: task``; else the task geometry.
+
+    Parameters
+    ----------
+    method : knot.config.DistillMethod
+    geometry : knot.geometry.LabelGeometry
+        The task geometry (model, evaluation and Semantic Distance always use it).
+
+    >>> from knot.config import DistillMethod
+    >>> from knot.geometry import LabelGeometry
+    >>> task = LabelGeometry.preset("sentiment5")
+    >>> loss_geometry(DistillMethod(), task) is task
+    True
+    >>> m = DistillMethod(geometry={"5": [4], "4": [3], "3": [2], "2": [1], "1": [0]})
+    >>> loss_geometry(m, task).labels == task.labels
+    True
+    """
+    spec = getattr(method, "geometry", None)
+    if spec is None:
+        return geometry
+    from knot.geometry import LabelGeometry
+
+    try:
+        return LabelGeometry.from_spec(spec, labels=geometry.labels, p=geometry.p, reference=geometry)
+    except ValueError as exc:
+        raise ValueError(f"distill method {method.name!r}: {exc}") from None
+
+
+def _save_loss_geometry(method: Any, loss_geo: Any, task_spec: Any, out_dir: Any) -> None:
+    """Write ``out_dir/geometry_loss.json`` (LabelGeometry.to_dict plus ``cost`` (K, K),
+    ``source`` method|task and the config ``spec``) and log the cost matrix."""
+    from knot.utils import atomic_write_json
+
+    source = "task" if getattr(method, "geometry", None) is None else "method"
+    if source == "method" and method.loss != "ot":
+        log.warning("student %s: loss %s does not use a label geometry; its geometry is unused", method.name, method.loss)
+    cost = loss_geo.cost
+    atomic_write_json(
+        out_dir / GEOMETRY_LOSS_FILE,
+        {
+            **loss_geo.to_dict(),
+            "cost": cost.tolist(),
+            "source": source,
+            "spec": task_spec if source == "task" else method.geometry,
+        },
+    )
+    rows = "\n".join(
+        f"  {label:>12s} " + " ".join(f"{v:7.3f}" for v in row) for label, row in zip(loss_geo.labels, cost.tolist())
+    )
+    log.info("student %s: loss geometry %r (from the %s), cost matrix:\n%s", method.name, loss_geo, source, rows)
+
+
 def method_weights(method: Any, soft_labels: SoftLabels, bias: dict | None) -> np.ndarray:
     """Teacher weights of one method for these soft labels: (T,) or (N, T)."""
     return teacher_weights(
@@ -273,7 +340,10 @@ def distill(
                 cache_dir=cache, name=f"{transfer.name}-val",
             )
             val_loader = make_loader(val_ds, train_cfg.eval_batch_size, shuffle=False, group_by_length=True)
-        loss_fn = make_loss_fn(m, geometry)
+        loss_geo = loss_geometry(m, geometry)  # the loss's; model, evaluation and SD keep the task's
+        layout.student(m.name).mkdir(parents=True, exist_ok=True)
+        _save_loss_geometry(m, loss_geo, cfg.task.geometry, layout.student(m.name))
+        loss_fn = make_loss_fn(m, loss_geo)
         model.to(device)
         initial = evaluate(model, val_loader, device, loss_fn, consensus_eval_fn) if val_loader is not None else {}
         initial_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
