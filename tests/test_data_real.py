@@ -95,7 +95,9 @@ def test_sst(data_root):
     assert records[0].text.startswith("The Rock is destined to be the 21st Century 's new")
 
 
-@pytest.mark.parametrize("name", ["sentiment", "sentiment-quick", "erc", "erc-quick"])
+@pytest.mark.parametrize(
+    "name", ["sentiment", "sentiment-quick", "erc", "erc-quick", "study/sentiment", "study/erc", "study/goemotions"]
+)
 def test_shipped_configs_load_and_their_files_exist(data_root, name):
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     roles = Counter(d.role for d in cfg.data.domains)
