@@ -22,7 +22,10 @@ start=$(date +%s)
 run() {  # run CONFIG: one task, its log in runs/logs/
   local name; name=$(basename "$1" .yaml)
   echo "[$(date +%T)] start $1 (log: runs/logs/study-$name.log)"
-  "$KNOT" run "$1" --data-root "$DATA" >> "runs/logs/study-$name.log" 2>&1
+  if ! "$KNOT" run "$1" --data-root "$DATA" >> "runs/logs/study-$name.log" 2>&1; then
+    echo "[$(date +%T)] FAILED $1 (see runs/logs/study-$name.log)" >&2
+    return 1
+  fi
   echo "[$(date +%T)] done  $1"
 }
 
