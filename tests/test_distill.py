@@ -211,3 +211,20 @@ def test_cli_rejects_bad_config_and_loss(tmp_path):
     assert result.exit_code == 2 and "distill.methods[0].loss" in result.output
     result = runner.invoke(app, ["distill", str(cfg_path), "--loss", "mse"])
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("keep_initial", [True, False])
+def test_keep_initial_decides_whether_the_start_competes(transfer_run, monkeypatch, keep_initial):
+    """When the starting model is better on val (forced here), keep_initial keeps it (epoch 0);
+    keep_initial false keeps the best trained epoch."""
+    import dataclasses
+
+    import knot.distill as kd
+
+    cfg, layout, _ = transfer_run
+    train = dataclasses.replace(cfg.distill.train, epochs=1)
+    cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, train=train, keep_initial=keep_initial))
+    monkeypatch.setattr(kd, "initial_is_better", lambda *a, **k: True)
+    info = kd.distill(cfg, layout, method="feddf")["students"]["feddf"]
+    assert info["best_epoch"] == (0 if keep_initial else 1)
+    assert (info["best_metrics"] == info["initial_val"]) is keep_initial

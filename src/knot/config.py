@@ -507,10 +507,16 @@ class DistillConfig(ConfigBase):
     transfer set's val split: ``loss`` (the distillation loss against the soft labels, the
     reference's rule) or a metric computed against the teachers' weighted consensus (the
     argmax of the weighted teacher average), never against gold transfer labels.
+    ``keep_initial`` (default true) lets the starting model compete as epoch 0: when no
+    trained epoch beats it on ``select_by``, the student keeps its starting weights. With
+    ``false`` the student is always the best *trained* epoch (the starting model's val
+    metrics are still recorded as ``initial_val``), which compares the objectives
+    themselves rather than whether they beat the starting point.
     """
 
     init: str = "global"
     select_by: str = "loss"
+    keep_initial: bool = True
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=1e-3))
     methods: list[DistillMethod] = field(default_factory=_default_methods)
 

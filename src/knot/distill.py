@@ -22,7 +22,8 @@ The best epoch is chosen on the transfer set's val split, by the distillation lo
 its soft labels (``distill.select_by: loss``, the reference's rule) or by a metric against
 the teachers' weighted consensus (the argmax of the weighted teacher average). As in the
 reference, the starting model counts as epoch 0: when no epoch beats it on the val split,
-the student keeps its initial weights. Students are saved like teachers
+the student keeps its initial weights (``distill.keep_initial: false`` keeps the best
+trained epoch instead). Students are saved like teachers
 (``RUN/students/<method>/best``, ``last``, ``metrics.jsonl``).
 """
 
@@ -389,7 +390,7 @@ def distill(
             "initial_val": initial,
             **result.to_dict(),
         }
-        if initial_is_better(initial, result.best_metrics, cfg.distill.select_by):
+        if cfg.distill.keep_initial and initial_is_better(initial, result.best_metrics, cfg.distill.select_by):
             # the reference's rule: a student is only replaced by an epoch that beats the
             # starting model on the transfer val split
             log.info(
