@@ -314,6 +314,34 @@ def _epochs(results) -> list[str]:
     return lines
 
 
+def val_losses(layouts: Sequence[RunLayout]) -> list[str]:
+    """Each student's val distillation loss at its start (the global model) and at the selected
+    epoch, mean ± std over seeds, from the distill stages' summaries in ``stages.json``."""
+    per: dict[str, list[tuple[float, float]]] = {}
+    for lay in layouts:
+        log = json.loads(lay.stages.read_text(encoding="utf-8")) if lay.stages.is_file() else {}
+        for name, rec in log.items():
+            if not name.startswith("distill:"):
+                continue
+            for student, info in ((rec.get("summary") or {}).get("students") or {}).items():
+                a = (info.get("initial_val") or {}).get("loss")
+                b = (info.get("best_metrics") or {}).get("loss")
+                if a is not None and b is not None:
+                    per.setdefault(student, []).append((float(a), float(b)))
+    if not per:
+        return []
+
+    def ms(xs: list[float]) -> str:
+        return f"{statistics.fmean(xs):.3f}" + (f" ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else "")
+
+    lines = ["| student | val loss at the start | at the selected epoch | lower than the start |", "|---|---|---|---|"]
+    for student, pairs in per.items():
+        lower = sum(1 for a, b in pairs if b < a)
+        lines.append(f"| `student:{student}` | {ms([a for a, _ in pairs])} | {ms([b for _, b in pairs])} | "
+                     f"{lower}/{len(pairs)} seeds |")
+    return lines
+
+
 def task_section(run: Path, out_dir: Path, docs: Path) -> tuple[list[str], dict[str, Any]]:
     layouts = _seed_layouts(run)
     if not layouts:
@@ -358,7 +386,12 @@ def task_section(run: Path, out_dir: Path, docs: Path) -> tuple[list[str], dict[
     dc = _derived_costs(layouts[0], cfg)
     if dc:
         lines += ["### Derived label geometry", ""] + dc
-    lines += ["### Selected student epochs (0 = no epoch beat the starting model on val)", ""] + _epochs(results) + [""]
+    vl = val_losses(layouts)
+    if vl:
+        lines += ["### Distillation loss on the transfer val split", "",
+                  "Each student's own loss against the soft labels (losses differ in scale, so compare "
+                  "a row with itself, not across rows).", ""] + vl + [""]
+    lines += ["### Selected student epochs (0 = the starting model was kept)", ""] + _epochs(results) + [""]
     lines += ["### Plots", "",
               f"![Semantic Distance per test set]({rel}/plots/semantic_distance.png)",
               f"![macro-F1 per test set]({rel}/plots/macro_f1.png)",

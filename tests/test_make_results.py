@@ -102,7 +102,8 @@ def test_page_from_run_dirs(mr, tmp_path):
         (d / "results.json").write_text(json.dumps(_results(shift, ot_sd, ent_sd)))
         (d / "stages.json").write_text(json.dumps({
             "local:a": {"seconds": 60.0, "finished": f"2026-01-0{seed}T10:01:00"},
-            "distill:ot": {"seconds": 120.0, "finished": f"2026-01-0{seed}T10:03:00"},
+            "distill:ot": {"seconds": 120.0, "finished": f"2026-01-0{seed}T10:03:00", "summary": {"students": {
+                "ot": {"initial_val": {"loss": 0.5}, "best_metrics": {"loss": 0.4 + 0.2 * (seed - 1)}}}}},
         }))
         (d / "data" / "manifest.json").write_text(json.dumps({"domains": {
             n: {"role": r, "counts": {"train": 7, "val": 1, "test": 2}, "label_counts": {"train": {"1": 7}}}
@@ -117,6 +118,8 @@ def test_page_from_run_dirs(mr, tmp_path):
     assert "compute time 6.0 min summed over seeds and stages (local 2.0, distill 4.0 min)" in page
     assert "| a | local | 7 | 1 | 2 | 1: 7 |" in page
     assert "| `student:ot` | 0, 0 |" in page
+    # val loss 0.5 -> 0.4 (seed 1) and 0.5 -> 0.6 (seed 2)
+    assert "| `student:ot` | 0.500 ± 0.000 | 0.500 ± 0.141 | 1/2 seeds |" in page
     assert (tmp_path / "docs" / "results" / "toy-study" / "plots" / "macro_f1.png").is_file()
     assert "](results/toy-study/plots/macro_f1.png)" in page
 
