@@ -144,7 +144,9 @@ def _setup(cfg: Any, layout: RunLayout) -> list[str]:
         f"{cfg.global_model.epochs} epochs, batch {cfg.global_model.batch_size}, lr {cfg.global_model.lr:g}. "
         f"Students: start from the {cfg.distill.init} model, {cfg.distill.train.epochs} epochs, batch "
         f"{cfg.distill.train.batch_size}, lr {cfg.distill.train.lr:g}, best epoch by val {cfg.distill.select_by} "
-        f"(epoch 0 = the starting model counts). Geometry `{cfg.task.geometry}` (cost power "
+        + ("(the starting model competes as epoch 0). " if getattr(cfg.distill, "keep_initial", True)
+           else "among the trained epochs (keep_initial: false). ")
+        + f"Geometry `{cfg.task.geometry}` (cost power "
         f"{cfg.task.cost_power}). Seeds: {', '.join(str(s) for s in (cfg.seeds or [cfg.seed]))}.",
     ]
     return lines
@@ -458,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f" Wall time of the whole study: {args.wall}." if args.wall else ""),
         "",
         "Sizes are far below the paper's (2 of MiniLM's 6 layers, hundreds of examples per teacher, "
-        "2 epochs): they were chosen so three seeds of three tasks fit in about an hour on 2 CPU cores. "
+        "2 epochs): they were chosen to fit the whole study into a couple of hours on 2 CPU cores. "
         "Read the comparisons as what happens at this scale, not as the paper's setting.",
         "",
     ]
