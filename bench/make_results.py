@@ -400,7 +400,17 @@ def task_section(run: Path, out_dir: Path, docs: Path) -> tuple[list[str], dict[
               f"![training curves, first seed]({rel}/plots/training_curves.png)", "",
               f"Full per-task report with the students' confusion matrices: [{rel}/report.md]({rel}/report.md).", ""]
 
-    summary = {"name": cfg.name, "union": union, "found": found, "own": counts, "total_s": total, "span": span,
+    def mean_f1(mid: str) -> float | None:
+        a = agg.get((mid, union))
+        return None if a is None else a["macro_f1"][0]
+
+    teacher_f1 = {m["id"]: mean_f1(m["id"]) for m in models if m["kind"] == "teacher"}
+    teacher_f1 = {k: v for k, v in teacher_f1.items() if v is not None}
+    weakest = min(teacher_f1, key=teacher_f1.get) if teacher_f1 else None
+    students = [m["id"] for m in models if m["kind"] == "student"]
+    above = [sid for sid in students if weakest and (mean_f1(sid) or -1) > teacher_f1[weakest]]
+    summary = {"weakest_teacher": weakest, "students_above_weakest": above, "n_students": len(students),
+               "name": cfg.name, "union": union, "found": found, "own": counts, "total_s": total, "span": span,
                "n_seeds": len(layouts), "agg": agg, "models": models}
     return lines, summary
 
@@ -420,6 +430,17 @@ def _summary_lines(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
                else "KNOT's claim (lower SD) does not hold on any seed here." if sd["worse"] == sd["n"]
                else "The seeds disagree on SD, so this run neither confirms nor refutes the claim.")
         )
+        for (a, b), q in ((("student:ot-mixture", "student:ot"), "mixture vs per-teacher OT"),
+                          (("student:ot-derived", "student:ot"), "derived vs hand-made geometry"),
+                          (("student:ot", "global"), "OT student vs its global start")):
+            pq = s["found"].get((a, b))
+            if pq is not None:
+                lines.append(f"  {q}: {verdict(pq)}.")
+        weakest = s.get("weakest_teacher")
+        if weakest is not None:
+            above = s["students_above_weakest"]
+            lines.append(f"  Students whose mean union macro-F1 is above the weakest teacher's (`{weakest}`): "
+                         f"{len(above)} of {s['n_students']}.")
         o = s["own"]
         if o["total"]:
             lines.append(

@@ -115,6 +115,8 @@ def test_page_from_run_dirs(mr, tmp_path):
     # OT - entropy SD: (-0.10 + -0.06) / 2 = -0.080, lower on both seeds
     assert "SD -0.080 ± 0.028 (OT lower on 2/2 seeds)" in page
     assert "KNOT's claim (lower SD) holds on every seed here." in page
+    # union macro-F1: teachers 0.41 (a) / 0.41 (b) -> weakest is the first; students 0.41 too: not above
+    assert "above the weakest teacher's (`teacher:a`): 0 of 2." in page
     assert "compute time 6.0 min summed over seeds and stages (local 2.0, distill 4.0 min)" in page
     assert "| a | local | 7 | 1 | 2 | 1: 7 |" in page
     assert "| `student:ot` | 0, 0 |" in page
