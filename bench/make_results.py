@@ -248,7 +248,9 @@ def verdict(p: Mapping[str, Any]) -> str:
     parts = []
     for key, title, _ in METRICS[:3]:
         d = p[key]
-        if d["better"] == d["n"]:
+        if d["better"] == 0 and d["worse"] == 0:
+            parts.append(f"{title} equal on all {d['n']} seeds")
+        elif d["better"] == d["n"]:
             parts.append(f"{title} better on all {d['n']} seeds")
         elif d["worse"] == d["n"]:
             parts.append(f"{title} worse on all {d['n']} seeds")

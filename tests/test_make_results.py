@@ -73,6 +73,8 @@ def test_paired_differences_and_reading(mr):
     p_all = mr.paired([r1, _results(0.0, 0.6, 0.9)], "student:ot", "student:entropy", "union")
     assert "SD better on all 2 seeds" in mr.verdict(p_all)
     assert mr.paired([r1], "student:ot", "student:nope", "union") is None
+    # accuracy is the same for both students on every seed
+    assert "accuracy equal on all 2 seeds" in mr.verdict(p)
 
 
 def test_own_domain_check(mr):
