@@ -494,6 +494,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f"{sum(s['total_s'] for s in summaries) / 60:.0f} min; from the first stage's start to "
                  f"the last stage's end: {(end - start).total_seconds() / 60:.0f} min (the tasks ran in "
                  "two lanes side by side, see bench/reproduce.sh).", ""]
+    head += [
+        "How to read it: every comparison is a paired difference over the same seeds (same data, same "
+        "teachers, same soft labels), so 'better on all seeds' is the strongest statement the page makes, "
+        "and with three seeds a sign that agrees on every seed can still be chance. A mean difference "
+        "smaller than its std across seeds is noise at this scale. No significance test is claimed.",
+        "",
+    ]
     head += _summary_lines(summaries)
     text = "\n".join(head + sections) + "\n"
     atomic_write_text(args.out, text)
