@@ -346,6 +346,22 @@ def val_losses(layouts: Sequence[RunLayout]) -> list[str]:
     return lines
 
 
+def config_file(name: str, root: Path | None = None) -> tuple[Path, str] | None:
+    """The shipped config whose ``name:`` is ``name`` (under configs/), with its leading comment
+    block (what the task is, why, and its sizes), or None."""
+    root = root or Path(__file__).resolve().parents[1]
+    for path in sorted((root / "configs").rglob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        if any(line.strip() == f"name: {name}" for line in text.splitlines()):
+            comment = []
+            for line in text.splitlines():
+                if not line.startswith("#"):
+                    break
+                comment.append(line[1:].strip())
+            return path.relative_to(root), "\n".join(comment).strip()
+    return None
+
+
 def task_section(run: Path, out_dir: Path, docs: Path) -> tuple[list[str], dict[str, Any]]:
     layouts = _seed_layouts(run)
     if not layouts:
@@ -371,7 +387,14 @@ def task_section(run: Path, out_dir: Path, docs: Path) -> tuple[list[str], dict[
               + ", ".join(f"{g} {s / 60:.1f}" for g, s in groups.items()) + " min)"
               + (f"; first stage started {span[0]:%Y-%m-%d %H:%M}, last ended {span[1]:%H:%M}" if span else "")
               + ".", ""]
-    lines += ["### Set-up", ""] + _setup(cfg, layouts[0]) + [""] + _methods(cfg) + [""]
+    lines += ["### Set-up", ""]
+    found_cfg = config_file(cfg.name)
+    if found_cfg:
+        path, comment = found_cfg
+        lines += [f"Config [`{path.as_posix()}`]({os.path.relpath(Path(__file__).resolve().parents[1] / path, docs.resolve())}); "
+                  "its header:", ""]
+        lines += ["```text", *comment.splitlines(), "```", ""]
+    lines += _setup(cfg, layouts[0]) + [""] + _methods(cfg) + [""]
     ref = REFERENCE if cfg.task.geometry == "sentiment5" else None
     lines += [f"### Union of the local test sets (`{union}`), mean ± std over seeds", ""]
     lines += _main_table(agg, models, baselines, union, ref) + [""]

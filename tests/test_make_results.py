@@ -128,6 +128,13 @@ def test_page_from_run_dirs(mr, tmp_path):
     assert "](results/toy-study/plots/macro_f1.png)" in page
 
 
+def test_config_file_finds_the_shipped_study_config_and_its_header(mr):
+    path, comment = mr.config_file("study-goemotions")
+    assert path.as_posix() == "configs/study/goemotions.yaml"
+    assert comment.startswith("Third task of the study") and "ekman_mapping.json" in comment
+    assert mr.config_file("no-such-config-name") is None
+
+
 def test_missing_results_is_a_clear_error(mr, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no results.json"):
