@@ -58,7 +58,7 @@ def _results(seed_shift: float, ot_sd: float, ent_sd: float) -> dict:
             {"name": "union", "kind": "union", "domains": ["a", "b"], "n": 20},
         ],
         "models": models,
-        "baselines": {"global_alone": "global", "best_single_teacher": "teacher:a", "feddf": None},
+        "baselines": {"global_alone": "global", "best_single_teacher": "teacher:b", "feddf": None},
         "rows": rows, "confusion": {}, "missing": [],
     }
 
@@ -124,6 +124,9 @@ def test_page_from_run_dirs(mr, tmp_path):
     assert "| `student:ot` | 0, 0 |" in page
     # val loss 0.5 -> 0.4 (seed 1) and 0.5 -> 0.6 (seed 2)
     assert "| `student:ot` | 0.500 ± 0.000 | 0.500 ± 0.141 | 1/2 seeds |" in page
+    # each results.json names teacher:b, but both score 0.4 on the union: the page takes the
+    # best mean, the first on a tie
+    assert "| `teacher:a` (best single teacher) |" in page
     assert (tmp_path / "docs" / "results" / "toy-study" / "plots" / "macro_f1.png").is_file()
     assert "](results/toy-study/plots/macro_f1.png)" in page
 
