@@ -225,3 +225,18 @@ def test_local_folder_encoder(geometry):
 
     model = build_model(ModelConfig(encoder=str(minilm_path()), encoder_layers=1, max_length=16), geometry)
     assert model.config_dict()["encoder"]["source"] == str(minilm_path().resolve())
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_loading_minilm_prints_no_weight_bar_and_keeps_the_callers_setting(capfd, enabled):
+    from transformers.utils import logging as hf_logging
+
+    from knot.models import build_encoder
+
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        build_encoder("minilm", layers=1)
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled() is enabled
+    finally:
+        hf_logging.enable_progress_bar()

