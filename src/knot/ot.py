@@ -507,32 +507,38 @@ class _VertexMax(torch.autograd.Function):
     def forward(ctx, p, q, f, g):  # p, q: (N, K), q None for a metric (p is then p - q); f, g: (K, V)
         n, nv = p.shape[0], f.shape[1]
         rows = max(1, _SCORE_BUDGET // max(nv, 1))
-        values, saved = [], []
+        values, targets, saved = [], [], []
         keep = n * nv <= _SCORE_BUDGET  # keep the scores for backward, else the duals now
         for s in range(0, n, rows):
             ps = p[s : s + rows]
             scores = ps @ f if g is None else ps @ f + q[s : s + rows] @ g  # (n, V)
             if g is None:
-                value = torch.maximum(scores.amax(-1), -scores.amin(-1))
+                # max |score| without abs over (n, V): the larger of max and -min; the
+                # target is the signed score the maximising vertex has (ties: the max side)
+                hi, lo = scores.amax(-1), scores.amin(-1)
+                use_hi = hi >= -lo
+                value, target = torch.where(use_hi, hi, -lo), torch.where(use_hi, hi, lo)
             else:
-                value = scores.amax(-1)
+                value = target = scores.amax(-1)
             values.append(value)
+            targets.append(target)
             if keep:
                 saved.append(scores)
             else:
-                saved.append(torch.cat([x for x in _optimal_dual(scores, value, f, g) if x is not None], -1))
+                saved.append(torch.cat([x for x in _optimal_dual(scores, target, f, g) if x is not None], -1))
         value = torch.cat(values) if len(values) != 1 else values[0]
+        target = torch.cat(targets) if len(targets) != 1 else targets[0]
         ctx.keep = keep
         ctx.symmetric = g is None
-        ctx.save_for_backward(value, f, g if g is not None else f, *saved)
+        ctx.save_for_backward(target, f, g if g is not None else f, *saved)
         return value
 
     @staticmethod
     def backward(ctx, grad):  # grad: (N,)
-        value, f, g, *saved = ctx.saved_tensors
+        target, f, g, *saved = ctx.saved_tensors
         k = f.shape[0]
         if ctx.keep:
-            gp, gq = _optimal_dual(saved[0], value, f, None if ctx.symmetric else g)
+            gp, gq = _optimal_dual(saved[0], target, f, None if ctx.symmetric else g)
         else:
             both = torch.cat(saved)
             gp, gq = both[:, :k], both[:, k:]
@@ -545,17 +551,22 @@ class _VertexMax(torch.autograd.Function):
         )
 
 
-def _optimal_dual(scores: torch.Tensor, value: torch.Tensor, f: torch.Tensor, g: torch.Tensor | None):
-    """Optimal dual potentials (n, K) for p and q: a maximising vertex per row."""
+def _optimal_dual(scores: torch.Tensor, target: torch.Tensor, f: torch.Tensor, g: torch.Tensor | None):
+    """Optimal dual potentials (n, K) for p and q: a maximising vertex per row.
+
+    ``target`` (n,) is the maximising score: the max, or for a metric the signed score of
+    largest magnitude (the vertex is then ``sign * f``).
+    """
     if g is None:  # max |f . (p - q)|: vertex +f or -f
-        hit = scores.abs() == value[:, None]  # (n, V)
+        hit = scores == target[:, None]  # (n, V)
         idx = hit.view(torch.uint8).argmax(-1)  # first maximiser (uint8 argmax is fast on CPU)
-        sign = scores.gather(1, idx[:, None]).sign()  # (n, 1); 0 where p == q: gradient 0
-        d = f.T.index_select(0, idx) * sign  # (n, K), the gradient in p - q
+        sign = target.sign()[:, None]  # (n, 1); 0 where p == q: gradient 0
+        d = f.index_select(1, idx).T * sign  # (n, K), the gradient in p - q (f is (K, V) contiguous:
+        # selecting columns is ~15x faster than rows of the transposed view)
         return d, None
-    hit = scores == value[:, None]
+    hit = scores == target[:, None]
     idx = hit.view(torch.uint8).argmax(-1)
-    return f.T.index_select(0, idx), g.T.index_select(0, idx)
+    return f.index_select(1, idx).T, g.index_select(1, idx).T
 
 
 def _vertex_cost(p: torch.Tensor, q: torch.Tensor, gc: GroundCost) -> torch.Tensor:
