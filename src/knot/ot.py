@@ -557,16 +557,13 @@ def _optimal_dual(scores: torch.Tensor, target: torch.Tensor, f: torch.Tensor, g
     ``target`` (n,) is the maximising score: the max, or for a metric the signed score of
     largest magnitude (the vertex is then ``sign * f``).
     """
-    if g is None:  # max |f . (p - q)|: vertex +f or -f
-        hit = scores == target[:, None]  # (n, V)
-        idx = hit.view(torch.uint8).argmax(-1)  # first maximiser (uint8 argmax is fast on CPU)
-        sign = target.sign()[:, None]  # (n, 1); 0 where p == q: gradient 0
-        d = f.index_select(1, idx).T * sign  # (n, K), the gradient in p - q (f is (K, V) contiguous:
-        # selecting columns is ~15x faster than rows of the transposed view)
-        return d, None
-    hit = scores == target[:, None]
-    idx = hit.view(torch.uint8).argmax(-1)
-    return f.index_select(1, idx).T, g.index_select(1, idx).T
+    hit = scores == target[:, None]  # (n, V)
+    idx = hit.view(torch.uint8).argmax(-1)  # first maximiser (uint8 argmax is fast on CPU)
+    # f, g are (K, V) contiguous: selecting columns is ~15x faster than rows of the transposed view
+    fp = f.index_select(1, idx).T  # (n, K)
+    if g is None:  # max |f . (p - q)|: vertex sign * f, the gradient in p - q; 0 where p == q
+        return fp * target.sign()[:, None], None
+    return fp, g.index_select(1, idx).T
 
 
 def _vertex_cost(p: torch.Tensor, q: torch.Tensor, gc: GroundCost) -> torch.Tensor:
