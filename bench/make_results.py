@@ -32,9 +32,11 @@ import numpy as np
 
 from knot import __version__
 from knot.config import load_config
+from knot.data import read_manifest
 from knot.evaluation import load_results
 from knot.layout import RunLayout
-from knot.reporting import aggregate_rows, format_cell, write_report
+from knot.pipeline import read_stage_log
+from knot.reporting import aggregate_rows, format_cell, per_set_table, write_report
 from knot.utils import atomic_write_text
 
 METRICS = [("accuracy", "accuracy", +1), ("macro_f1", "macro-F1", +1),
@@ -105,13 +107,12 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def stage_times(layouts: Sequence[RunLayout]) -> tuple[float, dict[str, float], tuple[dt.datetime, dt.datetime] | None]:
+def stage_times(logs: Sequence[Mapping[str, Any]]) -> tuple[float, dict[str, float], tuple[dt.datetime, dt.datetime] | None]:
     """Seconds summed over every stage of every seed, per stage group, and the span from the
-    first stage's start to the last stage's end (from ``stages.json``)."""
+    first stage's start to the last stage's end (``logs``: each seed's ``stages.json``)."""
     total, groups = 0.0, {}
     starts, ends = [], []
-    for lay in layouts:
-        log = json.loads(lay.stages.read_text(encoding="utf-8")) if lay.stages.is_file() else {}
+    for log in logs:
         for name, rec in log.items():
             s = float(rec.get("seconds") or 0.0)
             total += s
@@ -126,7 +127,7 @@ def stage_times(layouts: Sequence[RunLayout]) -> tuple[float, dict[str, float], 
 
 
 def _setup(cfg: Any, layout: RunLayout) -> list[str]:
-    man = json.loads(layout.manifest.read_text(encoding="utf-8"))
+    man = read_manifest(layout.data)
     lines = ["| domain | role | train | val | test | label counts (train) |", "|---|---|---|---|---|---|"]
     for name, d in man["domains"].items():
         c = d["counts"]
@@ -175,19 +176,6 @@ def _main_table(agg, models, baselines, test_set: str, ref: Mapping[str, Mapping
             r = ref.get(m["id"])
             cells.append(", ".join(f"{k.replace('semantic_distance', 'SD')} {v:g}" for k, v in r.items()) if r else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _domain_table(agg, models, sets) -> list[str]:
-    lines = ["| model | " + " | ".join(f"{t['name']} (n={t['n']})" for t in sets) + " |",
-             "|---|" + "---|" * len(sets)]
-    for m in models:
-        cells = []
-        for t in sets:
-            a = agg.get((m["id"], t["name"]))
-            cells.append("–" if a is None else
-                         f"{format_cell(a['macro_f1'], a['n_runs'])} / {format_cell(a['semantic_distance'], a['n_runs'])}")
-        lines.append(f"| `{m['id']}` | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -318,12 +306,12 @@ def _epochs(results) -> list[str]:
     return lines
 
 
-def val_losses(layouts: Sequence[RunLayout]) -> list[str]:
+def val_losses(logs: Sequence[Mapping[str, Any]]) -> list[str]:
     """Each student's val distillation loss at its start (the global model) and at the selected
-    epoch, mean ± std over seeds, from the distill stages' summaries in ``stages.json``."""
+    epoch, mean ± std over seeds, from the distill stages' summaries (``logs``: each seed's
+    ``stages.json``)."""
     per: dict[str, list[tuple[float, float]]] = {}
-    for lay in layouts:
-        log = json.loads(lay.stages.read_text(encoding="utf-8")) if lay.stages.is_file() else {}
+    for log in logs:
         for name, rec in log.items():
             if not name.startswith("distill:"):
                 continue
@@ -384,7 +372,8 @@ def task_section(run: Path, out_dir: Path, docs: Path) -> tuple[list[str], dict[
     task_out = out_dir / cfg.name
     write_report(layouts, task_out, title=f"{cfg.name} ({len(layouts)} seeds)")
     rel = os.path.relpath(task_out, docs)
-    total, groups, span = stage_times(layouts)
+    logs = [read_stage_log(lay) for lay in layouts]
+    total, groups, span = stage_times(logs)
 
     lines = [f"## {cfg.name}", ""]
     n_seeds = f"{len(layouts)} seed" + ("s" if len(layouts) != 1 else "")
@@ -409,7 +398,7 @@ def task_section(run: Path, out_dir: Path, docs: Path) -> tuple[list[str], dict[
                   "encoder and sizes); it is there for scale, not as a like-for-like comparison.", ""]
     lines += ["The best single teacher is the one with the highest mean macro-F1 on this same test set "
               "(an oracle choice that favours that baseline).", ""]
-    lines += ["### Per test set: macro-F1 / SD", ""] + _domain_table(agg, models, sets) + [""]
+    lines += ["### Per test set: macro-F1 / SD", ""] + per_set_table(agg, models, sets) + [""]
     own, counts = own_domain_check(results)
     lines += ["### Teachers on their own domain (macro-F1, mean over seeds)", ""] + own + [""]
     ptab, found = _paired_table(results, union)
@@ -419,7 +408,7 @@ def task_section(run: Path, out_dir: Path, docs: Path) -> tuple[list[str], dict[
     dc = _derived_costs(layouts[0], cfg)
     if dc:
         lines += ["### Derived label geometry", ""] + dc
-    vl = val_losses(layouts)
+    vl = val_losses(logs)
     if vl:
         lines += ["### Distillation loss on the transfer val split", "",
                   "Each student's own loss against the soft labels (losses differ in scale, so compare "

@@ -44,7 +44,7 @@ from knot.soft_labels import (
     texts_hash,
     transfer_domain,
 )
-from knot.utils import resolve_device, set_seed, sha256_file
+from knot.utils import atomic_write_json, resolve_device, set_seed, sha256_file
 
 __all__ = [
     "distill", "select_methods", "initial_is_better", "pack_targets", "make_loss_fn", "consensus_eval_fn",
@@ -208,8 +208,6 @@ def loss_geometry(method: Any, geometry: Any) -> Any:
 def _save_loss_geometry(method: Any, loss_geo: Any, task_spec: Any, out_dir: Any) -> None:
     """Write ``out_dir/geometry_loss.json`` (LabelGeometry.to_dict plus ``cost`` (K, K),
     ``source`` method|task and the config ``spec``) and log the cost matrix."""
-    from knot.utils import atomic_write_json
-
     source = "task" if getattr(method, "geometry", None) is None else "method"
     if source == "method" and method.loss != "ot":
         log.warning("student %s: loss %s does not use a label geometry; its geometry is unused", method.name, method.loss)

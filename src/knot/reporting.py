@@ -28,7 +28,7 @@ from knot.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["aggregate_rows", "write_report", "format_cell"]
+__all__ = ["aggregate_rows", "write_report", "format_cell", "per_set_table"]
 
 METRICS = ["accuracy", "macro_f1", "semantic_distance", "expected_cost"]
 TITLES = {
@@ -87,6 +87,25 @@ def format_cell(value: tuple[float, float] | None, n_runs: int) -> str:
         return "–"
     mean, std = value
     return f"{mean:.4f}" if n_runs <= 1 else f"{mean:.4f} ± {std:.4f}"
+
+
+def per_set_table(
+    agg: Mapping[tuple[str, str], Mapping[str, Any]],
+    models: Sequence[Mapping[str, Any]],
+    sets: Sequence[Mapping[str, Any]],
+) -> list[str]:
+    """Markdown rows: one per model, one ``macro-F1 / SD`` cell per test set (``agg`` from
+    :func:`aggregate_rows`; ``–`` where a model was not scored on a set)."""
+    lines = ["| model | " + " | ".join(f"{t['name']} (n={t['n']})" for t in sets) + " |",
+             "|---|" + "---|" * len(sets)]
+    for m in models:
+        cells = []
+        for t in sets:
+            a = agg.get((m["id"], t["name"]))
+            cells.append("–" if a is None else
+                         f"{format_cell(a['macro_f1'], a['n_runs'])} / {format_cell(a['semantic_distance'], a['n_runs'])}")
+        lines.append(f"| `{m['id']}` | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _model_label(model: Mapping[str, Any], baselines: Mapping[str, Any]) -> str:
@@ -260,19 +279,7 @@ def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = 
             + " |"
         )
     lines += ["", "## Per test set: macro-F1 / Semantic Distance", ""]
-    lines.append("| model | " + " | ".join(f"{t['name']} (n={t['n']})" for t in sets) + " |")
-    lines.append("|---|" + "---|" * len(sets))
-    for m in models:
-        cells = []
-        for t in sets:
-            a = agg.get((m["id"], t["name"]))
-            if a is None:
-                cells.append("–")
-            else:
-                cells.append(
-                    f"{format_cell(a['macro_f1'], a['n_runs'])} / {format_cell(a['semantic_distance'], a['n_runs'])}"
-                )
-        lines.append(f"| `{m['id']}` | " + " | ".join(cells) + " |")
+    lines += per_set_table(agg, models, sets)
 
     # plots
     lines += ["", "## Plots", ""]
