@@ -37,6 +37,7 @@ from knot.evaluation import load_results
 from knot.layout import RunLayout
 from knot.pipeline import read_stage_log
 from knot.reporting import aggregate_rows, format_cell, per_set_table, write_report
+from knot.stats import paired_comparison
 from knot.utils import atomic_write_text
 
 METRICS = [("accuracy", "accuracy", +1), ("macro_f1", "macro-F1", +1),
@@ -211,7 +212,9 @@ def own_domain_check(results: Sequence[Mapping[str, Any]]) -> tuple[list[str], d
 
 
 def paired(results: Sequence[Mapping[str, Any]], a: str, b: str, test_set: str) -> dict[str, Any] | None:
-    """Per-seed differences a - b on ``test_set`` for every metric; None if a model is missing."""
+    """Per-seed differences a - b on ``test_set`` for every metric, each summarised by
+    :func:`knot.stats.paired_comparison` (mean, 95 % bootstrap CI, Wilcoxon p, reading);
+    None if a model is missing."""
     out: dict[str, Any] = {}
     for key, _, sign in METRICS:
         diffs = []
@@ -220,35 +223,30 @@ def paired(results: Sequence[Mapping[str, Any]], a: str, b: str, test_set: str) 
             if ra is None or rb is None:
                 return None
             diffs.append(float(ra[key]) - float(rb[key]))
-        better = sum(1 for d in diffs if sign * d > 0)
-        worse = sum(1 for d in diffs if sign * d < 0)
-        out[key] = {
-            "mean": statistics.fmean(diffs),
-            "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-            "better": better, "worse": worse, "n": len(diffs),
-        }
+        out[key] = paired_comparison(diffs, sign=sign)
     return out
 
 
 def verdict(p: Mapping[str, Any]) -> str:
-    """A plain reading of one comparison: where a beats b on every seed, where it loses on every
-    seed, and where the seeds disagree."""
+    """A plain reading of one comparison: a metric is *better* or *worse* only where the 95 %
+    bootstrap interval of the paired difference excludes 0, with the seed counts beside it."""
     parts = []
     for key, title, _ in METRICS[:3]:
         d = p[key]
-        if d["better"] == 0 and d["worse"] == 0:
+        if d["reading"] == "equal":
             parts.append(f"{title} equal on all {d['n']} seeds")
-        elif d["better"] == d["n"]:
-            parts.append(f"{title} better on all {d['n']} seeds")
-        elif d["worse"] == d["n"]:
-            parts.append(f"{title} worse on all {d['n']} seeds")
         else:
-            parts.append(f"{title} mixed ({d['better']} better, {d['worse']} worse of {d['n']})")
+            parts.append(f"{title} {d['reading']} ({d['better']} better, {d['worse']} worse of {d['n']}; "
+                         f"p = {d['p_value']:.2g})")
     return "; ".join(parts)
 
 
+def _cell(d: Mapping[str, Any]) -> str:
+    return f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+
+
 def _paired_table(results, test_set: str) -> tuple[list[str], dict[str, Any]]:
-    lines = ["| comparison (a − b) | Δ accuracy | Δ macro-F1 | Δ SD | Δ expected cost | reading |",
+    lines = ["| comparison (a − b), mean [95 % CI] | Δ accuracy | Δ macro-F1 | Δ SD | Δ expected cost | reading |",
              "|---|---|---|---|---|---|"]
     found = {}
     for a, b, q in COMPARISONS:
@@ -256,7 +254,7 @@ def _paired_table(results, test_set: str) -> tuple[list[str], dict[str, Any]]:
         if p is None:
             continue
         found[(a, b)] = p
-        cells = [f"{p[k]['mean']:+.3f} ± {p[k]['std']:.3f}" for k, _, _ in METRICS]
+        cells = [_cell(p[k]) for k, _, _ in METRICS]
         lines.append(f"| {q}: `{a}` − `{b}` | " + " | ".join(cells) + f" | a: {verdict(p)} |")
     return lines, found
 
@@ -443,12 +441,16 @@ def _summary_lines(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
             continue
         sd, f1, acc = p["semantic_distance"], p["macro_f1"], p["accuracy"]
         lines.append(
-            f"- **{s['name']}**: OT − entropy on `{s['union']}`: SD {sd['mean']:+.3f} ± {sd['std']:.3f} "
-            f"(OT lower on {sd['better']}/{sd['n']} seeds), macro-F1 {f1['mean']:+.3f} ± {f1['std']:.3f}, "
-            f"accuracy {acc['mean']:+.3f} ± {acc['std']:.3f}. "
-            + ("KNOT's claim (lower SD) holds on every seed here." if sd["better"] == sd["n"]
-               else "KNOT's claim (lower SD) does not hold on any seed here." if sd["worse"] == sd["n"]
-               else "The seeds disagree on SD, so this run neither confirms nor refutes the claim.")
+            f"- **{s['name']}**: OT − entropy on `{s['union']}`: SD {_cell(sd)} (OT lower on "
+            f"{sd['better']}/{sd['n']} seeds, Wilcoxon p = {sd['p_value']:.2g}), macro-F1 {_cell(f1)}, "
+            f"accuracy {_cell(acc)}. "
+            + ("The 95 % interval of the SD difference lies below 0: OT gives the lower SD (KNOT's claim)."
+               if sd["reading"] == "better"
+               else "The 95 % interval of the SD difference lies above 0: OT gives the higher SD here."
+               if sd["reading"] == "worse"
+               else "The SD difference is 0 on every seed." if sd["reading"] == "equal"
+               else "The 95 % interval of the SD difference contains 0: this run neither confirms nor "
+                    "refutes KNOT's claim.")
         )
         for (a, b), q in ((("student:ot-mixture", "student:ot"), "mixture vs per-teacher OT"),
                           (("student:ot-derived", "student:ot"), "derived vs hand-made geometry"),
@@ -514,9 +516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "two lanes side by side, see bench/reproduce.sh).", ""]
     head += [
         "How to read it: every comparison is a paired difference over the same seeds (same data, same "
-        "teachers, same soft labels), so 'better on all seeds' is the strongest statement the page makes, "
-        "and with three seeds a sign that agrees on every seed can still be chance. A mean difference "
-        "smaller than its std across seeds is noise at this scale. No significance test is claimed.",
+        "teachers, same soft labels), given as its mean with a 95 % percentile bootstrap interval over "
+        "seeds and a two-sided Wilcoxon signed-rank p-value (knot.stats). A method is called better or "
+        "worse on a metric only when the interval excludes 0. With few seeds the bootstrap interval is "
+        "optimistic and the Wilcoxon test cannot reach p < 0.05 (it needs 6 seeds or more), so read a "
+        "'better' from 3 seeds as a lead to check, not a finding.",
         "",
     ]
     head += _summary_lines(summaries)

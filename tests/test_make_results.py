@@ -69,9 +69,11 @@ def test_paired_differences_and_reading(mr):
     sd = p["semantic_distance"]
     assert sd["mean"] == pytest.approx(((0.70 - 0.80) + (0.75 - 0.72)) / 2)
     assert (sd["better"], sd["worse"], sd["n"]) == (1, 1, 2)
-    assert "SD mixed (1 better, 1 worse of 2)" in mr.verdict(p)
+    assert "SD no difference shown (1 better, 1 worse of 2;" in mr.verdict(p)
+    assert sd["ci_low"] < 0 < sd["ci_high"]
     p_all = mr.paired([r1, _results(0.0, 0.6, 0.9)], "student:ot", "student:entropy", "union")
-    assert "SD better on all 2 seeds" in mr.verdict(p_all)
+    assert "SD better (2 better, 0 worse of 2;" in mr.verdict(p_all)
+    assert p_all["semantic_distance"]["ci_high"] < 0
     assert mr.paired([r1], "student:ot", "student:nope", "union") is None
     # accuracy is the same for both students on every seed
     assert "accuracy equal on all 2 seeds" in mr.verdict(p)
@@ -114,9 +116,10 @@ def test_page_from_run_dirs(mr, tmp_path):
     out = tmp_path / "docs" / "results.md"
     assert mr.main([str(run), "--out", str(out)]) == 0
     page = out.read_text()
-    # OT - entropy SD: (-0.10 + -0.06) / 2 = -0.080, lower on both seeds
-    assert "SD -0.080 ± 0.028 (OT lower on 2/2 seeds)" in page
-    assert "KNOT's claim (lower SD) holds on every seed here." in page
+    # OT - entropy SD: (-0.10 + -0.06) / 2 = -0.080, lower on both seeds; two seeds resample to
+    # means -0.10, -0.08, -0.06 only, so the interval is [-0.10, -0.06]; Wilcoxon n = 2: p = 2 / 2**2
+    assert "SD -0.080 [-0.100, -0.060] (OT lower on 2/2 seeds, Wilcoxon p = 0.5)" in page
+    assert "The 95 % interval of the SD difference lies below 0" in page
     # union macro-F1: teachers 0.41 (a) / 0.41 (b) -> weakest is the first; students 0.41 too: not above
     assert "above the weakest teacher's (`teacher:a`): 0 of 2." in page
     assert "compute time 6.0 min summed over seeds and stages (local 2.0, distill 4.0 min)" in page
