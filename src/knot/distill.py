@@ -281,7 +281,6 @@ def distill(
     from knot.data import load_split
     from knot.geometry import LabelGeometry
     from knot.models import build_model, load, read_checkpoint_config, save_checkpoint
-    from knot.teachers import token_cache_dir
     from knot.training import evaluate, fit
 
     methods = select_methods(cfg, method, loss)
@@ -324,7 +323,7 @@ def distill(
         model = load(layout.global_model) if init == "global" else build_model(cfg.model, geometry)
         if list(model.geometry.labels) != list(geometry.labels):
             raise ValueError(f"{layout.global_model}: labels {model.labels} differ from the task's {geometry.labels}")
-        cache = token_cache_dir(layout)
+        cache = layout.token_cache
         train_ds = TextDataset(
             train_texts, model.tokenizer, model.max_length, pack_targets(train_sl.probs, w_train),
             cache_dir=cache, name=f"{transfer.name}-train",

@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from knot.utils import atomic_write_json, atomic_write_text
+from knot.utils import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -365,16 +365,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
 
 def load_results(path: str | Path) -> dict[str, Any]:
     """Read a ``results.json`` written by :func:`evaluate_run`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no results; run `knot evaluate CONFIG` first")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
-        raise ValueError(f"{path}: not a knot results file")
-    return data
+    return read_json(path, RESULTS_FORMAT, what="knot results",
+                     missing="no results; run `knot evaluate CONFIG` first")
 
 
 # ---------------------------------------------------------------------------

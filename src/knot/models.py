@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from knot import __version__
-from knot.utils import atomic_write_json, sha256_file
+from knot.utils import atomic_write_json, default_file_mode, sha256_file
 
 __all__ = [
     "KnotClassifier",
@@ -422,6 +422,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, default_file_mode(directory=True))  # mkdtemp makes 0700; keep mkdir's mode
     try:
         yield tmp
         old = target.parent / f".{target.name}.old"

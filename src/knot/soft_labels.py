@@ -39,7 +39,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from knot.utils import atomic_path, atomic_write_json, sha256_file, sha256_json
+from knot.utils import atomic_path, atomic_write_json, read_json, sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -314,16 +314,12 @@ class SoftLabels:
 
         directory = Path(directory)
         json_path = directory / f"{split}.json"
-        if not json_path.is_file():
-            raise FileNotFoundError(
-                f"{json_path}: soft labels not found; run `knot soft-labels CONFIG` first"
-            )
-        try:
-            meta = json.loads(json_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{json_path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
-        if not isinstance(meta, dict) or meta.get("format") != SOFT_LABELS_FORMAT:
-            raise ValueError(f"{json_path}: not a knot soft-labels schema (format != {SOFT_LABELS_FORMAT!r})")
+        meta = read_json(
+            json_path,
+            SOFT_LABELS_FORMAT,
+            what=f"knot soft-labels schema (format != {SOFT_LABELS_FORMAT!r})",
+            missing="soft labels not found; run `knot soft-labels CONFIG` first",
+        )
         if meta.get("version") != _SCHEMA_VERSION:
             raise ValueError(f"{json_path}: unsupported schema version {meta.get('version')!r}")
         for key in ("teacher_names", "label_names", "probs_file", "num_examples"):
@@ -683,14 +679,8 @@ def bias_table(bias: dict[str, Any]) -> str:
 def load_bias(directory: str | Path, teacher_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Read ``bias.json`` from ``directory``; check it covers ``teacher_names`` if given."""
     path = Path(directory) / "bias.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no distribution bias; run `knot bias CONFIG` first")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or data.get("format") != BIAS_FORMAT:
-        raise ValueError(f"{path}: not a knot distribution-bias file")
+    data = read_json(path, BIAS_FORMAT, what="knot distribution-bias",
+                     missing="no distribution bias; run `knot bias CONFIG` first")
     if teacher_names is not None:
         missing = [t for t in teacher_names if t not in data.get("distribution", {})]
         if missing:
@@ -938,6 +928,6 @@ def distribution_bias(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[s
         model = load(ref.path, device=device)
         add_bias(out, ref.name, teacher_bias(model, cfg, device, ref.name), checkpoint_hash(ref.path))
         del model
-    atomic_write_json(layout.soft_labels / "bias.json", out)
+    atomic_write_json(layout.bias, out)
     log.info("distribution bias (%d random inputs of %d tokens):\n%s", cfg.bias.n_samples, cfg.bias.length, bias_table(out))
     return out

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 
 def token_cache_dir(layout) -> Path:
-    """Where tokenised splits of a run are cached (``RUN/cache/tokens``)."""
-    return Path(layout.root) / "cache" / "tokens"
+    """Where tokenised splits of a run are cached (``RUN/cache/tokens``); kept for
+    compatibility, the path is :attr:`knot.layout.RunLayout.token_cache`."""
+    return layout.token_cache
 
 
 def task_geometry(cfg):
@@ -126,7 +127,7 @@ def _train_one(
 
     set_seed(cfg.seed)
     model = build_model(cfg.model, geometry)
-    cache = token_cache_dir(layout)
+    cache = layout.token_cache
     max_len = cfg.model.max_length
     train_ds = TextDataset(tr_texts, model.tokenizer, max_len, train_targets, cache_dir=cache, name=f"{name}-train")
     val_ds = TextDataset(va_texts, model.tokenizer, max_len, val_targets, cache_dir=cache, name=f"{name}-val")

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from knot.models import atomic_dir, save_checkpoint
-from knot.utils import atomic_write_text, set_seed, sha256_json
+from knot.utils import atomic_write_text, read_json, set_seed, sha256_json
 
 __all__ = [
     "TrainResult",
@@ -285,11 +285,10 @@ def _save_last(out_dir: Path, model, optimizer, scheduler, state: dict) -> None:
 
 
 def _peek_state(out_dir: Path) -> dict:
-    file = out_dir / "last" / "state.json"
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{file}: corrupt resume state ({exc})") from None
+        return read_json(out_dir / "last" / "state.json")
+    except ValueError as exc:
+        raise ValueError(f"corrupt resume state ({exc})") from None
 
 
 def _load_last(out_dir: Path, model, optimizer, scheduler) -> dict:
@@ -299,10 +298,7 @@ def _load_last(out_dir: Path, model, optimizer, scheduler) -> dict:
     for name in ("state.json", "model.safetensors", "trainer.pt"):
         if not (last / name).is_file():
             raise FileNotFoundError(f"{last / name}: resume state incomplete")
-    try:
-        state = json.loads((last / "state.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{last / 'state.json'}: corrupt resume state ({exc})") from None
+    state = _peek_state(out_dir)
     try:
         weights = load_file(str(last / "model.safetensors"))
     except Exception as exc:

@@ -42,7 +42,7 @@ from knot.data.labels import LabelMapper
 from knot.data.readers import SPLITS, Record, read_source, source_files, validate_source
 from knot.data.splits import assign_splits, derive_rng, partition, stratified_subsample
 from knot.layout import RunLayout
-from knot.utils import atomic_path, atomic_write_json, sha256_file, sha256_json
+from knot.utils import atomic_path, atomic_write_json, read_json, sha256_file, sha256_json
 
 __all__ = [
     "DATA_FORMAT",
@@ -489,9 +489,9 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{data_dir}: no prepared data (manifest.json missing); {NOT_PREPARED}")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); {NOT_PREPARED}") from None
+        manifest = read_json(path)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; {NOT_PREPARED}") from None
     if not isinstance(manifest, dict) or "domains" not in manifest:
         raise ValueError(f"{path}: not a knot data manifest; {NOT_PREPARED}")
     return manifest

@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from knot.utils import atomic_write_json, atomic_write_text, sha256_json
+from knot.utils import atomic_write_json, atomic_write_text, read_json, sha256_json
 
 __all__ = [
     "PROTOCOL",
@@ -687,7 +687,7 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
         )
         sl.save(layout.soft_labels, s)
         summary["splits"][s] = {"n": len(ex), **extra}
-    atomic_write_json(layout.soft_labels / "bias.json", bias)
+    atomic_write_json(layout.bias, bias)
     log.info("soft labels from %d teacher(s) (%s) written to %s", len(refs), ", ".join(r.name for r in refs),
              layout.soft_labels)
     return summary
@@ -711,8 +711,8 @@ def _effective_config(cfg, kept: Sequence[str]):
 
 
 def status_path(layout) -> Path:
-    """``RUN/federated/status.json``."""
-    return Path(layout.root) / "federated" / "status.json"
+    """``RUN/federated/status.json`` (:attr:`knot.layout.RunLayout.federated_status`)."""
+    return layout.federated_status
 
 
 def _write_status(layout, status: str, **info: Any) -> None:
@@ -739,18 +739,10 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
     Raises ``FileNotFoundError`` when the run has no federated status and ``ValueError``
     when the file is corrupt.
     """
-    import json
+    from knot.layout import RunLayout
 
-    path = Path(run_dir) / "federated" / "status.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no federated run status here")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or data.get("format") != STATUS_FORMAT:
-        raise ValueError(f"{path}: not a knot federated status file")
-    return data
+    return read_json(RunLayout(run_dir).federated_status, STATUS_FORMAT, what="knot federated status",
+                     missing="no federated run status here")
 
 
 def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, round: int = 1) -> dict[str, Any]:
@@ -808,7 +800,7 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
         record = {"format": ROUND_FORMAT, "transfer": request.transfer.to_dict(),
                   "config_sha256": sha256_json(request.config), "min_clients": min_clients,
                   "timeout": fed.timeout, **result.to_dict()}
-        atomic_write_json(layout.root / "federated" / f"round-{round}.json", record)
+        atomic_write_json(layout.federated_round(round), record)
 
         eff = _effective_config(cfg, list(result.valid))
         if cfg.domains("global"):
@@ -904,6 +896,6 @@ def run_in_process(
     ``data_root``. ``handlers`` replaces the real clients (tests, custom clients).
     """
     if handlers is None:
-        root = Path(client_root) if client_root is not None else Path(layout.root) / "federated" / "clients"
+        root = Path(client_root) if client_root is not None else layout.federated / "clients"
         handlers = local_handlers(cfg, root, data_root)
     return run_server(cfg, layout, InProcessTransport(handlers), data_root=data_root)
