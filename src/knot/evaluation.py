@@ -32,7 +32,6 @@ Model ids are ``teacher:<domain>``, ``global`` and ``student:<method>``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field

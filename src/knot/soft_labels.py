@@ -30,7 +30,6 @@ biases into teacher weights for the distillation losses.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
