@@ -35,15 +35,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from knot.soft_labels import (
-    SoftLabels,
-    has_checkpoint,
-    load_bias,
-    run_teachers,
-    teacher_weights,
-    texts_hash,
-    transfer_domain,
-)
+from knot.run import has_checkpoint, run_teachers, transfer_domain
+from knot.soft_labels import SoftLabels, load_bias, teacher_weights, texts_hash
 from knot.utils import atomic_write_json, resolve_device, set_seed, sha256_file
 
 __all__ = [

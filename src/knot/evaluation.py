@@ -40,9 +40,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from knot.run import RunModel, run_models  # noqa: F401 (run_models: re-exported)
 from knot.utils import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
+
+#: A model of the run (teacher, global or student); the record type is :class:`knot.run.RunModel`.
+ModelEntry = RunModel
 
 __all__ = [
     "RESULTS_FORMAT",
@@ -68,36 +72,6 @@ _METRIC_TITLES = {
     "semantic_distance": "Semantic Distance",
     "expected_cost": "expected cost",
 }
-
-
-@dataclass
-class ModelEntry:
-    """One model of the run: id (``kind:name``), kind, name, checkpoint folder."""
-
-    kind: str  # "teacher" | "global" | "student"
-    name: str
-    path: Path | None = None
-    method: dict[str, Any] | None = None  # students: the DistillMethod as a dict
-    checkpoint_hash: str | None = None
-    best_epoch: int | None = None  # epoch of the checkpoint (0: a student kept its initial weights)
-
-    @property
-    def id(self) -> str:
-        return "global" if self.kind == "global" else f"{self.kind}:{self.name}"
-
-    def to_dict(self, root: Path | None = None) -> dict[str, Any]:
-        path = None
-        if self.path is not None:
-            try:
-                path = str(Path(self.path).relative_to(root)) if root is not None else str(self.path)
-            except ValueError:
-                path = str(self.path)
-        d = {"id": self.id, "kind": self.kind, "name": self.name, "path": path, "checkpoint_hash": self.checkpoint_hash}
-        if self.method is not None:
-            d["method"] = self.method
-        if self.best_epoch is not None:
-            d["best_epoch"] = self.best_epoch
-        return d
 
 
 @dataclass
@@ -371,37 +345,6 @@ def load_results(path: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 # the stage
 # ---------------------------------------------------------------------------
-
-
-def run_models(cfg: Any, layout: Any) -> tuple[list[ModelEntry], list[ModelEntry]]:
-    """The run's models that have a checkpoint, and those that do not (teachers, global,
-    configured students, then any other student folder found under ``students/``)."""
-    from knot.soft_labels import _checkpoint_meta, has_checkpoint
-
-    candidates = [ModelEntry("teacher", d.name, layout.teacher(d.name)) for d in cfg.domains("local")]
-    if cfg.domains("global"):
-        candidates.append(ModelEntry("global", "global", layout.global_model))
-    configured = {m.name for m in cfg.distill.methods}
-    for m in cfg.distill.methods:
-        candidates.append(ModelEntry("student", m.name, layout.student(m.name), method=m.to_dict()))
-    students_dir = layout.student("x").parent
-    if students_dir.is_dir():
-        for p in sorted(students_dir.iterdir()):
-            if p.is_dir() and p.name not in configured and has_checkpoint(p):
-                candidates.append(ModelEntry("student", p.name, p, method=_stored_method(p)))
-    present = [m for m in candidates if has_checkpoint(m.path)]
-    for m in present:
-        epoch = _checkpoint_meta(m.path).get("epoch")
-        m.best_epoch = epoch if isinstance(epoch, int) else None
-    missing = [m for m in candidates if not has_checkpoint(m.path)]
-    return present, missing
-
-
-def _stored_method(path: Path) -> dict[str, Any] | None:
-    from knot.soft_labels import _checkpoint_meta
-
-    m = _checkpoint_meta(path).get("method")
-    return m if isinstance(m, dict) else None
 
 
 def run_test_sets(cfg: Any) -> list[TestSet]:

@@ -62,7 +62,8 @@ def plan_stages(cfg: ExperimentConfig, layout: RunLayout, data_root: Path | None
     from knot.distill import distill
     from knot.evaluation import evaluate_run
     from knot.reporting import write_report
-    from knot.soft_labels import distribution_bias, has_checkpoint, produce_soft_labels
+    from knot.run import has_checkpoint
+    from knot.soft_labels import distribution_bias, produce_soft_labels
     from knot.teachers import train_teacher
 
     locals_ = [d.name for d in cfg.domains("local")]

@@ -44,6 +44,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from knot.run import require_checkpoint, run_teachers, teacher_size, transfer_domain, transfer_hash
 from knot.utils import atomic_write_json, atomic_write_text, read_json, sha256_json
 
 __all__ = [
@@ -356,18 +357,12 @@ def handle_request(
 # ---------------------------------------------------------------------------
 
 
-def _transfer_domain(cfg):
-    from knot.soft_labels import transfer_domain
-
-    return transfer_domain(cfg)
-
-
 def make_request(cfg, layout, round: int = 1) -> TeacherRequest:
     """The round's request, from the config and the server's prepared transfer splits."""
     from knot.data import load_split, read_manifest
     from knot.soft_labels import texts_hash
 
-    transfer = _transfer_domain(cfg)
+    transfer = transfer_domain(cfg)
     splits = list(cfg.soft_labels.splits)
     sizes, hashes = [], []
     for split in splits:
@@ -382,7 +377,7 @@ def make_request(cfg, layout, round: int = 1) -> TeacherRequest:
         splits=splits,
         num_examples=sizes,
         texts_sha256=hashes,
-        data_hash=sha256_json(manifest.get("domains", {}).get(transfer.name)),
+        data_hash=transfer_hash(manifest, transfer.name),
     )
     return TeacherRequest(round=round, config=cfg.to_dict(), transfer=ref)
 
@@ -618,18 +613,14 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
     read them unchanged. Returns a summary like ``produce_soft_labels``.
     """
     from knot.data import load_split, read_manifest
-    from knot.metrics import evaluate_probs
     from knot.models import checkpoint_hash, load
     from knot.soft_labels import (
-        SoftLabels,
-        _require_checkpoint,
+        TeacherOutput,
         add_bias,
+        assemble_soft_labels,
         bias_record,
         predict_probs,
         teacher_bias,
-        run_teachers,
-        teacher_size,
-        texts_hash,
     )
     from knot.teachers import task_geometry
     from knot.utils import resolve_device
@@ -640,53 +631,32 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
     transfer = request.transfer
     manifest = read_manifest(layout.data)
     examples = {s: load_split(layout.data, transfer.domain, s) for s in transfer.splits}
-    outputs = {s: np.empty((len(ex), len(refs), geometry.num_labels), dtype=np.float32) for s, ex in examples.items()}
-    sizes, hashes = [], []
     bias = bias_record(cfg, refs, geometry.labels)
     bias["federated"] = {"round": request.round, "clients": [r.name for r in refs if r.role == "local"]}
-    for j, ref in enumerate(refs):
+
+    def teacher_output(ref) -> TeacherOutput:
         if ref.role == "local":
             reply = replies[ref.name]
-            for s in transfer.splits:
-                outputs[s][:, j] = reply.soft_labels[s]
-            sizes.append(int(reply.num_examples))
-            hashes.append(reply.checkpoint_sha256 or "")
+            out = TeacherOutput(
+                {s: reply.soft_labels[s] for s in transfer.splits}, int(reply.num_examples), reply.checkpoint_sha256 or ""
+            )
             res = reply.bias or {}
         else:  # the global model lives on the server
-            _require_checkpoint(ref)
+            require_checkpoint(ref)
             model = load(ref.path, device=device)
-            for s, ex in examples.items():
-                outputs[s][:, j] = predict_probs(model, [e.text for e in ex], batch_size=cfg.soft_labels.batch_size,
-                                                 device=device, desc=f"{ref.name} -> {s}")
+            probs = {
+                s: predict_probs(model, [e.text for e in ex], batch_size=cfg.soft_labels.batch_size,
+                                 device=device, desc=f"{ref.name} -> {s}")
+                for s, ex in examples.items()
+            }
             res = teacher_bias(model, cfg, device, ref.name)
             del model
-            sizes.append(teacher_size(ref, manifest))
-            hashes.append(checkpoint_hash(ref.path))
-        add_bias(bias, ref.name, res, hashes[-1])
+            out = TeacherOutput(probs, teacher_size(ref, manifest), checkpoint_hash(ref.path))
+        add_bias(bias, ref.name, res, out.checkpoint_sha256)
+        return out
 
-    summary: dict[str, Any] = {"teachers": [r.name for r in refs], "splits": {}}
-    for s, ex in examples.items():
-        extra: dict[str, Any] = {}
-        if ex and all(e.label is not None for e in ex):
-            y = np.asarray([geometry.index(e.label) for e in ex])
-            extra["teacher_metrics"] = {
-                ref.name: _numbers("", evaluate_probs(outputs[s][:, j], y, geometry)) for j, ref in enumerate(refs)
-            }
-        sl = SoftLabels(
-            outputs[s],
-            teacher_names=[r.name for r in refs],
-            label_names=list(geometry.labels),
-            teacher_sizes=sizes,
-            teacher_hashes=hashes,
-            teacher_roles=[r.role for r in refs],
-            transfer_hash=transfer.data_hash,
-            texts_sha256=texts_hash(e.text for e in ex),
-            domain=transfer.domain,
-            split=s,
-            extra={**extra, "federated": {"round": request.round}},
-        )
-        sl.save(layout.soft_labels, s)
-        summary["splits"][s] = {"n": len(ex), **extra}
+    summary = assemble_soft_labels(layout.soft_labels, refs, geometry, transfer.domain, examples, teacher_output,
+                                   manifest=manifest, extra={"federated": {"round": request.round}})
     atomic_write_json(layout.bias, bias)
     log.info("soft labels from %d teacher(s) (%s) written to %s", len(refs), ", ".join(r.name for r in refs),
              layout.soft_labels)
@@ -781,7 +751,7 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
         locals_ = [d.name for d in cfg.domains("local")]
         if not locals_:
             raise ValueError("data.domains: a federated run needs at least one domain with role 'local' (one per client)")
-        _transfer_domain(cfg)
+        transfer_domain(cfg)
         fed = cfg.federated
         min_clients = fed.min_clients if fed.min_clients is not None else len(locals_)
         if min_clients > len(locals_):
