@@ -38,6 +38,7 @@ from torch import nn
 
 from knot import __version__
 from knot.encoders import NAMED_ENCODERS, encoder_folder, load_pretrained, load_tokenizer, minilm_path  # noqa: F401 (minilm_path: re-export)
+from knot.progress import progress as progress_bar
 from knot.utils import atomic_write_json, default_file_mode, sha256_file
 
 __all__ = [
@@ -305,9 +306,7 @@ class KnotClassifier(nn.Module):
         try:
             ds = TextDataset(texts, self.tokenizer, self.max_length)
             loader = make_loader(ds, batch_size, shuffle=False, group_by_length=True)
-            from tqdm.auto import tqdm
-
-            with tqdm(total=len(texts), desc=desc, unit="ex", disable=not progress, leave=False) as bar:
+            with progress_bar(total=len(texts), desc=desc, unit="text", enabled=progress) as bar:
                 for batch in loader:
                     logits = self(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
                     probs = torch.softmax(logits.float(), dim=-1)  # (B, K)

@@ -47,6 +47,7 @@ from knot.run import (  # noqa: F401 (run_teachers, transfer_domain, has_checkpo
     transfer_domain,
     transfer_hash,
 )
+from knot.progress import progress
 from knot.utils import atomic_path, atomic_write_json, read_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -647,7 +648,6 @@ def predicted_class_distribution(
     distribution over the same inputs.
     """
     import torch
-    from tqdm.auto import tqdm
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
@@ -659,7 +659,7 @@ def predicted_class_distribution(
         length = allowed
     counts = np.zeros(k, dtype=np.int64)
     prob_sum = np.zeros(k, dtype=np.float64)
-    with torch.inference_mode(), tqdm(total=n_samples, desc=desc, unit="ex", leave=False) as bar:
+    with torch.inference_mode(), progress(total=n_samples, desc=desc, unit="input") as bar:
         for ids, mask in random_token_inputs(model.tokenizer, n_samples, length, seed, batch_size):
             logits = model(ids.to(device), mask.to(device)).float()  # (B, K)
             probs = torch.softmax(logits, dim=-1)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from knot.models import atomic_dir, save_checkpoint
+from knot.progress import progress as progress_bar
 from knot.utils import atomic_write_text, read_json, set_seed, sha256_json
 
 __all__ = [
@@ -414,7 +415,6 @@ def fit(
     TrainResult
         The model is left holding the best checkpoint's weights.
     """
-    from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -499,13 +499,8 @@ def fit(
         model.train()
         t0 = time.perf_counter()
         loss_sum, n_items, n_steps = 0.0, 0, 0
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{epochs}",
-            disable=(not progress) if progress is not None else None,
-            leave=False,
-            unit="step",
-        )
+        bar = progress_bar(total=steps_per_epoch, desc=f"train epoch {epoch + 1}/{epochs}", unit="batch",
+                           enabled=progress)
         try:
             for batch in train_loader:
                 if n_steps >= steps_per_epoch:

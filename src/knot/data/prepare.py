@@ -32,8 +32,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from tqdm.auto import tqdm
-
 from knot import __version__
 from knot.config import DomainConfig, ExperimentConfig, resolve_data_root
 from knot.data.context import add_context
@@ -42,6 +40,7 @@ from knot.data.labels import LabelMapper
 from knot.data.readers import SPLITS, Record, read_source, source_files, validate_source
 from knot.data.splits import assign_splits, derive_rng, partition, stratified_subsample
 from knot.layout import RunLayout
+from knot.progress import progress
 from knot.utils import atomic_path, atomic_write_json, read_json, sha256_file, sha256_json
 
 __all__ = [
@@ -278,10 +277,10 @@ def run_prepare(
 
     cache: dict[str, tuple[list[Record], dict]] = {}
     domains: dict[str, dict] = {}
-    for i, (dom, dspecs) in enumerate(
-        tqdm(list(zip(cfg.data.domains, specs)), desc="prepare data", unit="domain", disable=None)
-    ):
-        domains[dom.name] = _prepare_domain(cfg, i, dom, dspecs, labels, resolve, cache, data_dir)
+    with progress(total=len(cfg.data.domains), desc="prepare data", unit="domain") as bar:
+        for i, (dom, dspecs) in enumerate(zip(cfg.data.domains, specs)):
+            domains[dom.name] = _prepare_domain(cfg, i, dom, dspecs, labels, resolve, cache, data_dir)
+            bar.update()
 
     for name in (old or {}).get("domains", {}):
         if name not in domains:
