@@ -20,7 +20,7 @@ The table also names three baselines:
     {"format", "version", "name", "geometry": {...}, "label_names": [...],
      "test_sets": [{"name", "kind": "local"|"global"|"test"|"union", "domains": [...], "n"}],
      "models": [{"id", "kind": "teacher"|"global"|"student", "name", "path",
-                 "checkpoint_hash", "method"?: {...}, "best_epoch"?: int}],
+                 "checkpoint_hash", "method"?: {...}, "best_epoch"?: int, "init"?: str}],
      "baselines": {"global_alone": id|null, "best_single_teacher": id|null, "feddf": id|null},
      "rows": [{"model", "test_set", "n", "accuracy", "macro_f1", "semantic_distance",
                "expected_cost"}],
@@ -58,6 +58,7 @@ __all__ = [
     "pick_baselines",
     "build_results",
     "render_markdown",
+    "kept_start_note",
     "load_results",
     "evaluate_run",
 ]
@@ -259,7 +260,7 @@ def _describe(model: Mapping[str, Any], baselines: Mapping[str, Any]) -> str:
             notes.append(f"student: {m.get('loss')}, {m.get('aggregate')}, {m.get('weights')} weights")
         else:
             notes.append("student")
-        if model.get("best_epoch") == 0:
+        if kept_start(model):
             notes.append("initial weights kept (no epoch beat them on val)")
     mid = model["id"]
     if baselines.get("global_alone") == mid:
@@ -269,6 +270,29 @@ def _describe(model: Mapping[str, Any], baselines: Mapping[str, Any]) -> str:
     if baselines.get("feddf") == mid:
         notes.append("baseline: FedDF (KL to teacher mixture)")
     return "; ".join(notes)
+
+
+def kept_start(model: Mapping[str, Any]) -> bool:
+    """Whether a student (a ``results.json`` model entry) kept its starting weights: its
+    selected checkpoint is epoch 0, no trained epoch beat the start on validation."""
+    return model.get("kind") == "student" and model.get("best_epoch") == 0
+
+
+def kept_start_note(model: Mapping[str, Any]) -> str | None:
+    """A sentence saying that a student kept its starting weights (None when it did not).
+
+    Such a student scores exactly like what it started from (the global model with
+    ``distill.init: global``), which the results table alone does not say.
+
+    >>> kept_start_note({"id": "student:ot", "kind": "student", "best_epoch": 0, "init": "global"})
+    'student:ot kept its starting weights (global model): no trained epoch beat it on validation'
+    >>> kept_start_note({"id": "student:ot", "kind": "student", "best_epoch": 3}) is None
+    True
+    """
+    if not kept_start(model):
+        return None
+    start = {"global": "global model", "scratch": "untrained model"}.get(model.get("init") or "", "initial model")
+    return f"{model['id']} kept its starting weights ({start}): no trained epoch beat it on validation"
 
 
 def _fmt(v: Any) -> str:
@@ -318,6 +342,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             cells.append(_fmt(r["macro_f1"]) if r else "–")
         cells.append(_describe(m, baselines))
         out.append("| " + " | ".join(cells) + " |")
+    kept = [note for m in models if (note := kept_start_note(m))]
+    if kept:
+        out += [""] + [f"Note: {note}." for note in kept]
 
     out += ["", "## All metrics, per domain and union", ""]
     header = ["test set", "model", "n"] + [_METRIC_TITLES[k] for k in METRICS]

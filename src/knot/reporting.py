@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from knot.evaluation import load_results, pick_baselines
+from knot.evaluation import kept_start_note, load_results, pick_baselines
 from knot.layout import RunLayout
 from knot.run import RunModel
 from knot.utils import atomic_path, atomic_write_text
@@ -313,6 +313,10 @@ def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = 
             + " | ".join(format_cell(a[k], a["n_runs"]) for k in METRICS)
             + " |"
         )
+    for m in models:  # a student that kept its start scores like it: say so
+        notes = [note for r in results for x in r["models"] if x["id"] == m["id"] and (note := kept_start_note(x))]
+        if notes:
+            lines += ["", f"Note: {notes[0]}" + (f" (in {len(notes)} of {n_runs} runs)" if n_runs > 1 else "") + "."]
     lines += ["", "## Per test set: macro-F1 / Semantic Distance", ""]
     lines += per_set_table(agg, models, sets)
 

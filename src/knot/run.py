@@ -49,6 +49,7 @@ class RunModel:
     method : students: the DistillMethod as a dict
     checkpoint_hash : filled in when the checkpoint is read
     best_epoch : the epoch of the checkpoint (0: a student kept its initial weights)
+    init : students: what they started from (``global`` or ``scratch``), from the checkpoint
 
     >>> RunModel("teacher", "books").id, RunModel("teacher", "books").role
     ('teacher:books', 'local')
@@ -62,6 +63,7 @@ class RunModel:
     method: dict[str, Any] | None = None
     checkpoint_hash: str | None = None
     best_epoch: int | None = None
+    init: str | None = None
 
     @property
     def id(self) -> str:
@@ -84,6 +86,8 @@ class RunModel:
             d["method"] = self.method
         if self.best_epoch is not None:
             d["best_epoch"] = self.best_epoch
+        if self.init is not None:
+            d["init"] = self.init
         return d
 
 
@@ -127,8 +131,10 @@ def run_models(cfg: Any, layout: Any) -> tuple[list[RunModel], list[RunModel]]:
     candidates = _teacher_models(cfg, layout) + run_students(cfg, layout)
     present = [m for m in candidates if has_checkpoint(m.path)]
     for m in present:
-        epoch = checkpoint_meta(m.path).get("epoch")
-        m.best_epoch = epoch if isinstance(epoch, int) else None
+        meta = checkpoint_meta(m.path)
+        m.best_epoch = meta.get("epoch") if isinstance(meta.get("epoch"), int) else None
+        if m.kind == "student" and isinstance(meta.get("init"), str):
+            m.init = meta["init"]
     missing = [m for m in candidates if not has_checkpoint(m.path)]
     return present, missing
 
