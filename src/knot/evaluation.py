@@ -40,8 +40,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from knot import __version__
+from knot.data import load_split
+from knot.geometry import LabelGeometry
+from knot.metrics import evaluate_probs
+from knot.models import checkpoint_hash, load
 from knot.run import RunModel, run_models  # noqa: F401 (run_models: re-exported)
-from knot.utils import atomic_write_json, atomic_write_text, read_json
+from knot.soft_labels import predict_probs
+from knot.utils import atomic_write_json, atomic_write_text, read_json, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +230,6 @@ def build_results(
     confusion: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the ``results.json`` object (see the module docstring)."""
-    from knot import __version__
-
     n_by_set = {}
     for r in rows:
         n_by_set.setdefault(r["test_set"], r["n"])
@@ -394,13 +398,6 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
     Models without a checkpoint are listed under ``missing`` (an error if there is none at all).
     """
     import functools
-
-    from knot.data import load_split
-    from knot.geometry import LabelGeometry
-    from knot.metrics import evaluate_probs
-    from knot.models import checkpoint_hash, load
-    from knot.soft_labels import predict_probs
-    from knot.utils import resolve_device
 
     device = resolve_device(cfg.device)
     geometry = LabelGeometry.from_task(cfg.task)

@@ -37,7 +37,9 @@ import torch
 from torch import nn
 
 from knot import __version__
+from knot.batching import TextDataset, make_loader
 from knot.encoders import NAMED_ENCODERS, encoder_folder, load_pretrained, load_tokenizer, minilm_path  # noqa: F401 (minilm_path: re-export)
+from knot.geometry import LabelGeometry
 from knot.progress import progress as progress_bar
 from knot.utils import atomic_write_json, default_file_mode, sha256_file
 
@@ -292,8 +294,6 @@ class KnotClassifier(nn.Module):
         -------
         np.ndarray (N, K) float32, rows in the order of ``texts``
         """
-        from knot.batching import TextDataset, make_loader
-
         texts = list(texts)
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
         if not texts:
@@ -480,8 +480,6 @@ def load(dir: str | os.PathLike, device: torch.device | str | None = None) -> Kn
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from knot.geometry import LabelGeometry
 
     path = resolve_checkpoint(dir)
     cfg = _read_config(path)

@@ -38,6 +38,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from knot import __version__
+from knot.data import load_split, read_manifest
+from knot.geometry import LabelGeometry
+from knot.metrics import evaluate_probs
+from knot.models import checkpoint_hash, load
+from knot.progress import progress
 from knot.run import (  # noqa: F401 (run_teachers, transfer_domain, has_checkpoint: re-exported)
     RunModel,
     has_checkpoint,
@@ -47,8 +53,7 @@ from knot.run import (  # noqa: F401 (run_teachers, transfer_domain, has_checkpo
     transfer_domain,
     transfer_hash,
 )
-from knot.progress import progress
-from knot.utils import atomic_path, atomic_write_json, read_json, sha256_file
+from knot.utils import atomic_path, atomic_write_json, read_json, resolve_device, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +266,6 @@ class SoftLabels:
 
     # -- I/O ---------------------------------------------------------------------------
     def schema(self, probs_file: str, probs_sha256: str) -> dict[str, Any]:
-        from knot import __version__
-
         n, t, k = self.probs.shape
         return {
             "format": SOFT_LABELS_FORMAT,
@@ -714,11 +717,6 @@ def produce_soft_labels(cfg: Any, layout: Any, *, data_root: Any = None) -> dict
 
     Returns a summary: per split, N and each teacher's metrics on it (when labelled).
     """
-    from knot.data import load_split, read_manifest
-    from knot.geometry import LabelGeometry
-    from knot.models import checkpoint_hash, load
-    from knot.utils import resolve_device
-
     device = resolve_device(cfg.device)
     geometry = LabelGeometry.from_task(cfg.task)
     transfer = transfer_domain(cfg)
@@ -801,8 +799,6 @@ def assemble_soft_labels(
     -------
     summary: ``{"teachers": [...], "splits": {split: {"n", "teacher_metrics"?}}}``
     """
-    from knot.metrics import evaluate_probs
-
     outputs = {s: np.empty((len(ex), len(refs), geometry.num_labels), dtype=np.float32)  # (N, T, K)
                for s, ex in examples.items()}
     sizes, hashes = [], []
@@ -896,10 +892,6 @@ def distribution_bias(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[s
     ``layout.soft_labels / "bias.json"``, logs the table, and returns the bias dict
     (``distribution`` and ``mean_probs`` per teacher, ``teachers``, ``label_names``).
     """
-    from knot.geometry import LabelGeometry
-    from knot.models import checkpoint_hash, load
-    from knot.utils import resolve_device
-
     device = resolve_device(cfg.device)
     geometry = LabelGeometry.from_task(cfg.task)
     refs = run_teachers(cfg, layout)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from knot.metrics import evaluate_probs
 from knot.models import atomic_dir, save_checkpoint
 from knot.progress import progress as progress_bar
 from knot.utils import atomic_write_text, read_json, set_seed, sha256_json
@@ -208,8 +209,6 @@ def _default_eval(probs: np.ndarray, targets: np.ndarray | None, geometry: Any) 
     """Classification metrics when the targets are class indices; nothing otherwise."""
     if targets is None or targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
         return {}
-    from knot.metrics import evaluate_probs
-
     return dict(evaluate_probs(probs, targets, geometry))
 
 

@@ -39,6 +39,7 @@ from knot.data.example import Example
 from knot.data.labels import LabelMapper
 from knot.data.readers import SPLITS, Record, read_source, source_files, validate_source
 from knot.data.splits import assign_splits, derive_rng, partition, stratified_subsample
+from knot.geometry import LabelGeometry
 from knot.layout import RunLayout
 from knot.progress import progress
 from knot.utils import atomic_path, atomic_write_json, read_json, sha256_file, sha256_json
@@ -69,8 +70,6 @@ NOT_PREPARED = "run `knot data prepare CONFIG` first"
 
 def task_labels(cfg: ExperimentConfig) -> list[str]:
     """The task's label names, in geometry order (``task.geometry`` / ``task.labels``)."""
-    from knot.geometry import LabelGeometry
-
     g = LabelGeometry.from_task(cfg.task)
     return list(g.labels)
 

@@ -44,8 +44,27 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from knot.config import ExperimentConfig
+from knot.data import load_split, prepare_data, read_manifest
+from knot.data.prepare import run_prepare
+from knot.distill import distill
+from knot.evaluation import evaluate_run
+from knot.layout import RunLayout
+from knot.metrics import evaluate_probs
+from knot.models import checkpoint_hash, load
 from knot.run import require_checkpoint, run_teachers, teacher_size, transfer_domain, transfer_hash
-from knot.utils import atomic_write_json, atomic_write_text, read_json, sha256_json
+from knot.soft_labels import (
+    SUM_TOL,
+    TeacherOutput,
+    add_bias,
+    assemble_soft_labels,
+    bias_record,
+    predict_probs,
+    teacher_bias,
+    texts_hash,
+)
+from knot.teachers import task_geometry, train_teacher
+from knot.utils import atomic_write_json, atomic_write_text, read_json, resolve_device, sha256_json
 
 __all__ = [
     "PROTOCOL",
@@ -151,8 +170,6 @@ class TeacherRequest:
 
     def experiment(self):
         """The validated :class:`~knot.config.ExperimentConfig` of this request."""
-        from knot.config import ExperimentConfig
-
         return ExperimentConfig.from_dict(self.config)
 
 
@@ -274,15 +291,6 @@ def handle_request(
         The request's protocol or config is invalid, ``domain`` is not a local domain, or
         the client's transfer texts differ from the server's (hash mismatch).
     """
-    from knot.data import load_split
-    from knot.data.prepare import run_prepare
-    from knot.layout import RunLayout
-    from knot.metrics import evaluate_probs
-    from knot.models import checkpoint_hash, load
-    from knot.soft_labels import predict_probs, teacher_bias, texts_hash
-    from knot.teachers import task_geometry, train_teacher
-    from knot.utils import resolve_device
-
     if request.protocol != PROTOCOL:
         raise ValueError(f"request protocol {request.protocol!r}; this client speaks {PROTOCOL!r}")
     cfg = request.experiment()
@@ -359,9 +367,6 @@ def handle_request(
 
 def make_request(cfg, layout, round: int = 1) -> TeacherRequest:
     """The round's request, from the config and the server's prepared transfer splits."""
-    from knot.data import load_split, read_manifest
-    from knot.soft_labels import texts_hash
-
     transfer = transfer_domain(cfg)
     splits = list(cfg.soft_labels.splits)
     sizes, hashes = [], []
@@ -384,8 +389,6 @@ def make_request(cfg, layout, round: int = 1) -> TeacherRequest:
 
 def _check_distribution(a: Any, shape: tuple[int, ...], what: str) -> tuple[np.ndarray | None, str | None]:
     """``(array as float32/64, None)`` when ``a`` is finite, non-negative, rows summing to 1."""
-    from knot.soft_labels import SUM_TOL
-
     if not isinstance(a, np.ndarray):
         return None, f"{what} is not an array ({type(a).__name__})"
     if a.shape != shape:
@@ -612,19 +615,6 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
     :func:`knot.soft_labels.distribution_bias`, so the distillation and evaluation stages
     read them unchanged. Returns a summary like ``produce_soft_labels``.
     """
-    from knot.data import load_split, read_manifest
-    from knot.models import checkpoint_hash, load
-    from knot.soft_labels import (
-        TeacherOutput,
-        add_bias,
-        assemble_soft_labels,
-        bias_record,
-        predict_probs,
-        teacher_bias,
-    )
-    from knot.teachers import task_geometry
-    from knot.utils import resolve_device
-
     device = resolve_device(cfg.device)
     geometry = task_geometry(cfg)
     refs = run_teachers(cfg, layout)
@@ -709,8 +699,6 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
     Raises ``FileNotFoundError`` when the run has no federated status and ``ValueError``
     when the file is corrupt.
     """
-    from knot.layout import RunLayout
-
     return read_json(RunLayout(run_dir).federated_status, STATUS_FORMAT, what="knot federated status",
                      missing="no federated run status here")
 
@@ -740,11 +728,6 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
         Too few valid replies. Other stage errors propagate. Either way
         ``RUN/federated/status.json`` says ``failed`` with the error.
     """
-    from knot.data import prepare_data
-    from knot.distill import distill
-    from knot.evaluation import evaluate_run
-    from knot.teachers import task_geometry, train_teacher
-
     layout.root.mkdir(parents=True, exist_ok=True)
     _write_status(layout, "running")
     try:
