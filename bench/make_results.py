@@ -36,7 +36,7 @@ from knot.data import read_manifest
 from knot.evaluation import load_results
 from knot.layout import RunLayout
 from knot.pipeline import read_stage_log
-from knot.reporting import aggregate_rows, format_cell, per_set_table, write_report
+from knot.reporting import aggregate_rows, baselines_over_runs, format_cell, per_set_table, write_report
 from knot.stats import paired_comparison
 from knot.utils import atomic_write_text
 
@@ -358,15 +358,9 @@ def task_section(run: Path, out_dir: Path, docs: Path) -> tuple[list[str], dict[
     agg = aggregate_rows(results)
     order = {"teacher": 0, "global": 1, "student": 2}
     models = sorted(first["models"], key=lambda m: order.get(m["kind"], 3))
-    baselines = dict(first.get("baselines", {}))
+    baselines = baselines_over_runs(results, agg)
     sets = first["test_sets"]
     union = next((t["name"] for t in sets if t["kind"] == "union"), sets[0]["name"])
-    # over seeds, the best single teacher is the one with the best *mean* union macro-F1
-    # (each results.json names its own seed's best, which can differ between seeds)
-    t_f1 = {m["id"]: agg[(m["id"], union)]["macro_f1"][0] for m in models
-            if m["kind"] == "teacher" and (m["id"], union) in agg}
-    if t_f1:
-        baselines["best_single_teacher"] = max(t_f1, key=t_f1.get)
     task_out = out_dir / cfg.name
     write_report(layouts, task_out, title=f"{cfg.name} ({len(layouts)} seeds)")
     rel = os.path.relpath(task_out, docs)

@@ -19,6 +19,7 @@ from knot.evaluation import (
 )
 from knot.geometry import LabelGeometry
 from knot.metrics import evaluate_probs
+from knot.utils import atomic_write_json
 
 # three labels on a line: cost |i - j|
 GEOMETRY = LabelGeometry(labels=["a", "b", "c"], coords=[[0.0], [1.0], [2.0]])
@@ -209,6 +210,11 @@ def test_stages_end_to_end(tmp_path):
     assert [m.get("best_epoch") for m in results["models"]][3:] == [students["ot"]["best_epoch"],
                                                                      students["feddf"]["best_epoch"]]
     assert ids == ["teacher:l1", "teacher:l2", "global", "student:ot", "student:feddf"]
+    assert [m.get("init") for m in results["models"]][3:] == ["global", "global"]
+    md = layout.results_md.read_text()
+    for name, s in students.items():  # a kept start is said in words, not only by equal scores
+        note = f"student:{name} kept its starting weights (global model): no trained epoch beat it on validation"
+        assert (note in md) is (s["best_epoch"] == 0)
     assert [t["name"] for t in results["test_sets"]] == ["l1", "l2", "g", "union"]
     assert len(results["rows"]) == 5 * 4
     union = [t for t in results["test_sets"] if t["name"] == "union"][0]
@@ -219,3 +225,26 @@ def test_stages_end_to_end(tmp_path):
     assert load_results(layout.results_json)["rows"] == results["rows"]
     md = layout.results_md.read_text()
     assert sum(line.startswith("| union | `") for line in md.splitlines()) == 5
+
+
+def test_a_student_that_kept_its_start_is_named_in_words(rows, tmp_path):
+    # Arrange: feddf's selected checkpoint is epoch 0, started from the global model
+    models = [m if m.kind != "student" else ModelEntry(m.kind, m.name, method=m.method, best_epoch=0, init="global")
+              for m in MODELS]
+    results = build_results(name="demo", geometry=GEOMETRY.to_dict(), label_names=GEOMETRY.labels,
+                            models=models, test_sets=TEST_SETS, rows=rows)
+
+    # Act
+    md = render_markdown(results)
+    path = tmp_path / "run" / "results.json"
+    atomic_write_json(path, results)
+    from knot.layout import RunLayout
+    from knot.reporting import write_report
+
+    report = write_report([RunLayout(path.parent)], tmp_path / "out").read_text()
+
+    # Assert
+    note = ("Note: student:feddf kept its starting weights (global model): "
+            "no trained epoch beat it on validation.")
+    assert note in md.splitlines()
+    assert note in report.splitlines()

@@ -269,3 +269,34 @@ def test_soft_label_config_requires_the_train_split():
         ExperimentConfig.from_dict({"soft_labels": {"splits": ["val"]}})
     with pytest.raises(ConfigError, match=r"soft_labels.splits: expected some of train, val, test"):
         ExperimentConfig.from_dict({"soft_labels": {"splits": ["train", "dev"]}})
+
+
+def test_assemble_soft_labels_fills_columns_in_teacher_order(tmp_path):
+    # Arrange: two teachers, one labelled split of 2 examples, K=2
+    from knot.data import Example
+    from knot.geometry import LabelGeometry
+    from knot.run import RunModel, transfer_hash
+    from knot.soft_labels import TeacherOutput, assemble_soft_labels
+
+    geometry = LabelGeometry(["neg", "pos"], [[0.0], [1.0]])
+    refs = [RunModel("teacher", "a"), RunModel("global", "global")]
+    examples = {"train": [Example("x", "neg", "t"), Example("y", "pos", "t")]}
+    outputs = {
+        "a": TeacherOutput({"train": np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)}, 10, "ha"),
+        "global": TeacherOutput({"train": np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)}, 30, "hg"),
+    }
+    manifest = {"domains": {"t": {"counts": {"train": 2}}}}
+
+    # Act
+    summary = assemble_soft_labels(tmp_path, refs, geometry, "t", examples, lambda r: outputs[r.name],
+                                   manifest=manifest, extra={"federated": {"round": 1}})
+
+    # Assert
+    sl = SoftLabels.load(tmp_path, "train")
+    assert sl.probs[:, 1].tolist() == [[0.0, 1.0], [0.0, 1.0]]
+    assert sl.teacher_roles == ["local", "global"] and sl.teacher_sizes == [10, 30]
+    assert sl.teacher_hashes == ["ha", "hg"]
+    assert sl.transfer_hash == transfer_hash(manifest, "t")
+    assert summary["splits"]["train"]["teacher_metrics"]["a"]["accuracy"] == 1.0
+    assert summary["splits"]["train"]["teacher_metrics"]["global"]["accuracy"] == 0.5
+    assert sl.extra["federated"] == {"round": 1}

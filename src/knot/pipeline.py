@@ -26,7 +26,7 @@ from typing import Any, Callable
 from knot import __version__
 from knot.config import ExperimentConfig
 from knot.layout import RunLayout
-from knot.utils import atomic_write_json, atomic_write_text, sha256_json
+from knot.utils import atomic_write_json, atomic_write_text, read_json, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ def plan_stages(cfg: ExperimentConfig, layout: RunLayout, data_root: Path | None
     from knot.distill import distill
     from knot.evaluation import evaluate_run
     from knot.reporting import write_report
-    from knot.soft_labels import distribution_bias, has_checkpoint, produce_soft_labels
+    from knot.run import has_checkpoint
+    from knot.soft_labels import distribution_bias, produce_soft_labels
     from knot.teachers import train_teacher
 
     locals_ = [d.name for d in cfg.domains("local")]
@@ -127,7 +128,7 @@ def plan_stages(cfg: ExperimentConfig, layout: RunLayout, data_root: Path | None
             _sections(cfg, "bias"),
             teacher_stages,
             lambda: distribution_bias(cfg, layout),
-            (layout.soft_labels / "bias.json").is_file,
+            layout.bias.is_file,
         )
     )
     distill_common = {
@@ -177,14 +178,12 @@ def plan_stages(cfg: ExperimentConfig, layout: RunLayout, data_root: Path | None
 
 def read_stage_log(layout: RunLayout) -> dict[str, Any]:
     """``RUN/stages.json`` as a dict (empty when the run has not started)."""
-    import json
-
     if not layout.stages.is_file():
         return {}
     try:
-        return json.loads(layout.stages.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{layout.stages}: corrupt stage log ({exc}); delete it to rerun all stages") from None
+        return read_json(layout.stages)
+    except ValueError as exc:
+        raise ValueError(f"corrupt stage log ({exc}); delete it to rerun all stages") from None
 
 
 def _run_one_seed(

@@ -23,12 +23,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from knot.evaluation import kept_start_note, load_results, pick_baselines
 from knot.layout import RunLayout
+from knot.run import RunModel
 from knot.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["aggregate_rows", "write_report", "format_cell", "per_set_table"]
+__all__ = ["aggregate_rows", "baselines_over_runs", "write_report", "format_cell", "per_set_table"]
 
 METRICS = ["accuracy", "macro_f1", "semantic_distance", "expected_cost"]
 TITLES = {
@@ -74,6 +76,41 @@ def aggregate_rows(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str]
                 std = float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
                 entry[m] = (float(np.mean(xs)), std)
         out[key] = entry
+    return out
+
+
+def baselines_over_runs(
+    results: Sequence[Mapping[str, Any]],
+    agg: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The baselines of several runs (seeds) of one experiment.
+
+    Each ``results.json`` names its own seed's best single teacher, and the pick can differ
+    between seeds; over the runs it is the local teacher with the best *mean* macro-F1 on
+    the selection set (:func:`knot.evaluation.pick_baselines` over the mean rows). The
+    global model and FedDF do not depend on scores: the first run's.
+
+    >>> def res(fa, fb):
+    ...     return {"models": [{"id": "teacher:a", "kind": "teacher", "name": "a"},
+    ...                        {"id": "teacher:b", "kind": "teacher", "name": "b"}],
+    ...             "test_sets": [{"name": "union", "kind": "union"}], "baseline_selection_set": "union",
+    ...             "baselines": {"best_single_teacher": "teacher:a" if fa > fb else "teacher:b"},
+    ...             "rows": [{"model": "teacher:a", "test_set": "union", "macro_f1": fa},
+    ...                      {"model": "teacher:b", "test_set": "union", "macro_f1": fb}]}
+    >>> baselines_over_runs([res(0.6, 0.5), res(0.3, 0.7)])["best_single_teacher"]
+    'teacher:b'
+    """
+    first = results[0]
+    agg = aggregate_rows(results) if agg is None else agg
+    selection = first.get("baseline_selection_set") or _headline_set(first)
+    mean_rows = [
+        {"model": model, "test_set": test_set, "macro_f1": a["macro_f1"][0]}
+        for (model, test_set), a in agg.items()
+        if test_set == selection and a.get("macro_f1") is not None
+    ]
+    models = [RunModel(m["kind"], m["name"], method=m.get("method")) for m in first["models"]]
+    out = dict(first.get("baselines", {}))
+    out["best_single_teacher"] = pick_baselines(models, mean_rows, selection)["best_single_teacher"]
     return out
 
 
@@ -244,8 +281,6 @@ def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = 
     Several layouts are aggregated as seeds of one experiment (mean ± std). Returns the
     path of ``report.md``.
     """
-    from knot.evaluation import load_results
-
     out = Path(out)
     layouts = [l if isinstance(l, RunLayout) else RunLayout(l) for l in layouts]
     if not layouts:
@@ -254,7 +289,7 @@ def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = 
     first = results[0]
     agg = aggregate_rows(results)
     models = _ordered_models(first["models"])
-    baselines = first.get("baselines", {})
+    baselines = baselines_over_runs(results, agg)
     sets = first["test_sets"]
     headline = _headline_set(first)
     n_runs = len(results)
@@ -278,6 +313,10 @@ def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = 
             + " | ".join(format_cell(a[k], a["n_runs"]) for k in METRICS)
             + " |"
         )
+    for m in models:  # a student that kept its start scores like it: say so
+        notes = [note for r in results for x in r["models"] if x["id"] == m["id"] and (note := kept_start_note(x))]
+        if notes:
+            lines += ["", f"Note: {notes[0]}" + (f" (in {len(notes)} of {n_runs} runs)" if n_runs > 1 else "") + "."]
     lines += ["", "## Per test set: macro-F1 / Semantic Distance", ""]
     lines += per_set_table(agg, models, sets)
 

@@ -30,16 +30,30 @@ biases into teacher weights for the distillation losses.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from knot.utils import atomic_path, atomic_write_json, sha256_file, sha256_json
+from knot import __version__
+from knot.data import load_split, read_manifest
+from knot.geometry import LabelGeometry
+from knot.metrics import evaluate_probs
+from knot.models import checkpoint_hash, load
+from knot.progress import progress
+from knot.run import (  # noqa: F401 (run_teachers, transfer_domain, has_checkpoint: re-exported)
+    RunModel,
+    has_checkpoint,
+    require_checkpoint,
+    run_teachers,
+    teacher_size,
+    transfer_domain,
+    transfer_hash,
+)
+from knot.utils import atomic_path, atomic_write_json, read_json, resolve_device, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +71,8 @@ __all__ = [
     "bias_table",
     "load_bias",
     "produce_soft_labels",
+    "assemble_soft_labels",
+    "TeacherOutput",
     "distribution_bias",
 ]
 
@@ -250,8 +266,6 @@ class SoftLabels:
 
     # -- I/O ---------------------------------------------------------------------------
     def schema(self, probs_file: str, probs_sha256: str) -> dict[str, Any]:
-        from knot import __version__
-
         n, t, k = self.probs.shape
         return {
             "format": SOFT_LABELS_FORMAT,
@@ -314,16 +328,12 @@ class SoftLabels:
 
         directory = Path(directory)
         json_path = directory / f"{split}.json"
-        if not json_path.is_file():
-            raise FileNotFoundError(
-                f"{json_path}: soft labels not found; run `knot soft-labels CONFIG` first"
-            )
-        try:
-            meta = json.loads(json_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{json_path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
-        if not isinstance(meta, dict) or meta.get("format") != SOFT_LABELS_FORMAT:
-            raise ValueError(f"{json_path}: not a knot soft-labels schema (format != {SOFT_LABELS_FORMAT!r})")
+        meta = read_json(
+            json_path,
+            SOFT_LABELS_FORMAT,
+            what=f"knot soft-labels schema (format != {SOFT_LABELS_FORMAT!r})",
+            missing="soft labels not found; run `knot soft-labels CONFIG` first",
+        )
         if meta.get("version") != _SCHEMA_VERSION:
             raise ValueError(f"{json_path}: unsupported schema version {meta.get('version')!r}")
         for key in ("teacher_names", "label_names", "probs_file", "num_examples"):
@@ -641,7 +651,6 @@ def predicted_class_distribution(
     distribution over the same inputs.
     """
     import torch
-    from tqdm.auto import tqdm
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
@@ -653,7 +662,7 @@ def predicted_class_distribution(
         length = allowed
     counts = np.zeros(k, dtype=np.int64)
     prob_sum = np.zeros(k, dtype=np.float64)
-    with torch.inference_mode(), tqdm(total=n_samples, desc=desc, unit="ex", leave=False) as bar:
+    with torch.inference_mode(), progress(total=n_samples, desc=desc, unit="input") as bar:
         for ids, mask in random_token_inputs(model.tokenizer, n_samples, length, seed, batch_size):
             logits = model(ids.to(device), mask.to(device)).float()  # (B, K)
             probs = torch.softmax(logits, dim=-1)
@@ -683,14 +692,8 @@ def bias_table(bias: dict[str, Any]) -> str:
 def load_bias(directory: str | Path, teacher_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Read ``bias.json`` from ``directory``; check it covers ``teacher_names`` if given."""
     path = Path(directory) / "bias.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no distribution bias; run `knot bias CONFIG` first")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or data.get("format") != BIAS_FORMAT:
-        raise ValueError(f"{path}: not a knot distribution-bias file")
+    data = read_json(path, BIAS_FORMAT, what="knot distribution-bias",
+                     missing="no distribution bias; run `knot bias CONFIG` first")
     if teacher_names is not None:
         missing = [t for t in teacher_names if t not in data.get("distribution", {})]
         if missing:
@@ -701,88 +704,6 @@ def load_bias(directory: str | Path, teacher_names: Sequence[str] | None = None)
 # ---------------------------------------------------------------------------
 # stages
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class TeacherRef:
-    """One teacher of a run: its name, role and checkpoint folder."""
-
-    name: str
-    role: str  # "local" or "global"
-    path: Path
-
-
-def run_teachers(cfg: Any, layout: Any) -> list[TeacherRef]:
-    """The run's teachers in soft-label column order: local domains in config order (named
-    after their domain), then the global model (named ``global``) when the config has a
-    global domain."""
-    refs = [TeacherRef(d.name, "local", layout.teacher(d.name)) for d in cfg.domains("local")]
-    if cfg.domains("global"):
-        if any(r.name == "global" for r in refs):
-            raise ValueError("data.domains: a local domain may not be named 'global' (the global model's name)")
-        refs.append(TeacherRef("global", "global", layout.global_model))
-    if not refs:
-        raise ValueError("data.domains: the config has no local or global domain (no teachers)")
-    return refs
-
-
-def transfer_domain(cfg: Any) -> Any:
-    """The config's transfer domain (exactly one)."""
-    doms = cfg.domains("transfer")
-    if len(doms) != 1:
-        raise ValueError(
-            f"data.domains: expected exactly one domain with role 'transfer', found {len(doms)}"
-        )
-    return doms[0]
-
-
-def _checkpoint_meta(path: Path) -> dict[str, Any]:
-    from knot.models import read_checkpoint_config
-
-    return read_checkpoint_config(path).get("metadata") or {}
-
-
-def has_checkpoint(path: Path) -> bool:
-    """Whether ``path`` (or ``path/best``) holds a knot checkpoint with its weights."""
-    from knot.models import resolve_checkpoint
-
-    try:
-        return (resolve_checkpoint(path) / "model.safetensors").is_file()
-    except FileNotFoundError:
-        return False
-
-
-def _find_key(obj: Any, key: str) -> Any:
-    """First value of ``key`` in a nested dict (top level first)."""
-    if isinstance(obj, dict):
-        if key in obj:
-            return obj[key]
-        for v in obj.values():
-            found = _find_key(v, key)
-            if found is not None:
-                return found
-    return None
-
-
-def teacher_size(ref: TeacherRef, manifest: dict[str, Any] | None) -> int | None:
-    """A teacher's training-set size: ``n_train`` in its checkpoint metadata, else the
-    prepared train count of its domain in the manifest."""
-    n = _find_key(_checkpoint_meta(ref.path), "n_train")
-    if isinstance(n, int) and n > 0:
-        return n
-    try:
-        return int(manifest["domains"][ref.name]["counts"]["train"])  # type: ignore[index]
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _require_checkpoint(ref: TeacherRef) -> None:
-    if not has_checkpoint(ref.path):
-        what = f"local teacher {ref.name!r}" if ref.role == "local" else "the global model"
-        cmd = f"--role local --domain {ref.name}" if ref.role == "local" else "--role global"
-        raise FileNotFoundError(
-            f"{ref.path}: no checkpoint for {what}; run `knot train CONFIG {cmd}` first"
-        )
 
 
 def produce_soft_labels(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, Any]:
@@ -796,22 +717,13 @@ def produce_soft_labels(cfg: Any, layout: Any, *, data_root: Any = None) -> dict
 
     Returns a summary: per split, N and each teacher's metrics on it (when labelled).
     """
-    from knot.data import load_split, read_manifest
-    from knot.geometry import LabelGeometry
-    from knot.metrics import evaluate_probs
-    from knot.models import checkpoint_hash, load
-    from knot.utils import resolve_device
-
     device = resolve_device(cfg.device)
     geometry = LabelGeometry.from_task(cfg.task)
     transfer = transfer_domain(cfg)
     refs = run_teachers(cfg, layout)
     for ref in refs:
-        _require_checkpoint(ref)
+        require_checkpoint(ref)
     manifest = read_manifest(layout.data)
-    transfer_hash = sha256_json(manifest.get("domains", {}).get(transfer.name))
-    sizes = [teacher_size(ref, manifest) for ref in refs]
-    hashes = [checkpoint_hash(ref.path) for ref in refs]
 
     splits = {}
     for split in cfg.soft_labels.splits:
@@ -819,33 +731,90 @@ def produce_soft_labels(cfg: Any, layout: Any, *, data_root: Any = None) -> dict
         if not examples:
             raise ValueError(f"transfer domain {transfer.name!r}: split {split!r} is empty")
         splits[split] = examples
-    outputs = {s: np.empty((len(ex), len(refs), geometry.num_labels), dtype=np.float32) for s, ex in splits.items()}
 
-    for j, ref in enumerate(refs):  # one teacher in memory at a time
+    def teacher_output(ref: RunModel) -> TeacherOutput:  # one teacher in memory at a time
         model = load(ref.path, device=device)
         if list(model.geometry.labels) != list(geometry.labels):
             raise ValueError(
                 f"{ref.path}: teacher {ref.name!r} has labels {list(model.geometry.labels)}, "
                 f"the task has {list(geometry.labels)}"
             )
+        probs = {}
         for split, examples in splits.items():
             log.info("soft labels: teacher %s on %s/%s (%d texts)", ref.name, transfer.name, split, len(examples))
-            outputs[split][:, j] = predict_probs(
+            probs[split] = predict_probs(
                 model,
                 [e.text for e in examples],
                 batch_size=cfg.soft_labels.batch_size,
                 device=device,
                 desc=f"{ref.name} -> {split}",
             )
-        del model
+        return TeacherOutput(probs, teacher_size(ref, manifest), checkpoint_hash(ref.path))
+
+    summary = assemble_soft_labels(layout.soft_labels, refs, geometry, transfer.name, splits, teacher_output,
+                                   manifest=manifest)
+    log.info("soft labels written to %s", layout.soft_labels)
+    return summary
+
+
+@dataclass
+class TeacherOutput:
+    """What one teacher contributes to the soft labels: its probabilities per split
+    (``{split: (N, K)}``), its training-set size and its checkpoint hash."""
+
+    probs: Mapping[str, np.ndarray]
+    size: int | None
+    checkpoint_sha256: str
+
+
+def assemble_soft_labels(
+    directory: str | Path,
+    refs: Sequence[RunModel],
+    geometry: Any,
+    domain: str,
+    examples: Mapping[str, Sequence[Any]],
+    teacher_output: Callable[[RunModel], TeacherOutput],
+    *,
+    manifest: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build and save one :class:`SoftLabels` per split from each teacher's output.
+
+    The one writer of soft labels, filled by local models (:func:`produce_soft_labels`) or
+    by the clients' replies (:func:`knot.federated.core.write_soft_labels`).
+
+    Parameters
+    ----------
+    directory : where the ``<split>.json`` / ``<split>.safetensors`` pairs go
+    refs : the teachers, in column order (:func:`knot.run.run_teachers`)
+    geometry : the task's LabelGeometry (K labels)
+    domain : the transfer domain
+    examples : ``{split: examples}`` of the transfer domain (texts in row order; gold
+        labels, when every example has one, only score the teachers)
+    teacher_output : called once per teacher, in order: its :class:`TeacherOutput`
+    manifest : the prepared data manifest (the transfer hash is taken from it)
+    extra : stored in every split's ``extra`` besides ``teacher_metrics``
+
+    Returns
+    -------
+    summary: ``{"teachers": [...], "splits": {split: {"n", "teacher_metrics"?}}}``
+    """
+    outputs = {s: np.empty((len(ex), len(refs), geometry.num_labels), dtype=np.float32)  # (N, T, K)
+               for s, ex in examples.items()}
+    sizes, hashes = [], []
+    for j, ref in enumerate(refs):
+        out = teacher_output(ref)
+        for s in examples:
+            outputs[s][:, j] = out.probs[s]  # (N, K)
+        sizes.append(out.size)
+        hashes.append(out.checkpoint_sha256)
 
     summary: dict[str, Any] = {"teachers": [r.name for r in refs], "splits": {}}
-    for split, examples in splits.items():
-        extra: dict[str, Any] = {}
-        labelled = [e.label is not None for e in examples]
-        if all(labelled):
-            y = np.asarray([geometry.index(e.label) for e in examples])
-            extra["teacher_metrics"] = {
+    for split, ex in examples.items():
+        metrics: dict[str, Any] = {}
+        if ex and all(e.label is not None for e in ex):
+            y = np.asarray([geometry.index(e.label) for e in ex])
+            metrics["teacher_metrics"] = {
                 ref.name: _plain_metrics(evaluate_probs(outputs[split][:, j], y, geometry))
                 for j, ref in enumerate(refs)
             }
@@ -856,15 +825,14 @@ def produce_soft_labels(cfg: Any, layout: Any, *, data_root: Any = None) -> dict
             teacher_sizes=sizes,
             teacher_hashes=hashes,
             teacher_roles=[r.role for r in refs],
-            transfer_hash=transfer_hash,
-            texts_sha256=texts_hash(e.text for e in examples),
-            domain=transfer.name,
+            transfer_hash=transfer_hash(manifest, domain),
+            texts_sha256=texts_hash(e.text for e in ex),
+            domain=domain,
             split=split,
-            extra=extra,
+            extra={**metrics, **(extra or {})},
         )
-        sl.save(layout.soft_labels, split)
-        summary["splits"][split] = {"n": len(examples), **extra}
-    log.info("soft labels written to %s", layout.soft_labels)
+        sl.save(directory, split)
+        summary["splits"][split] = {"n": len(ex), **metrics}
     return summary
 
 
@@ -877,7 +845,7 @@ def _plain_metrics(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def bias_record(cfg: Any, refs: Sequence["TeacherRef"], label_names: Sequence[str]) -> dict[str, Any]:
+def bias_record(cfg: Any, refs: Sequence[RunModel], label_names: Sequence[str]) -> dict[str, Any]:
     """An empty ``bias.json`` record for the teachers ``refs``; fill it with :func:`add_bias`."""
     return {
         "format": BIAS_FORMAT,
@@ -924,20 +892,16 @@ def distribution_bias(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[s
     ``layout.soft_labels / "bias.json"``, logs the table, and returns the bias dict
     (``distribution`` and ``mean_probs`` per teacher, ``teachers``, ``label_names``).
     """
-    from knot.geometry import LabelGeometry
-    from knot.models import checkpoint_hash, load
-    from knot.utils import resolve_device
-
     device = resolve_device(cfg.device)
     geometry = LabelGeometry.from_task(cfg.task)
     refs = run_teachers(cfg, layout)
     for ref in refs:
-        _require_checkpoint(ref)
+        require_checkpoint(ref)
     out = bias_record(cfg, refs, geometry.labels)
     for ref in refs:
         model = load(ref.path, device=device)
         add_bias(out, ref.name, teacher_bias(model, cfg, device, ref.name), checkpoint_hash(ref.path))
         del model
-    atomic_write_json(layout.soft_labels / "bias.json", out)
+    atomic_write_json(layout.bias, out)
     log.info("distribution bias (%d random inputs of %d tokens):\n%s", cfg.bias.n_samples, cfg.bias.length, bias_table(out))
     return out

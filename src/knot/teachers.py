@@ -22,6 +22,13 @@ from typing import Any, Callable
 
 import torch
 
+from knot.batching import TextDataset, make_loader
+from knot.config import resolve_data_root
+from knot.data import load_split, prepare_data
+from knot.geometry import LabelGeometry
+from knot.losses import ot_ce_loss
+from knot.models import build_model
+from knot.training import fit
 from knot.utils import resolve_device, set_seed
 
 __all__ = ["train_teacher", "teacher_loss", "token_cache_dir", "labelled_split"]
@@ -30,14 +37,13 @@ log = logging.getLogger(__name__)
 
 
 def token_cache_dir(layout) -> Path:
-    """Where tokenised splits of a run are cached (``RUN/cache/tokens``)."""
-    return Path(layout.root) / "cache" / "tokens"
+    """Where tokenised splits of a run are cached (``RUN/cache/tokens``); kept for
+    compatibility, the path is :attr:`knot.layout.RunLayout.token_cache`."""
+    return layout.token_cache
 
 
 def task_geometry(cfg):
     """The task's :class:`~knot.geometry.LabelGeometry` from ``cfg.task``."""
-    from knot.geometry import LabelGeometry
-
     return LabelGeometry.from_task(cfg.task)
 
 
@@ -49,8 +55,6 @@ def teacher_loss(train_cfg, geometry) -> Callable[[torch.Tensor, dict], torch.Te
     variant, ``ot_weight`` times the OT cost to the label smoothed by
     ``label_smoothing``, plus the cross-entropy.
     """
-    from knot.losses import ot_ce_loss
-
     if train_cfg.loss not in ("ce", "ot+ce"):
         raise ValueError(f"loss: expected ce or ot+ce, got {train_cfg.loss!r}")
     smoothing = train_cfg.label_smoothing
@@ -68,8 +72,6 @@ def labelled_split(layout, domain: str, split: str, geometry) -> tuple[list[str]
     Raises ``ValueError`` naming the domain and split for unlabelled rows or labels
     outside the task's label space.
     """
-    from knot.data import load_split
-
     examples = load_split(layout.data, domain, split)
     texts, targets = [], []
     for i, ex in enumerate(examples):
@@ -89,9 +91,6 @@ def _ensure_data(cfg, layout, data_root) -> None:
     """Prepare the data when it is missing (or when a data root is given: a no-op if unchanged)."""
     if data_root is None and Path(layout.manifest).is_file():
         return
-    from knot.config import resolve_data_root
-    from knot.data import prepare_data
-
     root = resolve_data_root(cfg, data_root)
     log.info("preparing data from %s into %s", root, layout.data)
     prepare_data(cfg, layout, root)
@@ -110,10 +109,6 @@ def _train_one(
     device,
     resume: bool,
 ) -> dict:
-    from knot.batching import TextDataset, make_loader
-    from knot.models import build_model
-    from knot.training import fit
-
     tr_texts, tr_y, va_texts, va_y = [], [], [], []
     for d in domains:
         t, y = labelled_split(layout, d, "train", geometry)
@@ -126,7 +121,7 @@ def _train_one(
 
     set_seed(cfg.seed)
     model = build_model(cfg.model, geometry)
-    cache = token_cache_dir(layout)
+    cache = layout.token_cache
     max_len = cfg.model.max_length
     train_ds = TextDataset(tr_texts, model.tokenizer, max_len, train_targets, cache_dir=cache, name=f"{name}-train")
     val_ds = TextDataset(va_texts, model.tokenizer, max_len, val_targets, cache_dir=cache, name=f"{name}-val")

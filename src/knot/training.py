@@ -27,18 +27,21 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
+from knot.metrics import evaluate_probs
 from knot.models import atomic_dir, save_checkpoint
-from knot.utils import atomic_write_text, set_seed, sha256_json
+from knot.progress import progress as progress_bar
+from knot.utils import atomic_write_text, read_json, set_seed, sha256_json
 
 __all__ = [
     "TrainResult",
+    "SelectionState",
     "fit",
     "evaluate",
     "predict_loader",
@@ -206,8 +209,6 @@ def _default_eval(probs: np.ndarray, targets: np.ndarray | None, geometry: Any) 
     """Classification metrics when the targets are class indices; nothing otherwise."""
     if targets is None or targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
         return {}
-    from knot.metrics import evaluate_probs
-
     return dict(evaluate_probs(probs, targets, geometry))
 
 
@@ -285,11 +286,10 @@ def _save_last(out_dir: Path, model, optimizer, scheduler, state: dict) -> None:
 
 
 def _peek_state(out_dir: Path) -> dict:
-    file = out_dir / "last" / "state.json"
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{file}: corrupt resume state ({exc})") from None
+        return read_json(out_dir / "last" / "state.json")
+    except ValueError as exc:
+        raise ValueError(f"corrupt resume state ({exc})") from None
 
 
 def _load_last(out_dir: Path, model, optimizer, scheduler) -> dict:
@@ -299,10 +299,7 @@ def _load_last(out_dir: Path, model, optimizer, scheduler) -> dict:
     for name in ("state.json", "model.safetensors", "trainer.pt"):
         if not (last / name).is_file():
             raise FileNotFoundError(f"{last / name}: resume state incomplete")
-    try:
-        state = json.loads((last / "state.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{last / 'state.json'}: corrupt resume state ({exc})") from None
+    state = _peek_state(out_dir)
     try:
         weights = load_file(str(last / "model.safetensors"))
     except Exception as exc:
@@ -355,6 +352,60 @@ def _better(value: float, best: float | None, lower: bool) -> bool:
 
 # ---------------------------------------------------------------------------
 # the loop
+@dataclass
+class SelectionState:
+    """Model selection across epochs: what :func:`fit` carries from one epoch to the next
+    and saves in ``last/state.json`` so a resumed run continues the same selection.
+
+    >>> s = SelectionState()
+    >>> s.update(epoch=1, value=0.5, metrics={"macro_f1": 0.5}, lower=False)
+    True
+    >>> s.update(epoch=2, value=0.4, metrics={"macro_f1": 0.4}, lower=False)
+    False
+    >>> s.best_epoch, s.bad_epochs, s.patience_exhausted(1)
+    (1, 1, True)
+    """
+
+    epoch: int = 0  # completed epochs
+    history: list[dict] = field(default_factory=list)
+    best_value: float | None = None
+    best_epoch: int = 0
+    best_metrics: dict = field(default_factory=dict)
+    bad_epochs: int = 0
+    stopped: bool = False
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "SelectionState":
+        """From a saved ``state.json`` (other keys are ignored)."""
+        return cls(
+            epoch=int(state["epoch"]),
+            history=list(state["history"]),
+            best_value=state["best_value"],
+            best_epoch=int(state["best_epoch"]),
+            best_metrics=dict(state["best_metrics"]),
+            bad_epochs=int(state["bad_epochs"]),
+            stopped=bool(state.get("stopped", False)),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def patience_exhausted(self, patience: int | None) -> bool:
+        """Whether ``patience`` epochs in a row have not improved (never, without patience)."""
+        return patience is not None and self.bad_epochs >= patience
+
+    def update(self, epoch: int, value: float | None, metrics: dict, lower: bool, always: bool = False) -> bool:
+        """Record finished epoch ``epoch`` (1-based) with validation ``value``; returns
+        whether it is the new best (``always``: every epoch is, when there is no val set)."""
+        self.epoch = epoch
+        improved = always or _better(value, self.best_value, lower)
+        if improved:
+            self.best_value, self.best_epoch, self.best_metrics, self.bad_epochs = value, epoch, metrics, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -418,7 +469,6 @@ def fit(
     TrainResult
         The model is left holding the best checkpoint's weights.
     """
-    from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -436,13 +486,7 @@ def fit(
     optimizer = make_optimizer(model, train_cfg.lr, train_cfg.weight_decay)
     scheduler = make_scheduler(optimizer, epochs * steps_per_epoch, train_cfg.warmup_ratio)
 
-    history: list[dict] = []
-    best_value: float | None = None
-    best_epoch = 0
-    best_metrics: dict = {}
-    bad_epochs = 0
-    stopped = False
-    start_epoch = 0
+    sel = SelectionState()
     # What must not change for a resume to continue the same training (epochs and
     # patience may: a finished run can be extended).
     fingerprint = sha256_json(
@@ -463,9 +507,8 @@ def fit(
                 out_dir / "last",
             )
         elif saved.get("complete"):
-            patience = train_cfg.early_stopping_patience
-            still_stopped = bool(saved.get("stopped")) and patience is not None and saved["bad_epochs"] >= patience
-            if saved["epoch"] >= epochs or still_stopped:
+            done = SelectionState.from_dict(saved)
+            if done.epoch >= epochs or (done.stopped and done.patience_exhausted(train_cfg.early_stopping_patience)):
                 state = saved  # finished: nothing to train, the best checkpoint stands
             else:
                 log.warning(
@@ -480,36 +523,25 @@ def fit(
     elif resume:
         log.info("%s: nothing to resume, starting from epoch 1", out_dir)
     if state is not None:
-        start_epoch = int(state["epoch"])
-        history = list(state["history"])
-        best_value, best_epoch = state["best_value"], int(state["best_epoch"])
-        best_metrics = dict(state["best_metrics"])
-        bad_epochs = int(state["bad_epochs"])
-        stopped = bool(state.get("stopped", False))
-        patience = train_cfg.early_stopping_patience
-        if stopped and (patience is None or bad_epochs < patience):
-            stopped = False  # patience was raised: carry on
-        log.info("resuming %s after epoch %d", out_dir, start_epoch)
+        sel = SelectionState.from_dict(state)
+        if sel.stopped and not sel.patience_exhausted(train_cfg.early_stopping_patience):
+            sel.stopped = False  # patience was raised: carry on
+        log.info("resuming %s after epoch %d", out_dir, sel.epoch)
     else:
         set_seed(seed)
-    resumed_from = start_epoch
+    resumed_from = sel.epoch
 
     sampler = getattr(train_loader, "batch_sampler", None)
-    for epoch in range(start_epoch, epochs):
-        if stopped:
+    for epoch in range(sel.epoch, epochs):
+        if sel.stopped:
             break
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         model.train()
         t0 = time.perf_counter()
         loss_sum, n_items, n_steps = 0.0, 0, 0
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{epochs}",
-            disable=(not progress) if progress is not None else None,
-            leave=False,
-            unit="step",
-        )
+        bar = progress_bar(total=steps_per_epoch, desc=f"train epoch {epoch + 1}/{epochs}", unit="batch",
+                           enabled=progress)
         try:
             for batch in train_loader:
                 if n_steps >= steps_per_epoch:
@@ -558,10 +590,9 @@ def fit(
         else:
             val, value = {}, None
         record["val"] = val
-        improved = val_loader is None or _better(value, best_value, lower)
+        improved = sel.update(epoch + 1, value, val, lower, always=val_loader is None)
         record["best"] = improved
         if improved:
-            best_value, best_epoch, best_metrics, bad_epochs = value, epoch + 1, val, 0
             save_checkpoint(
                 model,
                 out_dir / "best",
@@ -574,32 +605,23 @@ def fit(
                     "seed": seed,
                 },
             )
-        else:
-            bad_epochs += 1
-        history.append(record)
-        patience = train_cfg.early_stopping_patience
-        if patience is not None and bad_epochs >= patience and epoch + 1 < epochs:
-            stopped = True
+        sel.history.append(record)
+        if sel.patience_exhausted(train_cfg.early_stopping_patience) and epoch + 1 < epochs:
+            sel.stopped = True
         _save_last(
             out_dir,
             model,
             optimizer,
             scheduler,
             {
-                "epoch": epoch + 1,
-                "history": history,
-                "best_value": best_value,
-                "best_epoch": best_epoch,
-                "best_metrics": best_metrics,
-                "bad_epochs": bad_epochs,
-                "stopped": stopped,
+                **sel.to_dict(),
                 "select_by": select_by,
                 "seed": seed,
                 "train": cfg_dict,
                 "fingerprint": fingerprint,
             },
         )
-        _write_history(out_dir, history)
+        _write_history(out_dir, sel.history)
         shown = ", ".join(f"{k}={v:.4f}" for k, v in val.items() if isinstance(v, float))
         log.info(
             "epoch %d/%d: train_loss=%.4f, %.0f samples/s%s%s",
@@ -610,10 +632,10 @@ def fit(
             f"; val {shown}" if shown else "",
             " (best)" if improved else "",
         )
-        if stopped:
-            log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, best_epoch)
+        if sel.stopped:
+            log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, sel.best_epoch)
 
-    if not keep_last_state and history:
+    if not keep_last_state and sel.history:
         _finish_last(out_dir)
     best_dir = out_dir / "best"
     if (best_dir / "model.safetensors").is_file():
@@ -621,10 +643,10 @@ def fit(
 
         model.load_state_dict(load_file(str(best_dir / "model.safetensors")), strict=False)
     return TrainResult(
-        best_metrics=best_metrics,
-        history=history,
+        best_metrics=sel.best_metrics,
+        history=sel.history,
         best_dir=best_dir,
-        best_epoch=best_epoch,
-        stopped_early=stopped,
+        best_epoch=sel.best_epoch,
+        stopped_early=sel.stopped,
         resumed_from=resumed_from,
     )

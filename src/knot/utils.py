@@ -21,6 +21,8 @@ __all__ = [
     "atomic_path",
     "atomic_write_text",
     "atomic_write_json",
+    "read_json",
+    "default_file_mode",
     "sha256_file",
     "sha256_json",
     "set_seed",
@@ -44,12 +46,29 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; keep what open() would give
     try:
         yield tmp
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode(directory: bool = False) -> int:
+    """The mode ``open()`` (``directory=False``) or ``mkdir()`` would give a new file or
+    folder under the current umask: 0o666 or 0o777 minus the umask.
+
+    ``tempfile`` creates private files (0600) and folders (0700); atomic writes chmod their
+    temporary to this mode so that results stay as readable as an ordinary write makes them.
+    """
+    return (0o777 if directory else 0o666) & ~_umask()
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
@@ -62,6 +81,54 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(target: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
     """Write ``obj`` as JSON to ``target`` atomically (keys in insertion order)."""
     return atomic_write_text(target, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def read_json(
+    path: str | os.PathLike,
+    format: str | None = None,
+    *,
+    what: str = "knot",
+    missing: str | None = None,
+) -> Any:
+    """Read the JSON file ``path``; with ``format``, require a dict tagged ``"format": format``.
+
+    Parameters
+    ----------
+    path : file to read
+    format : the expected value of the file's ``"format"`` key, or None for any JSON
+    what : how the error names the expected file (``"{path}: not a {what} file"``)
+    missing : the hint after ``"{path}: "`` when the file does not exist
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Invalid JSON or UTF-8 (``"{path}: line N: invalid JSON (...)"``), or a format tag
+        other than ``format``.
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "r.json"
+    >>> _ = atomic_write_json(f, {"format": "knot-x", "n": 1})
+    >>> read_json(f, "knot-x")["n"]
+    1
+    >>> read_json(f, "knot-y", what="knot y")
+    Traceback (most recent call last):
+    ...
+    ValueError: ...r.json: not a knot y file
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {missing or 'file not found'}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: invalid JSON (not UTF-8 text)") from None
+    if format is not None and (not isinstance(data, dict) or data.get("format") != format):
+        raise ValueError(f"{path}: not a {what} file")
+    return data
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -32,8 +32,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from tqdm.auto import tqdm
-
 from knot import __version__
 from knot.config import DomainConfig, ExperimentConfig, resolve_data_root
 from knot.data.context import add_context
@@ -41,8 +39,10 @@ from knot.data.example import Example
 from knot.data.labels import LabelMapper
 from knot.data.readers import SPLITS, Record, read_source, source_files, validate_source
 from knot.data.splits import assign_splits, derive_rng, partition, stratified_subsample
+from knot.geometry import LabelGeometry
 from knot.layout import RunLayout
-from knot.utils import atomic_path, atomic_write_json, sha256_file, sha256_json
+from knot.progress import progress
+from knot.utils import atomic_path, atomic_write_json, read_json, sha256_file, sha256_json
 
 __all__ = [
     "DATA_FORMAT",
@@ -70,8 +70,6 @@ NOT_PREPARED = "run `knot data prepare CONFIG` first"
 
 def task_labels(cfg: ExperimentConfig) -> list[str]:
     """The task's label names, in geometry order (``task.geometry`` / ``task.labels``)."""
-    from knot.geometry import LabelGeometry
-
     g = LabelGeometry.from_task(cfg.task)
     return list(g.labels)
 
@@ -278,10 +276,10 @@ def run_prepare(
 
     cache: dict[str, tuple[list[Record], dict]] = {}
     domains: dict[str, dict] = {}
-    for i, (dom, dspecs) in enumerate(
-        tqdm(list(zip(cfg.data.domains, specs)), desc="prepare data", unit="domain", disable=None)
-    ):
-        domains[dom.name] = _prepare_domain(cfg, i, dom, dspecs, labels, resolve, cache, data_dir)
+    with progress(total=len(cfg.data.domains), desc="prepare data", unit="domain") as bar:
+        for i, (dom, dspecs) in enumerate(zip(cfg.data.domains, specs)):
+            domains[dom.name] = _prepare_domain(cfg, i, dom, dspecs, labels, resolve, cache, data_dir)
+            bar.update()
 
     for name in (old or {}).get("domains", {}):
         if name not in domains:
@@ -489,9 +487,9 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{data_dir}: no prepared data (manifest.json missing); {NOT_PREPARED}")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); {NOT_PREPARED}") from None
+        manifest = read_json(path)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; {NOT_PREPARED}") from None
     if not isinstance(manifest, dict) or "domains" not in manifest:
         raise ValueError(f"{path}: not a knot data manifest; {NOT_PREPARED}")
     return manifest

@@ -45,7 +45,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from knot.config import ConfigError
+from knot.errors import ConfigError
 
 __all__ = [
     "Record",
@@ -516,14 +516,14 @@ def _generic_record(row: dict, opts: dict, path: Path, lineno: int) -> Record:
 def validate_source(spec: Any, where: str = "source") -> dict:
     """Check a source mapping and return it with every option filled in.
 
-    Raises :class:`~knot.config.ConfigError` naming ``where.key``.
+    Raises :class:`~knot.errors.ConfigError` naming ``where.key``.
 
     >>> validate_source({"reader": "sst", "path": "sst5/trees/dev.txt", "split": "val"})["empty"]
     'error'
     >>> validate_source({"reader": "nope", "path": "x"}, "sources[0]")
     Traceback (most recent call last):
     ...
-    knot.config.ConfigError: sources[0].reader: unknown reader 'nope' (expected one of: amazon, csv, emorynlp, goemotions, jsonl, marc, meld, silicone, sst)
+    knot.errors.ConfigError: sources[0].reader: unknown reader 'nope' (expected one of: amazon, csv, emorynlp, goemotions, jsonl, marc, meld, silicone, sst)
     """
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping with reader and path, got {spec!r}")

@@ -44,7 +44,27 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from knot.utils import atomic_write_json, atomic_write_text, sha256_json
+from knot.config import ExperimentConfig
+from knot.data import load_split, prepare_data, read_manifest
+from knot.data.prepare import run_prepare
+from knot.distill import distill
+from knot.evaluation import evaluate_run
+from knot.layout import RunLayout
+from knot.metrics import evaluate_probs
+from knot.models import checkpoint_hash, load
+from knot.run import require_checkpoint, run_teachers, teacher_size, transfer_domain, transfer_hash
+from knot.soft_labels import (
+    SUM_TOL,
+    TeacherOutput,
+    add_bias,
+    assemble_soft_labels,
+    bias_record,
+    predict_probs,
+    teacher_bias,
+    texts_hash,
+)
+from knot.teachers import task_geometry, train_teacher
+from knot.utils import atomic_write_json, atomic_write_text, read_json, resolve_device, sha256_json
 
 __all__ = [
     "PROTOCOL",
@@ -150,8 +170,6 @@ class TeacherRequest:
 
     def experiment(self):
         """The validated :class:`~knot.config.ExperimentConfig` of this request."""
-        from knot.config import ExperimentConfig
-
         return ExperimentConfig.from_dict(self.config)
 
 
@@ -273,15 +291,6 @@ def handle_request(
         The request's protocol or config is invalid, ``domain`` is not a local domain, or
         the client's transfer texts differ from the server's (hash mismatch).
     """
-    from knot.data import load_split
-    from knot.data.prepare import run_prepare
-    from knot.layout import RunLayout
-    from knot.metrics import evaluate_probs
-    from knot.models import checkpoint_hash, load
-    from knot.soft_labels import predict_probs, teacher_bias, texts_hash
-    from knot.teachers import task_geometry, train_teacher
-    from knot.utils import resolve_device
-
     if request.protocol != PROTOCOL:
         raise ValueError(f"request protocol {request.protocol!r}; this client speaks {PROTOCOL!r}")
     cfg = request.experiment()
@@ -356,18 +365,9 @@ def handle_request(
 # ---------------------------------------------------------------------------
 
 
-def _transfer_domain(cfg):
-    from knot.soft_labels import transfer_domain
-
-    return transfer_domain(cfg)
-
-
 def make_request(cfg, layout, round: int = 1) -> TeacherRequest:
     """The round's request, from the config and the server's prepared transfer splits."""
-    from knot.data import load_split, read_manifest
-    from knot.soft_labels import texts_hash
-
-    transfer = _transfer_domain(cfg)
+    transfer = transfer_domain(cfg)
     splits = list(cfg.soft_labels.splits)
     sizes, hashes = [], []
     for split in splits:
@@ -382,15 +382,13 @@ def make_request(cfg, layout, round: int = 1) -> TeacherRequest:
         splits=splits,
         num_examples=sizes,
         texts_sha256=hashes,
-        data_hash=sha256_json(manifest.get("domains", {}).get(transfer.name)),
+        data_hash=transfer_hash(manifest, transfer.name),
     )
     return TeacherRequest(round=round, config=cfg.to_dict(), transfer=ref)
 
 
 def _check_distribution(a: Any, shape: tuple[int, ...], what: str) -> tuple[np.ndarray | None, str | None]:
     """``(array as float32/64, None)`` when ``a`` is finite, non-negative, rows summing to 1."""
-    from knot.soft_labels import SUM_TOL
-
     if not isinstance(a, np.ndarray):
         return None, f"{what} is not an array ({type(a).__name__})"
     if a.shape != shape:
@@ -617,77 +615,39 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
     :func:`knot.soft_labels.distribution_bias`, so the distillation and evaluation stages
     read them unchanged. Returns a summary like ``produce_soft_labels``.
     """
-    from knot.data import load_split, read_manifest
-    from knot.metrics import evaluate_probs
-    from knot.models import checkpoint_hash, load
-    from knot.soft_labels import (
-        SoftLabels,
-        _require_checkpoint,
-        add_bias,
-        bias_record,
-        predict_probs,
-        teacher_bias,
-        run_teachers,
-        teacher_size,
-        texts_hash,
-    )
-    from knot.teachers import task_geometry
-    from knot.utils import resolve_device
-
     device = resolve_device(cfg.device)
     geometry = task_geometry(cfg)
     refs = run_teachers(cfg, layout)
     transfer = request.transfer
     manifest = read_manifest(layout.data)
     examples = {s: load_split(layout.data, transfer.domain, s) for s in transfer.splits}
-    outputs = {s: np.empty((len(ex), len(refs), geometry.num_labels), dtype=np.float32) for s, ex in examples.items()}
-    sizes, hashes = [], []
     bias = bias_record(cfg, refs, geometry.labels)
     bias["federated"] = {"round": request.round, "clients": [r.name for r in refs if r.role == "local"]}
-    for j, ref in enumerate(refs):
+
+    def teacher_output(ref) -> TeacherOutput:
         if ref.role == "local":
             reply = replies[ref.name]
-            for s in transfer.splits:
-                outputs[s][:, j] = reply.soft_labels[s]
-            sizes.append(int(reply.num_examples))
-            hashes.append(reply.checkpoint_sha256 or "")
+            out = TeacherOutput(
+                {s: reply.soft_labels[s] for s in transfer.splits}, int(reply.num_examples), reply.checkpoint_sha256 or ""
+            )
             res = reply.bias or {}
         else:  # the global model lives on the server
-            _require_checkpoint(ref)
+            require_checkpoint(ref)
             model = load(ref.path, device=device)
-            for s, ex in examples.items():
-                outputs[s][:, j] = predict_probs(model, [e.text for e in ex], batch_size=cfg.soft_labels.batch_size,
-                                                 device=device, desc=f"{ref.name} -> {s}")
+            probs = {
+                s: predict_probs(model, [e.text for e in ex], batch_size=cfg.soft_labels.batch_size,
+                                 device=device, desc=f"{ref.name} -> {s}")
+                for s, ex in examples.items()
+            }
             res = teacher_bias(model, cfg, device, ref.name)
             del model
-            sizes.append(teacher_size(ref, manifest))
-            hashes.append(checkpoint_hash(ref.path))
-        add_bias(bias, ref.name, res, hashes[-1])
+            out = TeacherOutput(probs, teacher_size(ref, manifest), checkpoint_hash(ref.path))
+        add_bias(bias, ref.name, res, out.checkpoint_sha256)
+        return out
 
-    summary: dict[str, Any] = {"teachers": [r.name for r in refs], "splits": {}}
-    for s, ex in examples.items():
-        extra: dict[str, Any] = {}
-        if ex and all(e.label is not None for e in ex):
-            y = np.asarray([geometry.index(e.label) for e in ex])
-            extra["teacher_metrics"] = {
-                ref.name: _numbers("", evaluate_probs(outputs[s][:, j], y, geometry)) for j, ref in enumerate(refs)
-            }
-        sl = SoftLabels(
-            outputs[s],
-            teacher_names=[r.name for r in refs],
-            label_names=list(geometry.labels),
-            teacher_sizes=sizes,
-            teacher_hashes=hashes,
-            teacher_roles=[r.role for r in refs],
-            transfer_hash=transfer.data_hash,
-            texts_sha256=texts_hash(e.text for e in ex),
-            domain=transfer.domain,
-            split=s,
-            extra={**extra, "federated": {"round": request.round}},
-        )
-        sl.save(layout.soft_labels, s)
-        summary["splits"][s] = {"n": len(ex), **extra}
-    atomic_write_json(layout.soft_labels / "bias.json", bias)
+    summary = assemble_soft_labels(layout.soft_labels, refs, geometry, transfer.domain, examples, teacher_output,
+                                   manifest=manifest, extra={"federated": {"round": request.round}})
+    atomic_write_json(layout.bias, bias)
     log.info("soft labels from %d teacher(s) (%s) written to %s", len(refs), ", ".join(r.name for r in refs),
              layout.soft_labels)
     return summary
@@ -711,8 +671,8 @@ def _effective_config(cfg, kept: Sequence[str]):
 
 
 def status_path(layout) -> Path:
-    """``RUN/federated/status.json``."""
-    return Path(layout.root) / "federated" / "status.json"
+    """``RUN/federated/status.json`` (:attr:`knot.layout.RunLayout.federated_status`)."""
+    return layout.federated_status
 
 
 def _write_status(layout, status: str, **info: Any) -> None:
@@ -739,18 +699,8 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
     Raises ``FileNotFoundError`` when the run has no federated status and ``ValueError``
     when the file is corrupt.
     """
-    import json
-
-    path = Path(run_dir) / "federated" / "status.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no federated run status here")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or data.get("format") != STATUS_FORMAT:
-        raise ValueError(f"{path}: not a knot federated status file")
-    return data
+    return read_json(RunLayout(run_dir).federated_status, STATUS_FORMAT, what="knot federated status",
+                     missing="no federated run status here")
 
 
 def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, round: int = 1) -> dict[str, Any]:
@@ -778,18 +728,13 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
         Too few valid replies. Other stage errors propagate. Either way
         ``RUN/federated/status.json`` says ``failed`` with the error.
     """
-    from knot.data import prepare_data
-    from knot.distill import distill
-    from knot.evaluation import evaluate_run
-    from knot.teachers import task_geometry, train_teacher
-
     layout.root.mkdir(parents=True, exist_ok=True)
     _write_status(layout, "running")
     try:
         locals_ = [d.name for d in cfg.domains("local")]
         if not locals_:
             raise ValueError("data.domains: a federated run needs at least one domain with role 'local' (one per client)")
-        _transfer_domain(cfg)
+        transfer_domain(cfg)
         fed = cfg.federated
         min_clients = fed.min_clients if fed.min_clients is not None else len(locals_)
         if min_clients > len(locals_):
@@ -808,7 +753,7 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
         record = {"format": ROUND_FORMAT, "transfer": request.transfer.to_dict(),
                   "config_sha256": sha256_json(request.config), "min_clients": min_clients,
                   "timeout": fed.timeout, **result.to_dict()}
-        atomic_write_json(layout.root / "federated" / f"round-{round}.json", record)
+        atomic_write_json(layout.federated_round(round), record)
 
         eff = _effective_config(cfg, list(result.valid))
         if cfg.domains("global"):
@@ -904,6 +849,6 @@ def run_in_process(
     ``data_root``. ``handlers`` replaces the real clients (tests, custom clients).
     """
     if handlers is None:
-        root = Path(client_root) if client_root is not None else Path(layout.root) / "federated" / "clients"
+        root = Path(client_root) if client_root is not None else layout.federated / "clients"
         handlers = local_handlers(cfg, root, data_root)
     return run_server(cfg, layout, InProcessTransport(handlers), data_root=data_root)

@@ -60,6 +60,7 @@ from knot.federated.core import (
     read_status,
     run_server,
 )
+from knot.layout import RunLayout
 
 __all__ = [
     "MESSAGE_TYPE",
@@ -282,8 +283,6 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        from knot.layout import RunLayout
-
         run_cfg = dict(context.run_config)
         config = cfg if cfg is not None else _load_run_config(run_cfg)
         run_dir = out if out is not None else run_cfg.get("out") or str(Path("runs") / config.name)
@@ -396,10 +395,10 @@ def run_simulation(
         if num_clients < 1:
             raise ValueError(f"--clients: expected a positive number of clients, got {num_clients}")
         n = num_clients
-    status_file = out / "federated" / "status.json"
+    status_file = RunLayout(out).federated_status
     if status_file.exists():
         status_file.unlink()  # a stale "ok" must never pass for this run's result
-    client_root = Path(client_root) if client_root is not None else out / "federated" / "clients"
+    client_root = Path(client_root) if client_root is not None else RunLayout(out).federated / "clients"
     # Make the server process's torch thread pool before the 1-thread setting below
     # reaches the environment (it is meant for the client workers only).
     import torch
