@@ -71,3 +71,35 @@ def test_heads_fit_separable_data(kind):
     with torch.no_grad():
         acc = (head(x, mask).argmax(-1) == y).float().mean().item()
     assert acc == 1.0
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_first_token_path_equals_the_full_mixer(norm_first):
+    torch.manual_seed(0)
+    head = TokenHead(16, 3, heads=2)
+    head.mixer.norm_first = norm_first
+    head.eval()
+    h = torch.randn(4, 7, 16)
+    pad = torch.zeros(4, 7, dtype=torch.bool)
+    pad[1, 3:] = True
+    pad[2, 6:] = True
+    with torch.no_grad():
+        full = head.mixer(h, src_key_padding_mask=pad)[:, 0]  # (B, H)
+        torch.testing.assert_close(head.first_token(h, pad), full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(head.first_token(h), head.mixer(h)[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_first_token_path_gradients_match_the_full_mixer():
+    torch.manual_seed(0)
+    head = TokenHead(16, 3, heads=2, dropout=0.0).double()
+    h = torch.randn(3, 5, 16, dtype=torch.float64)
+    pad = torch.zeros(3, 5, dtype=torch.bool)
+    pad[0, 2:] = True
+    head.first_token(h, pad).sum().backward()
+    fast = [p.grad.clone() for p in head.parameters() if p.grad is not None]
+    head.zero_grad()
+    head.mixer(h, src_key_padding_mask=pad)[:, 0].sum().backward()
+    full = [p.grad.clone() for p in head.parameters() if p.grad is not None]
+    assert len(fast) == len(full)
+    for a, b in zip(fast, full):
+        torch.testing.assert_close(a, b)
