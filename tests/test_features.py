@@ -152,7 +152,7 @@ def test_truncated_data_file_is_rebuilt(tiny, tmp_path, caplog):
     cache = FeatureCache(tmp_path, chunk_size=3)
     entry = build(cache, tiny)
     want = np.array(entry[5])
-    part = entry.path / "part-00001.npy"
+    part = entry.path / "rows-000000003-000000006.npy"
     del entry
     data = part.read_bytes()
     part.write_bytes(data[: len(data) - 100])
@@ -173,7 +173,7 @@ def test_altered_bytes_same_size_are_caught(tiny, tmp_path, caplog):
     cache = FeatureCache(tmp_path, chunk_size=3)
     entry = build(cache, tiny)
     want = np.array(entry[0])
-    part = entry.path / "part-00000.npy"
+    part = entry.path / "rows-000000000-000000003.npy"
     del entry
     data = bytearray(part.read_bytes())
     data[-10:] = b"\x7b" * 10
@@ -328,3 +328,31 @@ def test_unusable_folder_is_a_clear_error_even_as_root(tiny, tmp_path, monkeypat
     monkeypatch.setattr(tempfile, "mkstemp", denied)
     with pytest.raises(CacheError, match=r"not writable \(Permission denied\); set KNOT_CACHE"):
         build(FeatureCache(tmp_path / "cache"), tiny)
+
+
+def test_resume_with_another_chunk_size_reencodes_mismatched_parts(tiny, tmp_path):
+    class Killed(Exception):
+        pass
+
+    def kill(chunk):
+        raise Killed
+
+    with pytest.raises(Killed):  # chunk size 2: rows 0:2 written, then killed
+        build(FeatureCache(tmp_path, chunk_size=2), tiny, on_chunk=kill)
+    entry = build(FeatureCache(tmp_path, chunk_size=3), tiny)
+    fresh = build(FeatureCache(tmp_path / "fresh", chunk_size=3), tiny)
+    for i in range(len(TEXTS)):
+        np.testing.assert_array_equal(entry[i], fresh[i])
+
+
+def test_fingerprint_follows_in_place_weight_changes(tmp_path):
+    from knot.features import encoder_fingerprint
+
+    torch.manual_seed(0)
+    enc, _, _ = build_encoder("tiny")
+    before = encoder_fingerprint(enc, "tiny")
+    assert encoder_fingerprint(enc, "tiny") == before
+    with torch.no_grad():
+        enc.embeddings.word_embeddings.weight[0, 0] += 1.0
+    assert encoder_fingerprint(enc, "tiny") != before
+    assert encoder_fingerprint(enc, "minilm") != encoder_fingerprint(enc, "tiny")

@@ -16,10 +16,15 @@ Kinds:
 
 On disk an entry is a folder ``ROOT/<key[:32]>/``::
 
-    part-00000.npy            chunk 0: (n_0, H) for "mean", (tokens_0, H) for "tokens"
-    part-00000.lengths.npy    "tokens" only: int64 (n_0,) token count per text
-    part-00001.npy ...
-    manifest.json             written last: key fields, shapes, byte sizes, sha256s
+    rows-000000000-000001024.npy          inputs 0:1024: (1024, H) for "mean",
+                                          (tokens, H) for "tokens"
+    rows-000000000-000001024.lengths.npy  "tokens" only: int64 (1024,) tokens per input
+    rows-000001024-000002048.npy ...
+    manifest.json                         written last: key fields, shapes, byte sizes,
+                                          sha256 of every data file
+
+Part files are named by the rows they hold, so a build resumed with another chunk size
+never mistakes a part for one it is not.
 
 Writing is streamed: inputs are encoded ``chunk_size`` at a time and each finished
 chunk is written as its own files (temporary name, then rename), so memory stays flat
@@ -77,7 +82,6 @@ FEATURE_FORMAT = 1
 KINDS = ("tokens", "mean")
 DTYPES = ("float16", "float32")
 MANIFEST = "manifest.json"
-_PART = re.compile(r"^part-(\d{5})\.npy$")
 _VERIFIED: set[tuple] = set()  # (path, size, mtime_ns, sha256) checked in this process
 
 
@@ -111,18 +115,21 @@ def encoder_fingerprint(encoder: nn.Module, source: str = "", layers: int | None
     frozen encoder do not change); about 0.2 s for MiniLM's 90 MB.
     """
     n_layers = layers if layers is not None else getattr(getattr(encoder, "config", None), "num_hidden_layers", None)
+    # Parameters' version counters move on every in-place update (an optimiser step),
+    # so the memo never outlives a change of weights.
+    versions = tuple(t._version for t in encoder.state_dict().values())
     memo = getattr(encoder, "_knot_feature_fp", None)
-    if memo is not None and memo[0] == (source, n_layers):
+    if memo is not None and memo[0] == (source, n_layers, versions):
         return memo[1]
     h = hashlib.sha256()
     h.update(f"{source}|{n_layers}|".encode())
     for name, t in encoder.state_dict().items():
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     fp = h.hexdigest()
     try:
-        encoder._knot_feature_fp = ((source, n_layers), fp)
+        encoder._knot_feature_fp = ((source, n_layers, versions), fp)
     except AttributeError:  # pragma: no cover
         pass
     return fp
@@ -182,7 +189,10 @@ class FeatureChunk:
 def _chunk_ids(tokenizer: Any, inputs: Sequence, start: int, stop: int, max_length: int) -> list[np.ndarray]:
     part = inputs[start:stop]
     if _is_ids(inputs):
-        return [np.asarray(ids, dtype=np.int64)[:max_length] for ids in part]
+        out = [np.asarray(ids, dtype=np.int64)[:max_length] for ids in part]
+        if any(a.ndim != 1 or a.size == 0 for a in out):
+            raise ValueError("features: every token-id input must be a non-empty 1-D sequence")
+        return out
     enc = tokenizer(
         list(part),
         truncation=True,
@@ -309,12 +319,12 @@ def encode_texts(
 # ---------------------------------------------------------------------------
 
 
-def _part_name(c: int) -> str:
-    return f"part-{c:05d}.npy"
+def _part_name(start: int, stop: int) -> str:
+    return f"rows-{start:09d}-{stop:09d}.npy"
 
 
-def _lengths_name(c: int) -> str:
-    return f"part-{c:05d}.lengths.npy"
+def _lengths_name(start: int, stop: int) -> str:
+    return f"rows-{start:09d}-{stop:09d}.lengths.npy"
 
 
 class FeatureEntry:
@@ -340,6 +350,11 @@ class FeatureEntry:
         self.hidden = int(manifest["hidden"])
         self.chunk_size = int(manifest["chunk_size"])
         self._parts = [np.load(self.path / p["data"]["file"], mmap_mode="r", allow_pickle=False) for p in manifest["parts"]]
+        for p, arr in zip(manifest["parts"], self._parts):
+            if list(arr.shape) != list(p["shape"]) or arr.dtype != np.dtype(manifest["dtype"]):
+                raise ValueError(f"{p['data']['file']}: {arr.dtype}{list(arr.shape)}, manifest says {manifest['dtype']}{p['shape']}")
+        if sum(int(p["n"]) for p in manifest["parts"]) != self.n:
+            raise ValueError(f"parts hold {sum(int(p['n']) for p in manifest['parts'])} inputs, manifest says {self.n}")
         if self.kind == "tokens":
             lens = [np.load(self.path / p["lengths"]["file"], allow_pickle=False) for p in manifest["parts"]]
             self.lengths = np.concatenate(lens) if lens else np.zeros(0, np.int64)
@@ -555,7 +570,7 @@ class FeatureCache:
         expect = [min(len(inputs), (c + 1) * self.chunk_size) - c * self.chunk_size for c in range(n_chunks)]
 
         def finished(c: int) -> bool:
-            return _part_ok(path, c, kind, expect[c])
+            return _part_ok(path, c * self.chunk_size, c * self.chunk_size + expect[c], kind)
 
         todo = [c for c in range(n_chunks) if not finished(c)]
         if len(todo) < n_chunks:
@@ -580,12 +595,14 @@ class FeatureCache:
         parts = []
         hidden = None
         for c in range(n_chunks):
-            data = path / _part_name(c)
+            start = c * self.chunk_size
+            stop = start + expect[c]
+            data = path / _part_name(start, stop)
             arr = np.load(data, mmap_mode="r", allow_pickle=False)
             hidden = int(arr.shape[1])
             part = {"data": _file_record(path, data), "shape": list(arr.shape), "n": expect[c]}
             if kind == "tokens":
-                part["lengths"] = _file_record(path, path / _lengths_name(c))
+                part["lengths"] = _file_record(path, path / _lengths_name(start, stop))
             parts.append(part)
             del arr
         if hidden is None:  # no inputs: the hidden size from the encoder
@@ -619,18 +636,19 @@ class FeatureCache:
         return cache_clear(self.root, keys)
 
 
-def _part_ok(path: Path, c: int, kind: str, n: int) -> bool:
+def _part_ok(path: Path, start: int, stop: int, kind: str) -> bool:
     """A part written by an earlier (possibly killed) build is usable: its files exist,
     parse as .npy and have the expected shapes. Writes are renames, so a present file is
     whole unless altered afterwards, which the manifest's sha256 then catches."""
-    data = path / _part_name(c)
+    n = stop - start
+    data = path / _part_name(start, stop)
     if not data.is_file():
         return False
     try:
         arr = np.load(data, mmap_mode="r", allow_pickle=False)
         if kind == "mean":
             return arr.ndim == 2 and arr.shape[0] == n
-        lfile = path / _lengths_name(c)
+        lfile = path / _lengths_name(start, stop)
         if not lfile.is_file():
             return False
         lengths = np.load(lfile, allow_pickle=False)
@@ -641,11 +659,11 @@ def _part_ok(path: Path, c: int, kind: str, n: int) -> bool:
 
 def _write_part(path: Path, chunk: FeatureChunk) -> None:
     # Data first, lengths last: for "tokens" a part counts only when both exist.
-    with atomic_path(path / _part_name(chunk.index)) as tmp:
+    with atomic_path(path / _part_name(chunk.start, chunk.stop)) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, chunk.data)
     if chunk.lengths is not None:
-        with atomic_path(path / _lengths_name(chunk.index)) as tmp:
+        with atomic_path(path / _lengths_name(chunk.start, chunk.stop)) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, chunk.lengths)
 
