@@ -35,11 +35,17 @@ time) and its SHA-256 once per process (a truncated or altered file is caught be
 its bytes are used); a mismatch logs a warning, deletes the entry and rebuilds it.
 
 The cache root is ``$KNOT_CACHE`` when set, else a default chosen by the caller (see
-:func:`cache_root`), so several runs can share one cache.
+:func:`cache_root`), so several runs can share one cache. Builds of one entry are
+serialised by an exclusive ``flock`` on ``ROOT/.<key>.lock`` (POSIX), so two runs
+sharing a cache encode a text set once. A folder that is not writable is an error
+(:class:`CacheError`, one line naming the folder and ``KNOT_CACHE``) rather than a
+silent fall-back to a temporary folder, which would re-encode on every run and hide
+the misconfiguration; complete entries in a read-only folder are still read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -565,6 +571,25 @@ class FeatureCache:
             log.debug("feature cache hit: %s (%s)", path, name or key)
             return entry
         self._check_writable()
+        with _build_lock(self.root / f".{key}.lock"):
+            try:  # another process may have finished it while we waited
+                entry = self.open(key)
+            except ValueError as exc:
+                log.warning("%s; deleting the cache entry and encoding again", exc)
+                shutil.rmtree(path, ignore_errors=True)
+                entry = None
+            if entry is not None:
+                return entry
+            return self._build(
+                key, fields, encoder, tokenizer, inputs, max_length=max_length, kind=kind, dtype=dtype,
+                batch_size=batch_size, device=device, progress=progress, name=name, on_chunk=on_chunk,
+            )
+
+    def _build(
+        self, key, fields, encoder, tokenizer, inputs, *, max_length, kind, dtype, batch_size, device, progress,
+        name, on_chunk,
+    ) -> FeatureEntry:
+        path = self.root / key
         path.mkdir(parents=True, exist_ok=True)
         n_chunks = -(-len(inputs) // self.chunk_size)
         expect = [min(len(inputs), (c + 1) * self.chunk_size) - c * self.chunk_size for c in range(n_chunks)]
@@ -634,6 +659,22 @@ class FeatureCache:
     def clear(self, keys: Sequence[str] | None = None) -> int:
         """Delete all entries (or those in ``keys``); returns the number deleted."""
         return cache_clear(self.root, keys)
+
+
+@contextlib.contextmanager
+def _build_lock(lock: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``lock`` (a no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(lock, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _part_ok(path: Path, start: int, stop: int, kind: str) -> bool:
