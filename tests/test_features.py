@@ -356,3 +356,28 @@ def test_fingerprint_follows_in_place_weight_changes(tmp_path):
         enc.embeddings.word_embeddings.weight[0, 0] += 1.0
     assert encoder_fingerprint(enc, "tiny") != before
     assert encoder_fingerprint(enc, "minilm") != encoder_fingerprint(enc, "tiny")
+
+
+def test_concurrent_builders_encode_once(tiny, tmp_path):
+    import threading
+
+    counter = Counting(tiny[0])
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(build(FeatureCache(tmp_path, chunk_size=3), tiny, batch_size=64))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        counter.close()
+    assert not errors
+    assert counter.calls == 3  # 7 texts, chunks of 3: one batch per chunk, encoded once
+    assert results[0].path == results[1].path
