@@ -89,12 +89,10 @@ def _ensure_data(cfg, layout, data_root) -> None:
     """Prepare the data when it is missing (or when a data root is given: a no-op if unchanged)."""
     if data_root is None and Path(layout.manifest).is_file():
         return
-    from knot.config import resolve_data_root
     from knot.data import prepare_data
 
-    root = resolve_data_root(cfg, data_root)
-    log.info("preparing data from %s into %s", root, layout.data)
-    prepare_data(cfg, layout, root)
+    log.info("preparing data into %s", layout.data)
+    prepare_data(cfg, layout, data_root)  # resolves the data root only if a source needs it
 
 
 def _train_one(
