@@ -56,6 +56,7 @@ __all__ = [
     "expected_cost",
     "evaluate_probs",
     "GOLD_METRICS",
+    "GOLD_TITLES",
     "w1_to_gold",
     "total_variation",
     "js_divergence",
@@ -300,6 +301,9 @@ def evaluate_probs(probs: Any, labels: Any, geometry: Any) -> dict[str, float]:
 
 #: Keys of :func:`evaluate_gold`, with their direction (True: higher is better).
 GOLD_METRICS = {"w1_gold": False, "tv_gold": False, "js_gold": False, "spearman_gold": True}
+#: Their column titles in results.md and report.md.
+GOLD_TITLES = {"w1_gold": "W1 to gold", "tv_gold": "TV to gold", "js_gold": "JS to gold (bits)",
+               "spearman_gold": "Spearman to gold score"}
 
 
 def _pair(probs: Any, gold: Any, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
