@@ -698,5 +698,5 @@ def resolve_data_root(cfg: ExperimentConfig, override: str | os.PathLike | None 
             return Path(candidate).expanduser()
     raise ConfigError(
         "no data root: pass --data-root DIR, set the KNOT_DATA environment variable, "
-        "or set data.root in the config"
+        "or set data.root in the config (`builtin` names the data shipped with knot, see `knot data list`)"
     )
