@@ -552,6 +552,10 @@ def read_vader(path: Path, opts: dict, resolve, stats: dict) -> Iterator[Record]
       -2, -1 -> ``"2"``; 0 -> ``"3"``; 1, 2 -> ``"4"``; 3, 4 -> ``"5"``), as counts;
     * gold score: the GroundTruth mean rating.
 
+    The gold distribution is over the five bins in this order, so the task must have
+    five labels in the same order (``sentiment5``); a ``label_map`` that merges bins
+    leaves it at five weights, which prepare rejects naming the file and line.
+
     A ratings line whose list is empty, holds a non-integer or out-of-range rating, or
     whose mean differs from its ratings' mean by more than the rounding of its printed
     decimals is an error. (The GroundTruth mean of 199 of the 1,000 many-rater tweets
