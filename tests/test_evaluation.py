@@ -248,3 +248,39 @@ def test_a_student_that_kept_its_start_is_named_in_words(rows, tmp_path):
             "no trained epoch beat it on validation.")
     assert note in md.splitlines()
     assert note in report.splitlines()
+
+
+def test_gold_columns_only_where_the_test_set_has_gold_distributions():
+    from knot.evaluation import gold_baselines
+    from knot.metrics import evaluate_gold
+
+    # d1 has human distributions: example 0 split between a and b, 1 all b, 2 all c
+    gold = {"d1": {"dist": np.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
+                   "score": np.array([-1.0, 0.0, 3.0])}}
+    gold_fn = functools.partial(evaluate_gold, geometry=GEOMETRY)
+    rows = score_models({"teacher:a": PROBS_A}, LABELS, TEST_SETS,
+                        functools.partial(evaluate_probs, geometry=GEOMETRY), gold, gold_fn)
+    d1, d2, union = rows
+    # W1 on the line: |CDF_p - CDF_h| summed; rows 0.2, 0.6, 0 -> mean 0.8/3
+    assert d1["w1_gold"] == pytest.approx(0.8 / 3)
+    # TV: 0.2, 0.6, 0 -> 0.8/3 (on 3 points with mass moved one step, W1 = TV here)
+    assert d1["tv_gold"] == pytest.approx(0.8 / 3)
+    # expected coordinates 0.3, 1.6, 2.0 rank like the scores -1, 0, 3
+    assert d1["spearman_gold"] == pytest.approx(1.0)
+    assert 0 < d1["js_gold"] < 1
+    assert "w1_gold" not in d2 and "w1_gold" not in union  # d2 has no gold: neither has the union
+    base = gold_baselines(gold, TEST_SETS, gold_fn)
+    assert base == {"d1": {"w1_gold": pytest.approx(0.5 / 3), "tv_gold": pytest.approx(0.5 / 3)}}
+    results = build_results(name="g", geometry=None, label_names=GEOMETRY.labels, models=MODELS[:1],
+                            test_sets=TEST_SETS, rows=rows, gold_baseline=base)
+    md = render_markdown(results).splitlines()
+    assert any(line.startswith("| test set | model | n |") and "W1 to gold" in line for line in md)
+    assert any(line.startswith("| d1 | `teacher:a` | 3 | 0.6667 | 0.5556 | 0.3000 | 0.3000 | 0.2667 | 0.2667 |")
+               for line in md)
+    assert any(line.startswith("| d2 | `teacher:a` | 3 |") and line.endswith("| – | – | – | – |") for line in md)
+    # without any gold, the table keeps its old columns
+    plain = render_markdown(build_results(name="p", geometry=None, label_names=GEOMETRY.labels,
+                                          models=MODELS[:1], test_sets=TEST_SETS, rows=score_models(
+                                              {"teacher:a": PROBS_A}, LABELS, TEST_SETS,
+                                              functools.partial(evaluate_probs, geometry=GEOMETRY))))
+    assert "W1 to gold" not in plain

@@ -142,3 +142,52 @@ def test_bad_average_and_coords():
         semantic_distance(np.eye(5)[:2], [0, 1], STARS, average="macro")
     with pytest.raises(ValueError, match=r"cost: expected shape \(K, K\)"):
         expected_cost(np.eye(5)[:2], [0, 1], np.zeros((5, 4)))
+
+
+# ---- gold (human) distributions --------------------------------------------------------
+
+
+def test_gold_metrics_by_hand():
+    from knot.metrics import evaluate_gold, js_divergence, spearman_to_score, total_variation, w1_to_gold
+
+    g = LabelGeometry.preset("sentiment5")  # coordinates -2..2
+    p = np.array([[0.0, 0.0, 1.0, 0.0, 0.0],     # all on "3"
+                  [0.0, 0.0, 0.0, 0.5, 0.5]])    # half "4", half "5"
+    h = np.array([[0.0, 0.5, 0.0, 0.5, 0.0],     # raters split between "2" and "4"
+                  [0.0, 0.0, 0.0, 0.0, 1.0]])
+    # W1: row 1 moves 0.5 one step each way = 1.0; row 2 moves 0.5 one step = 0.5; mean 0.75
+    assert w1_to_gold(p, h, g) == pytest.approx(0.75)
+    assert w1_to_gold(p, h, g, average=False) == pytest.approx([1.0, 0.5])
+    # TV: row 1 disjoint = 1.0; row 2 0.5 * (0.5 + 0.5) = 0.5
+    assert total_variation(p, h) == pytest.approx(0.75)
+    # JS: row 1 disjoint supports = 1 bit; row 2: m = (0, 0, 0, .25, .75),
+    # KL(p||m) = .5 log2 2 + .5 log2(2/3), KL(h||m) = log2(4/3)
+    row2 = 0.5 * (0.5 + 0.5 * math.log2(2 / 3)) + 0.5 * math.log2(4 / 3)
+    assert js_divergence(p, h) == pytest.approx((1.0 + row2) / 2)
+    # expected coordinates 0 and 1.5 rank like the scores 0.1 < 2.0, but 2 points always give +-1
+    assert spearman_to_score(p, [0.1, 2.0], g.coords.numpy()) == pytest.approx(1.0)
+    assert spearman_to_score(p, [2.0, 0.1], g.coords.numpy()) == pytest.approx(-1.0)
+    m = evaluate_gold(p, h, g)
+    assert m["spearman_gold"] is None and m["w1_gold"] == pytest.approx(0.75)
+
+
+def test_gold_w1_equals_tv_under_a_01_cost_and_matches_scipy_in_1d():
+    from scipy.stats import wasserstein_distance
+
+    from knot.metrics import total_variation, w1_to_gold
+
+    rng = np.random.default_rng(0)
+    p, h = rng.dirichlet(np.ones(5), 20), rng.dirichlet(np.ones(5), 20)
+    assert w1_to_gold(p, h, 1.0 - np.eye(5)) == pytest.approx(total_variation(p, h), abs=1e-9)
+    pos = np.arange(5, dtype=float) - 2
+    ref = np.mean([wasserstein_distance(pos, pos, a, b) for a, b in zip(p, h)])
+    assert w1_to_gold(p, h, LabelGeometry.preset("sentiment5")) == pytest.approx(ref, abs=1e-9)
+
+
+def test_gold_metrics_reject_mismatched_shapes_and_non_1d_spearman():
+    from knot.metrics import spearman_to_score, total_variation
+
+    with pytest.raises(ValueError, match="probs: 3 columns"):
+        total_variation(np.full((2, 2), 0.5), np.full((2, 3), 1 / 3))
+    g2 = LabelGeometry.preset("emotion5")  # 2-D: no single expected position
+    assert spearman_to_score(np.full((3, 5), 0.2), [1.0, 2.0, 3.0], g2.coords.numpy()) is None

@@ -118,6 +118,20 @@ def data_prepare_cmd(
     typer.echo(format_summary(manifest))
 
 
+@data_app.command("list")
+def data_list_cmd() -> None:
+    """List the datasets built into knot (usable with `builtin:` source paths, no data folder)."""
+    from knot.data.builtin import catalogue
+
+    for row in catalogue():
+        typer.echo(f"{row['name']}: {row['description']}")
+        typer.echo(f"  reader: {row['reader']}; licence: {row['licence']} ({row['licence_file']})")
+        typer.echo(f"  cite: {row['citation']}")
+        typer.echo(f"  size: {row['bytes'] / 2**20:.2f} MiB in {len(row['files'])} files")
+        for domain, n in row["domains"].items():
+            typer.echo(f"  {domain:<22} {n:>6} items  builtin:{row['name']}/{domain}_GroundTruth.txt.gz")
+
+
 @data_app.command("show")
 def data_show_cmd(
     config: Path = ConfigArg,

@@ -278,7 +278,8 @@ class DomainConfig(ConfigBase):
 class DataConfig(ConfigBase):
     """Where the data is and how it is split.
 
-    ``root`` is the folder relative source paths are read from; when null, the
+    ``root`` is the folder relative source paths are read from (``builtin``: the datasets
+    packaged with knot; a ``builtin:`` source path ignores the root); when null, the
     ``KNOT_DATA`` environment variable is used (see :func:`resolve_data_root`).
     ``seed`` drives partitions, splits and subsets. ``context_turns`` previous
     utterances follow each utterance of a dialogue corpus, joined by
@@ -684,12 +685,17 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 def resolve_data_root(cfg: ExperimentConfig, override: str | os.PathLike | None = None) -> Path:
     """The data root: ``override`` (``--data-root``), else ``KNOT_DATA``, else ``data.root``.
 
-    A relative ``data.root`` is taken relative to the current directory.
+    A relative ``data.root`` is taken relative to the current directory; ``builtin``
+    names the datasets packaged with knot (:mod:`knot.data.builtin`).
     """
     for candidate in (override, os.environ.get("KNOT_DATA"), cfg.data.root):
         if candidate:
+            if str(candidate) == "builtin":
+                from knot.data.builtin import builtin_root
+
+                return builtin_root()
             return Path(candidate).expanduser()
     raise ConfigError(
         "no data root: pass --data-root DIR, set the KNOT_DATA environment variable, "
-        "or set data.root in the config"
+        "or set data.root in the config (`builtin` names the data shipped with knot, see `knot data list`)"
     )

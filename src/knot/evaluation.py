@@ -5,7 +5,11 @@ student (``students/<method>``) present in the run directory. Test sets: the tes
 each local domain, of the global domain and of any ``test``-role domain, plus ``union``:
 the local test sets together (the reference's combined test set). Metrics per (model, test
 set), from :func:`knot.metrics.evaluate_probs` with the task geometry: accuracy, macro-F1,
-Semantic Distance and expected ground cost.
+Semantic Distance and expected ground cost; where every example of a test set has a gold
+(human) label distribution, also :func:`knot.metrics.evaluate_gold`: exact W1 to it over the
+task geometry, total variation, Jensen-Shannon (bits) and Spearman of the expected coordinate
+vs the gold score (``w1_gold``, ``tv_gold``, ``js_gold``, ``spearman_gold``; rows of other
+test sets do not have these keys).
 
 The table also names three baselines:
 
@@ -23,7 +27,8 @@ The table also names three baselines:
                  "checkpoint_hash", "method"?: {...}, "best_epoch"?: int, "init"?: str}],
      "baselines": {"global_alone": id|null, "best_single_teacher": id|null, "feddf": id|null},
      "rows": [{"model", "test_set", "n", "accuracy", "macro_f1", "semantic_distance",
-               "expected_cost"}],
+               "expected_cost", "w1_gold"?, "tv_gold"?, "js_gold"?, "spearman_gold"?}],
+     "gold_baselines": {test set: {"w1_gold", "tv_gold", "js_gold"}},  # majority vote vs raters
      "confusion": {model id: {test set: K x K counts, rows gold, columns predicted}},
      "missing": [{"id", "path"}]}
 
@@ -43,7 +48,7 @@ import numpy as np
 from knot import __version__
 from knot.data import load_split
 from knot.geometry import LabelGeometry
-from knot.metrics import evaluate_probs
+from knot.metrics import GOLD_METRICS, GOLD_TITLES, evaluate_gold, evaluate_probs
 from knot.models import checkpoint_hash, load
 from knot.run import RunModel, run_models  # noqa: F401 (run_models: re-exported)
 from knot.soft_labels import predict_probs
@@ -61,6 +66,7 @@ __all__ = [
     "TestSet",
     "score_models",
     "confusion_matrices",
+    "gold_baselines",
     "pick_baselines",
     "build_results",
     "render_markdown",
@@ -109,6 +115,8 @@ def score_models(
     labels: Mapping[str, np.ndarray],
     test_sets: Sequence[TestSet],
     metric_fn: Callable[[np.ndarray, np.ndarray], Mapping[str, Any]],
+    gold: Mapping[str, Mapping[str, Any]] | None = None,
+    gold_fn: Callable[..., Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Metrics of every model on every test set.
 
@@ -121,6 +129,11 @@ def score_models(
     test_sets : the test sets to score; a union concatenates its domains.
     metric_fn : ``(probs (N, K), labels (N,)) -> {"n", "accuracy", ...}``, e.g.
         ``functools.partial(knot.metrics.evaluate_probs, geometry=g)``.
+    gold : mapping domain -> {"dist": ndarray (N_d, K), "score": ndarray (N_d,) or None}, optional
+        The domains whose test examples all have a gold distribution.
+    gold_fn : ``(probs, gold dist, scores=gold scores or None) -> {"w1_gold", ...}``, e.g.
+        ``functools.partial(knot.metrics.evaluate_gold, geometry=g)``; applied to the test
+        sets whose domains are all in ``gold``.
 
     Returns
     -------
@@ -141,8 +154,49 @@ def score_models(
             row = {"model": model_id, "test_set": ts.name, "n": int(len(y))}
             for key in METRICS:
                 row[key] = _clean(m.get(key))
+            h, scores = _gold_of(gold, domains)
+            if h is not None and gold_fn is not None:
+                row.update({k: _clean(v) for k, v in gold_fn(p, h, scores=scores).items()})
             rows.append(row)
     return rows
+
+
+def _gold_of(gold: Mapping[str, Mapping[str, Any]] | None, domains: Sequence[str]):
+    """The concatenated gold distributions and scores of ``domains`` (``None`` where any
+    domain lacks them)."""
+    if not gold or any(d not in gold for d in domains):
+        return None, None
+    h = np.concatenate([np.asarray(gold[d]["dist"]) for d in domains], axis=0)
+    has_scores = all(gold[d].get("score") is not None for d in domains)
+    scores = np.concatenate([np.asarray(gold[d]["score"]) for d in domains]) if has_scores else None
+    return h, scores
+
+
+def gold_baselines(
+    gold: Mapping[str, Mapping[str, Any]],
+    test_sets: Sequence[TestSet],
+    gold_fn: Callable[..., Mapping[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """How far the raters' majority vote (one-hot argmax of each gold distribution) is
+    from the gold distribution itself, per test set with gold: a floor no hard-label
+    classifier beats on average.
+
+    >>> from functools import partial
+    >>> from knot.geometry import LabelGeometry
+    >>> from knot.metrics import evaluate_gold
+    >>> g = {"d": {"dist": np.array([[0.0, 0.25, 0.75, 0.0, 0.0]]), "score": None}}
+    >>> gold_baselines(g, [TestSet("d", "local", ["d"])], partial(evaluate_gold, geometry=LabelGeometry.preset("sentiment5")))
+    {'d': {'w1_gold': 0.25, 'tv_gold': 0.25}}
+    """
+    out = {}
+    for ts in test_sets:
+        h, _ = _gold_of(gold, ts.domains or [ts.name])
+        if h is None:
+            continue
+        vote = np.eye(h.shape[1])[h.argmax(axis=1)]  # (N, K)
+        m = gold_fn(vote, h, scores=None)
+        out[ts.name] = {k: _clean(m[k]) for k in ("w1_gold", "tv_gold")}
+    return out
 
 
 def confusion_matrices(
@@ -228,6 +282,7 @@ def build_results(
     missing: Sequence[Mapping[str, Any]] = (),
     root: Path | None = None,
     confusion: Mapping[str, Any] | None = None,
+    gold_baseline: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the ``results.json`` object (see the module docstring)."""
     n_by_set = {}
@@ -248,6 +303,7 @@ def build_results(
         "baseline_selection_set": selection,
         "rows": [dict(r) for r in rows],
         "confusion": dict(confusion or {}),
+        "gold_baselines": dict(gold_baseline or {}),
         "missing": [dict(m) for m in missing],
     }
 
@@ -351,7 +407,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         out += [""] + [f"Note: {note}." for note in kept]
 
     out += ["", "## All metrics, per domain and union", ""]
-    header = ["test set", "model", "n"] + [_METRIC_TITLES[k] for k in METRICS]
+    keys = list(METRICS) + [k for k in GOLD_METRICS if any(k in r for r in rows)]
+    titles = {**_METRIC_TITLES, **GOLD_TITLES}
+    header = ["test set", "model", "n"] + [titles[k] for k in keys]
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "---|" * len(header))
     for t in sets:
@@ -360,11 +418,24 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             if r is None:
                 continue
             out.append(
-                "| " + " | ".join([t["name"], f"`{m['id']}`", str(r["n"])] + [_fmt(r[k]) for k in METRICS]) + " |"
+                "| " + " | ".join([t["name"], f"`{m['id']}`", str(r["n"])] + [_fmt(r.get(k)) for k in keys]) + " |"
             )
+    if len(keys) > len(METRICS):
+        out += ["", _GOLD_NOTE]
+        for name, b in (results.get("gold_baselines") or {}).items():
+            out.append(f"- `{name}`: the raters' majority vote is {_fmt(b.get('w1_gold'))} (W1) and "
+                       f"{_fmt(b.get('tv_gold'))} (TV) from their distribution.")
     if results.get("missing"):
         out += ["", "Not evaluated (no checkpoint): " + ", ".join(f"`{m['id']}`" for m in results["missing"]) + "."]
     return "\n".join(out) + "\n"
+
+
+_GOLD_NOTE = (
+    "Gold columns (only for test sets whose examples all carry a human label distribution; `–` "
+    "elsewhere): exact W1 over the task geometry, total variation and Jensen-Shannon divergence "
+    "(log base 2) between the predicted and the human distribution, lower is better; Spearman "
+    "correlation of the expected label coordinate with the gold score (mean rating), higher is better."
+)
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -410,7 +481,7 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
         log.warning("evaluate: %s has no checkpoint at %s; skipped", m.id, m.path)
     test_sets = run_test_sets(cfg)
     domains = list(dict.fromkeys(d for t in test_sets for d in t.domains))
-    texts, labels = {}, {}
+    texts, labels, gold = {}, {}, {}
     for d in domains:
         examples = load_split(layout.data, d, "test")
         if not examples:
@@ -420,6 +491,10 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
             raise ValueError(f"domain {d!r}: {unlabelled} test example(s) have no label")
         texts[d] = [e.text for e in examples]
         labels[d] = np.asarray([geometry.index(e.label) for e in examples], dtype=np.int64)
+        if all(e.gold_dist is not None for e in examples):
+            scored = all(e.gold_score is not None for e in examples)
+            gold[d] = {"dist": np.asarray([e.gold_dist for e in examples], dtype=np.float64),
+                       "score": np.asarray([e.gold_score for e in examples], dtype=np.float64) if scored else None}
 
     probs: dict[str, dict[str, np.ndarray]] = {}
     for m in models:
@@ -435,7 +510,8 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
         }
         del model
 
-    rows = score_models(probs, labels, test_sets, functools.partial(evaluate_probs, geometry=geometry))
+    gold_fn = functools.partial(evaluate_gold, geometry=geometry)
+    rows = score_models(probs, labels, test_sets, functools.partial(evaluate_probs, geometry=geometry), gold, gold_fn)
     confusion = confusion_matrices(probs, labels, test_sets, geometry.num_labels)
     results = build_results(
         name=cfg.name,
@@ -447,6 +523,7 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
         missing=[{"id": m.id, "path": str(m.path)} for m in missing],
         root=layout.root,
         confusion=confusion,
+        gold_baseline=gold_baselines(gold, test_sets, gold_fn),
     )
     atomic_write_json(layout.results_json, results)
     atomic_write_text(layout.results_md, render_markdown(results))

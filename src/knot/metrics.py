@@ -12,6 +12,20 @@ Expected cost (lower is better)
     cost, the exact OT cost from the prediction to the one-hot true label), averaged the
     same way.
 
+Against a gold (human) label distribution :math:`h` per example, where the data has one
+(VADER's raters; a ``gold`` column), averaged over examples:
+
+W1 to gold (lower is better)
+    the exact optimal-transport cost :math:`W_1(p, h)` over the same geometry's cost
+    matrix (:func:`knot.ot.ot_cost`, exact for every label set);
+TV to gold (lower is better)
+    total variation :math:`\tfrac12 \lVert p - h \rVert_1`, in [0, 1];
+JS to gold (lower is better)
+    Jensen-Shannon divergence in bits (log base 2), in [0, 1];
+Spearman to gold score (higher is better)
+    rank correlation between the expected coordinate :math:`\sum_k p_k c_k` and a gold
+    score (VADER's mean rating), for 1-D geometries.
+
 Macro-F1 is the unweighted mean of per-class F1 over the classes that occur in the gold
 labels or in the predictions; a class that is neither true nor predicted anywhere in the
 evaluated set has no defined F1 and is left out (so a test set that lacks a class is not
@@ -41,6 +55,13 @@ __all__ = [
     "semantic_distance",
     "expected_cost",
     "evaluate_probs",
+    "GOLD_METRICS",
+    "GOLD_TITLES",
+    "w1_to_gold",
+    "total_variation",
+    "js_divergence",
+    "spearman_to_score",
+    "evaluate_gold",
 ]
 
 log = logging.getLogger(__name__)
@@ -275,4 +296,146 @@ def evaluate_probs(probs: Any, labels: Any, geometry: Any) -> dict[str, float]:
         "macro_f1": macro_f1(y, pred, k),
         "semantic_distance": semantic_distance(p, y, geometry.coords.numpy()),
         "expected_cost": expected_cost(p, y, geometry.cost.numpy()),
+    }
+
+
+#: Keys of :func:`evaluate_gold`, with their direction (True: higher is better).
+GOLD_METRICS = {"w1_gold": False, "tv_gold": False, "js_gold": False, "spearman_gold": True}
+#: Their column titles in results.md and report.md.
+GOLD_TITLES = {"w1_gold": "W1 to gold", "tv_gold": "TV to gold", "js_gold": "JS to gold (bits)",
+               "spearman_gold": "Spearman to gold score"}
+
+
+def _pair(probs: Any, gold: Any, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    p = _probs(probs, k)
+    h = _probs(gold, p.shape[1])
+    if p.shape != h.shape:
+        raise ValueError(f"probs has shape {p.shape} but gold has {h.shape}")
+    if not len(p):
+        raise ValueError("no examples")
+    return p, h
+
+
+def w1_to_gold(probs: Any, gold: Any, cost: Any, average: bool = True) -> Any:
+    """Exact W1 between each predicted and gold distribution over a ground cost.
+
+    Parameters
+    ----------
+    probs, gold : array-like, shape (N, K)
+        Predicted and gold (human) distributions.
+    cost : LabelGeometry, or array-like (K, K)
+        The ground cost (the task geometry's).
+    average : bool
+        The mean over examples (default), else the (N,) per-example costs.
+
+    Examples
+    --------
+    >>> from knot.geometry import LabelGeometry
+    >>> g = LabelGeometry.preset("sentiment5")         # labels at -2..2, unit steps
+    >>> w1_to_gold([[0, 0, 0, 1, 0]], [[0, 0, 0.5, 0, 0.5]], g)  # half a step down, half up
+    1.0
+    >>> w1_to_gold([[1, 0, 0, 0, 0]], [[1, 0, 0, 0, 0]], g)
+    0.0
+    """
+    import torch
+
+    from knot.ot import ot_cost
+
+    c = cost.cost if hasattr(cost, "cost") else cost
+    c = _np(c, "cost", np.float64)
+    p, h = _pair(probs, gold, c.shape[0])
+    w = ot_cost(torch.from_numpy(p), torch.from_numpy(h), c).numpy()  # (N,)
+    w = np.maximum(w, 0.0)
+    return float(np.mean(w)) if average else w
+
+
+def total_variation(probs: Any, gold: Any) -> float:
+    r"""Mean total variation :math:`\tfrac12 \sum_k |p_k - h_k|` (in [0, 1]).
+
+    >>> total_variation([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]], [[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]])
+    0.25
+    """
+    p, h = _pair(probs, gold)
+    return float(np.mean(0.5 * np.abs(p - h).sum(1)))
+
+
+def js_divergence(probs: Any, gold: Any) -> float:
+    r"""Mean Jensen-Shannon divergence in bits (log base 2; in [0, 1]).
+
+    :math:`\mathrm{JS}(p, h) = \tfrac12 \mathrm{KL}(p \Vert m) + \tfrac12 \mathrm{KL}(h \Vert m)`,
+    :math:`m = (p + h) / 2`, with :math:`0 \log 0 = 0`.
+
+    >>> js_divergence([[1.0, 0.0]], [[0.0, 1.0]])  # disjoint supports: 1 bit
+    1.0
+    >>> js_divergence([[0.5, 0.5]], [[0.5, 0.5]])
+    0.0
+    """
+    p, h = _pair(probs, gold)
+    m = 0.5 * (p + h)
+
+    def kl(a: np.ndarray) -> np.ndarray:  # (N,), terms with a = 0 are 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(a > 0, a * np.log2(np.where(a > 0, a, 1.0) / np.where(m > 0, m, 1.0)), 0.0)
+        return t.sum(1)
+
+    return float(np.mean(np.maximum(0.5 * kl(p) + 0.5 * kl(h), 0.0)))
+
+
+def spearman_to_score(probs: Any, scores: Any, coords: Any) -> float | None:
+    """Spearman correlation between the expected label coordinate and a gold score.
+
+    ``None`` for a geometry with more than one dimension (no single expected position),
+    fewer than two examples, or a constant side (no defined correlation).
+
+    >>> import numpy as np
+    >>> coords = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    >>> probs = [[1, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0.5, 0.5, 0]]  # E[c] = -2, 0, 0.5
+    >>> spearman_to_score(probs, [-3.1, 0.2, 1.5], coords)
+    1.0
+    """
+    from scipy.stats import spearmanr
+
+    c = _np(coords.coords if hasattr(coords, "coords") else coords, "coords", np.float64)
+    if c.ndim == 2:
+        if c.shape[1] != 1:
+            return None
+        c = c[:, 0]
+    p = _probs(probs, c.shape[0])
+    y = _np(scores, "scores", np.float64)
+    _same_length(p, y, "probs", "scores")
+    e = p @ c  # (N,)
+    if len(e) < 2 or np.ptp(e) == 0 or np.ptp(y) == 0:
+        return None
+    return float(spearmanr(e, y).statistic)
+
+
+def evaluate_gold(probs: Any, gold: Any, geometry: Any, scores: Any = None) -> dict[str, float | None]:
+    """The gold-distribution metrics of predicted distributions (see the module docstring).
+
+    Parameters
+    ----------
+    probs, gold : array-like, shape (N, K)
+        Predicted and human distributions, in ``geometry.labels`` order.
+    geometry : knot.geometry.LabelGeometry
+    scores : array-like (N,), optional
+        Gold scores; without them ``spearman_gold`` is ``None``.
+
+    Returns
+    -------
+    dict
+        ``{"w1_gold", "tv_gold", "js_gold", "spearman_gold"}``.
+
+    Examples
+    --------
+    >>> from knot.geometry import LabelGeometry
+    >>> g = LabelGeometry.preset("sentiment5")
+    >>> m = evaluate_gold([[0, 0, 0, 1, 0], [0, 1, 0, 0, 0]], [[0, 0, 0, 1, 0], [0, 0, 0, 1, 0]], g, [1.0, -1.0])
+    >>> m["w1_gold"], m["tv_gold"], m["js_gold"], round(m["spearman_gold"], 6)
+    (1.0, 0.5, 0.5, 1.0)
+    """
+    return {
+        "w1_gold": w1_to_gold(probs, gold, geometry.cost.numpy()),
+        "tv_gold": total_variation(probs, gold),
+        "js_gold": js_divergence(probs, gold),
+        "spearman_gold": None if scores is None else spearman_to_score(probs, scores, geometry.coords.numpy()),
     }

@@ -26,11 +26,12 @@ import numpy as np
 from knot.evaluation import kept_start_note, load_results, pick_baselines
 from knot.layout import RunLayout
 from knot.run import RunModel
+from knot.metrics import GOLD_METRICS, GOLD_TITLES
 from knot.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["aggregate_rows", "baselines_over_runs", "write_report", "format_cell", "per_set_table"]
+__all__ = ["aggregate_rows", "baselines_over_runs", "write_report", "format_cell", "per_set_table", "gold_table"]
 
 METRICS = ["accuracy", "macro_f1", "semantic_distance", "expected_cost"]
 TITLES = {
@@ -38,7 +39,9 @@ TITLES = {
     "macro_f1": "macro-F1",
     "semantic_distance": "Semantic Distance",
     "expected_cost": "expected cost",
+    **GOLD_TITLES,
 }
+_ALL = METRICS + list(GOLD_METRICS)  # the gold metrics exist only on test sets with gold distributions
 
 
 def aggregate_rows(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -59,16 +62,16 @@ def aggregate_rows(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str]
         for row in res["rows"]:
             key = (row["model"], row["test_set"])
             sizes[key] = row.get("n", 0)
-            slot = values.setdefault(key, {m: [] for m in METRICS} | {"_runs": []})
+            slot = values.setdefault(key, {m: [] for m in _ALL} | {"_runs": []})
             slot["_runs"].append(1.0)
-            for m in METRICS:
+            for m in _ALL:
                 v = row.get(m)
                 if v is not None and not (isinstance(v, float) and math.isnan(v)):
                     slot[m].append(float(v))
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for key, slot in values.items():
         entry: dict[str, Any] = {"n_runs": len(slot["_runs"]), "n": sizes[key]}
-        for m in METRICS:
+        for m in _ALL:
             xs = slot[m]
             if not xs:
                 entry[m] = None
@@ -275,6 +278,37 @@ def _plot_curves(histories: Mapping[str, list[dict]], path: Path) -> bool:
     return True
 
 
+def gold_table(
+    agg: Mapping[tuple[str, str], Mapping[str, Any]],
+    models: Sequence[Mapping[str, Any]],
+    sets: Sequence[Mapping[str, Any]],
+) -> list[str]:
+    """Markdown section of the gold-distribution metrics (mean ± std over runs), one row per
+    (test set, model) scored against human label distributions; empty when there are none.
+
+    >>> agg = {("m", "t"): {"n_runs": 1, "n": 2, "w1_gold": (0.5, 0.0), "tv_gold": (0.25, 0.0),
+    ...                     "js_gold": (0.1, 0.0), "spearman_gold": None}}
+    >>> print("\\n".join(gold_table(agg, [{"id": "m"}], [{"name": "t"}])[-1:]))
+    | t | `m` | 0.5000 | 0.2500 | 0.1000 | – |
+    """
+    keys = list(GOLD_METRICS)
+    body = []
+    for t in sets:
+        for m in models:
+            a = agg.get((m["id"], t["name"]))
+            if a is None or all(a.get(k) is None for k in keys):
+                continue
+            body.append(f"| {t['name']} | `{m['id']}` | "
+                        + " | ".join(format_cell(a.get(k), a["n_runs"]) for k in keys) + " |")
+    if not body:
+        return []
+    return ["", "## Against the human label distributions", "",
+            "W1 (exact, task geometry), total variation and Jensen-Shannon (bits): lower is better; "
+            "Spearman of the expected coordinate with the gold score: higher is better.", "",
+            "| test set | model | " + " | ".join(TITLES[k] for k in keys) + " |",
+            "|---|---|" + "---|" * len(keys), *body]
+
+
 def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = "knot run") -> Path:
     """Write ``report.md`` and ``plots/`` into ``out`` from the runs' ``results.json``.
 
@@ -319,6 +353,7 @@ def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = 
             lines += ["", f"Note: {notes[0]}" + (f" (in {len(notes)} of {n_runs} runs)" if n_runs > 1 else "") + "."]
     lines += ["", "## Per test set: macro-F1 / Semantic Distance", ""]
     lines += per_set_table(agg, models, sets)
+    lines += gold_table(agg, models, sets)
 
     # plots
     lines += ["", "## Plots", ""]

@@ -23,7 +23,6 @@ from typing import Any, Callable
 import torch
 
 from knot.batching import TextDataset, make_loader
-from knot.config import resolve_data_root
 from knot.data import load_split, prepare_data
 from knot.geometry import LabelGeometry
 from knot.losses import ot_ce_loss
@@ -91,9 +90,8 @@ def _ensure_data(cfg, layout, data_root) -> None:
     """Prepare the data when it is missing (or when a data root is given: a no-op if unchanged)."""
     if data_root is None and Path(layout.manifest).is_file():
         return
-    root = resolve_data_root(cfg, data_root)
-    log.info("preparing data from %s into %s", root, layout.data)
-    prepare_data(cfg, layout, root)
+    log.info("preparing data into %s", layout.data)
+    prepare_data(cfg, layout, data_root)  # resolves the data root only if a source needs it
 
 
 def _train_one(

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from knot import __version__
 from knot.config import DomainConfig, ExperimentConfig, resolve_data_root
+from knot.data.builtin import resolve_builtin
 from knot.data.context import add_context
 from knot.data.example import Example
 from knot.data.labels import LabelMapper
@@ -120,10 +121,14 @@ def _config_hash(cfg: ExperimentConfig, specs: list[list[dict]], labels: list[st
 
 
 def _resolver(cfg: ExperimentConfig, data_root: str | os.PathLike | None) -> Callable[[str], Path]:
-    """Map config paths to files: absolute as is, relative under the data root."""
+    """Map config paths to files: ``builtin:REL`` to the packaged file, absolute as is,
+    relative under the data root (resolved only when such a path is met)."""
     root: list[Path] = []
 
     def resolve(rel: str) -> Path:
+        packaged = resolve_builtin(rel)
+        if packaged is not None:
+            return packaged
         p = Path(rel).expanduser()
         if p.is_absolute():
             return p
@@ -305,6 +310,18 @@ def run_prepare(
     return manifest, reasons
 
 
+def _normalised(weights: tuple[float, ...] | None) -> list[float] | None:
+    """Gold weights -> probabilities (the reader checked them non-negative, not all zero).
+
+    >>> _normalised((1.0, 0.0, 3.0))
+    [0.25, 0.0, 0.75]
+    """
+    if weights is None:
+        return None
+    total = float(sum(weights))
+    return [w / total for w in weights]
+
+
 def _remove_domain(data_dir: Path, name: str) -> None:
     folder = data_dir / name
     for split in SPLITS:
@@ -381,6 +398,14 @@ def _prepare_domain(
                 where, name, sum(rep["unmapped"].values()), rep["unmapped"],
             )
 
+    # gold distributions: one weight per task label, normalised when written
+    for rec, j, _ in kept:
+        if rec.gold is not None and len(rec.gold) != len(labels):
+            raise ValueError(
+                f"{resolve(dspecs[j]['path'])}:{rec.line}: gold distribution has {len(rec.gold)} "
+                f"weights, the task has {len(labels)} labels ({', '.join(labels)})"
+            )
+
     # 4. split
     method = dom.split
     if method == "auto":
@@ -443,17 +468,19 @@ def _prepare_domain(
 
     # write
     order = list(labels)
-    files, counts, label_counts, groups = {}, {}, {}, {}
+    files, counts, label_counts, groups, gold = {}, {}, {}, {}, {}
     for s in SPLITS:
         items = by_split[s]
         path = data_dir / dom.name / f"{s}.jsonl"
         with atomic_path(path) as tmp:
             with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
                 for rec, _, lab in items:
-                    ex = Example(rec.text, lab, dom.name, rec.group)
+                    ex = Example(rec.text, lab, dom.name, rec.group, _normalised(rec.gold), rec.score)
                     fh.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
         files[s] = {"path": f"{dom.name}/{s}.jsonl", "sha256": sha256_file(path)}
         counts[s] = len(items)
+        gold[s] = {"dist": sum(rec.gold is not None for rec, _, _ in items),
+                   "score": sum(rec.score is not None for rec, _, _ in items)}
         c = Counter(lab for _, _, lab in items)
         keys_sorted = order + sorted((k for k in c if k not in order), key=lambda k: (k is None, str(k)))
         label_counts[s] = {str(k): c.get(k, 0) for k in keys_sorted if labelled or k is None}
@@ -468,6 +495,7 @@ def _prepare_domain(
         "label_counts": label_counts,
         "groups": groups,
         "subsampled_from": subsampled,
+        "gold": gold,
         "files": files,
         "read": read_stats,
     }

@@ -16,9 +16,10 @@ Options every source takes:
 
 ``reader``
     One of :data:`READERS` (``marc``/``amazon``, ``meld``, ``emorynlp``, ``silicone``,
-    ``goemotions``, ``sst``, ``csv``, ``jsonl``).
+    ``goemotions``, ``sst``, ``vader``, ``csv``, ``jsonl``).
 ``path``
-    The file, relative to the data root (or absolute).
+    The file, relative to the data root (or absolute); ``builtin:REL`` names a file
+    shipped inside knot (:mod:`knot.data.builtin`) whatever the data root.
 ``split``
     ``train``, ``val`` or ``test`` when the whole file is one official split, else null.
 ``context``
@@ -39,6 +40,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 import re
 import zlib
 from dataclasses import dataclass, replace
@@ -57,6 +59,9 @@ __all__ = [
     "validate_source",
     "source_files",
     "read_source",
+    "parse_gold",
+    "vader_bin",
+    "VADER_EDGES",
 ]
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -74,6 +79,10 @@ class Record:
     repeat across files (DailyDialog dev and test both count from 1).
     ``split`` is the official split of this very row when the reader knows it from the
     row itself (MARC review ids), else ``None``.
+    ``gold`` is the row's human label distribution: non-negative weights (counts or
+    probabilities, not all zero) over the task's labels in their geometry order;
+    ``score`` a gold scalar such as VADER's mean rating. Both are ``None`` when the
+    source has none.
     """
 
     text: str
@@ -82,6 +91,8 @@ class Record:
     line: int
     order: float = 0.0
     split: str | None = None
+    gold: tuple[float, ...] | None = None
+    score: float | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -470,29 +481,184 @@ def read_sst(path: Path, opts: dict, resolve, stats: dict) -> Iterator[Record]:
         yield Record(sentence, label, None, lineno, float(lineno))
 
 
+#: VADER's five ordinal bins on the -4..+4 scale: the inner edges (see :func:`vader_bin`).
+VADER_EDGES = (-2.4, -0.8, 0.8, 2.4)
+
+
+def vader_bin(x: float, edges: tuple[float, ...] = VADER_EDGES) -> int:
+    """0-based bin of a VADER rating or mean rating: the number of edges it passes.
+
+    A value on an edge goes to the more extreme bin (below zero an edge belongs to the
+    bin under it, at or above zero to the bin over it), so the five bins are
+    ``<= -2.4``, ``(-2.4, -0.8]``, ``(-0.8, 0.8)``, ``[0.8, 2.4)``, ``>= 2.4`` and
+    the integer ratings map -4, -3 -> 0; -2, -1 -> 1; 0 -> 2; 1, 2 -> 3; 3, 4 -> 4.
+
+    >>> [vader_bin(r) for r in range(-4, 5)]
+    [0, 0, 1, 1, 2, 3, 3, 4, 4]
+    >>> vader_bin(-2.4), vader_bin(-0.8), vader_bin(-0.75), vader_bin(0.8), vader_bin(2.4)
+    (0, 1, 2, 3, 4)
+    """
+    return sum(1 for e in edges if (x >= e if e >= 0 else x > e))
+
+
+def _tsv_fields(path: Path, lineno: int, text: str, n: int, layout: str) -> list[str]:
+    fields = text.rstrip("\r\n").split("\t")
+    if len(fields) != n:
+        raise ValueError(f"{path}:{lineno}: malformed line: expected {layout}, got {len(fields)} field(s)")
+    return fields
+
+
+def _vader_ratings(path: Path, lineno: int, mean_s: str, raw: str) -> list[int]:
+    """The integer ratings of one anonDataRatings line, checked against its mean."""
+    s = raw.strip()
+    if not (s.startswith("[") and s.endswith("]")):
+        raise ValueError(f"{path}:{lineno}: ratings: expected a list like [1, -2, 0], got {raw!r}")
+    items = [t.strip() for t in s[1:-1].split(",")]
+    if items == [""]:
+        raise ValueError(f"{path}:{lineno}: ratings: empty list")
+    ratings = []
+    for t in items:
+        if not re.fullmatch(r"[+-]?\d+", t) or not -4 <= int(t) <= 4:
+            raise ValueError(f"{path}:{lineno}: ratings: {t!r} is not an integer from -4 to 4")
+        ratings.append(int(t))
+    mean = _number(mean_s, path, lineno, "mean")
+    decimals = len(mean_s.strip().partition(".")[2])
+    got = sum(ratings) / len(ratings)
+    if abs(got - mean) > 0.5 * 10.0 ** -decimals + 1e-9:
+        raise ValueError(
+            f"{path}:{lineno}: mean {mean_s.strip()} does not match the {len(ratings)} ratings (their mean is {got:.6g})"
+        )
+    return ratings
+
+
+@_register(
+    "vader",
+    options={"ratings": ((str, type(None)), None), "edges": ((list,), list(VADER_EDGES))},
+    path_options=("ratings",),
+)
+def read_vader(path: Path, opts: dict, resolve, stats: dict) -> Iterator[Record]:
+    """VADER human-rated sentences (Hutto & Gilbert, ICWSM 2014), built into knot.
+
+    ``path`` is a ``*_GroundTruth.txt`` file (``id \\t mean \\t text``); ``ratings`` its
+    ``*_anonDataRatings.txt`` (``id \\t mean \\t std \\t [every rater's integer rating]``),
+    by default the same name with ``anonDataRatings`` for ``GroundTruth``. The two are
+    joined by id; an id in only one of them is an error naming the file and line.
+
+    * label: the GroundTruth mean rating in five ordinal bins ``"1"``..``"5"`` (the
+      ``sentiment5`` labels), ``<= -2.4``, ``(-2.4, -0.8]``, ``(-0.8, 0.8)``,
+      ``[0.8, 2.4)``, ``>= 2.4`` (``edges``; a mean on an edge goes to the more
+      extreme bin, see :func:`vader_bin`);
+    * gold distribution: every rater's rating in the same bins (-4, -3 -> ``"1"``;
+      -2, -1 -> ``"2"``; 0 -> ``"3"``; 1, 2 -> ``"4"``; 3, 4 -> ``"5"``), as counts;
+    * gold score: the GroundTruth mean rating.
+
+    The gold distribution is over the five bins in this order, so the task must have
+    five labels in the same order (``sentiment5``); a ``label_map`` that merges bins
+    leaves it at five weights, which prepare rejects naming the file and line.
+
+    A ratings line whose list is empty, holds a non-integer or out-of-range rating, or
+    whose mean differs from its ratings' mean by more than the rounding of its printed
+    decimals is an error. (The GroundTruth mean of 199 of the 1,000 many-rater tweets
+    differs from the ratings file's own mean; the GroundTruth one, the published gold
+    standard, is used for label and score.)
+    """
+    edges = tuple(float(e) for e in opts["edges"])
+    rpath = resolve(opts["ratings"])  # filled in by validate_source
+    ratings: dict[str, tuple[int, list[int]]] = {}
+    for lineno, text in iter_lines(rpath):
+        if not text.strip():
+            continue
+        rid, mean_s, _std, raw = _tsv_fields(rpath, lineno, text, 4, "id, mean, std, [ratings]")
+        if rid.strip() in ratings:
+            raise ValueError(f"{rpath}:{lineno}: id {rid.strip()!r} repeated (first on line {ratings[rid.strip()][0]})")
+        ratings[rid.strip()] = (lineno, _vader_ratings(rpath, lineno, mean_s, raw))
+    seen: set[str] = set()
+    for lineno, text in iter_lines(path):
+        if not text.strip():
+            continue
+        rid, mean_s, sentence = _tsv_fields(path, lineno, text, 3, "id, mean, text")
+        rid = rid.strip()
+        if rid not in ratings:
+            raise ValueError(f"{path}:{lineno}: id {rid!r} has no ratings in {rpath}")
+        if rid in seen:
+            raise ValueError(f"{path}:{lineno}: id {rid!r} repeated")
+        seen.add(rid)
+        mean = _number(mean_s, path, lineno, "mean")
+        counts = [0.0] * (len(edges) + 1)
+        for r in ratings[rid][1]:
+            counts[vader_bin(r, edges)] += 1.0
+        label = str(vader_bin(mean, edges) + 1)
+        yield Record(sentence.strip(), label, None, lineno, float(lineno), gold=tuple(counts), score=mean)
+    extra = [rid for rid in ratings if rid not in seen]
+    if extra:
+        line = ratings[extra[0]][0]
+        raise ValueError(f"{rpath}:{line}: id {extra[0]!r} has no text in {path} ({len(extra)} such id(s))")
+
+
 _GENERIC = {
     "text": ((str,), None),
     "label": ((str, type(None)), None),
     "group": ((str, type(None)), None),
     "order": ((str, type(None)), None),
+    "gold": ((str, type(None)), None),
+    "score": ((str, type(None)), None),
 }
+_GENERIC_COLUMNS = ("text", "label", "group", "order", "gold", "score")
+
+
+def parse_gold(value: Any, path: Path, lineno: int, key: str) -> tuple[float, ...]:
+    """A gold distribution cell: a list of numbers, or a string holding one (JSON
+    ``[1, 0, 3]`` or numbers separated by commas, semicolons or spaces). The weights
+    (counts or probabilities) must be finite, non-negative and not all zero; their
+    number is checked against the task's labels when the data is prepared.
+
+    >>> parse_gold("[3, 0, 1]", Path("a.csv"), 2, "dist")
+    (3.0, 0.0, 1.0)
+    >>> parse_gold("0.5 0.5", Path("a.csv"), 2, "dist")
+    (0.5, 0.5)
+    >>> parse_gold([0, 0], Path("a.jsonl"), 7, "dist")
+    Traceback (most recent call last):
+    ...
+    ValueError: a.jsonl:7: field 'dist': gold distribution is all zero
+    """
+    where = f"{path}:{lineno}: field {key!r}"
+    items = value
+    if isinstance(value, str):
+        items = [t for t in re.split(r"[\s,;]+", value.strip().strip("[]")) if t]
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ValueError(f"{where}: expected a list of per-class weights, got {value!r}")
+    out = []
+    for t in items:
+        try:
+            x = float(t)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: {t!r} is not a number") from None
+        if not math.isfinite(x) or x < 0:
+            raise ValueError(f"{where}: weight {t!r} is negative or not finite")
+        out.append(x)
+    if not any(out):
+        raise ValueError(f"{where}: gold distribution is all zero")
+    return tuple(out)
 
 
 @_register("csv", options={**_GENERIC, "delimiter": ((str,), ",")})
 def read_csv(path: Path, opts: dict, resolve, stats: dict) -> Iterator[Record]:
     """Any CSV/TSV with a header: ``text`` names the text column, ``label``, ``group``
     (dialogue id) and ``order`` (position in the dialogue) the optional others;
+    ``gold`` a column of per-class counts or probabilities in the task's label order
+    (:func:`parse_gold`) and ``score`` one of gold scores (e.g. a mean rating);
     ``delimiter`` is ``","`` by default (``"\\t"`` for TSV)."""
-    cols = tuple(opts[k] for k in ("text", "label", "group", "order") if opts[k])
+    cols = tuple(opts[k] for k in _GENERIC_COLUMNS if opts[k])
     for lineno, row in iter_csv(path, delimiter=opts["delimiter"], require=cols):
         yield _generic_record(row, opts, path, lineno)
 
 
 @_register("jsonl", options=dict(_GENERIC))
 def read_jsonl(path: Path, opts: dict, resolve, stats: dict) -> Iterator[Record]:
-    """Any JSON-lines file: ``text``, ``label``, ``group``, ``order`` name the fields."""
+    """Any JSON-lines file: ``text``, ``label``, ``group``, ``order``, ``gold``,
+    ``score`` name the fields (as for ``csv``; ``gold`` may be a JSON list)."""
     for lineno, obj in iter_jsonl(path):
-        for k in ("text", "label", "group", "order"):
+        for k in _GENERIC_COLUMNS:
             if opts[k]:
                 _field(obj, opts[k], path, lineno)
         yield _generic_record(obj, opts, path, lineno)
@@ -505,7 +671,9 @@ def _generic_record(row: dict, opts: dict, path: Path, lineno: int) -> Record:
     label = _label_str(row[opts["label"]]) if opts["label"] else None
     group = str(row[opts["group"]]).strip() if opts["group"] else None
     order = _number(row[opts["order"]], path, lineno, opts["order"]) if opts["order"] else float(lineno)
-    return Record(text, label, group, lineno, order)
+    gold = parse_gold(row[opts["gold"]], path, lineno, opts["gold"]) if opts["gold"] else None
+    score = _number(row[opts["score"]], path, lineno, opts["score"]) if opts["score"] else None
+    return Record(text, label, group, lineno, order, gold=gold, score=score)
 
 
 # ---------------------------------------------------------------------------
@@ -523,7 +691,7 @@ def validate_source(spec: Any, where: str = "source") -> dict:
     >>> validate_source({"reader": "nope", "path": "x"}, "sources[0]")
     Traceback (most recent call last):
     ...
-    knot.errors.ConfigError: sources[0].reader: unknown reader 'nope' (expected one of: amazon, csv, emorynlp, goemotions, jsonl, marc, meld, silicone, sst)
+    knot.errors.ConfigError: sources[0].reader: unknown reader 'nope' (expected one of: amazon, csv, emorynlp, goemotions, jsonl, marc, meld, silicone, sst, vader)
     """
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping with reader and path, got {spec!r}")
@@ -574,6 +742,18 @@ def validate_source(spec: Any, where: str = "source") -> dict:
         raise ConfigError(
             f"{where}.multi_label: expected drop, first or map, got {out['multi_label']!r}"
         )
+    if info.name == "vader":
+        if out["ratings"] is None:
+            if "GroundTruth" not in out["path"]:
+                raise ConfigError(
+                    f"{where}.ratings: missing (the path is not a *_GroundTruth file, so the ratings "
+                    f"file cannot be derived from it)"
+                )
+            out["ratings"] = out["path"].replace("GroundTruth", "anonDataRatings")
+        edges = out["edges"]
+        if (len(edges) < 1 or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in edges)
+                or list(edges) != sorted(edges)):
+            raise ConfigError(f"{where}.edges: expected increasing bin edges, got {edges!r}")
     if out["context"] is None:
         out["context"] = info.dialogue
     return out
