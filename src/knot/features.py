@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from knot.progress import progress as progress_bar
 from knot.utils import atomic_path, atomic_write_json, sha256_file, sha256_json
 
 __all__ = [
@@ -265,9 +266,7 @@ def encode_texts(
     np_dtype = np.dtype(dtype)
     n = len(texts)
     n_chunks = -(-n // chunk_size)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=n, desc="encode", unit="text", disable=not progress, leave=False)
+    bar = progress_bar(n, "encode", "text", enabled=None if progress else False)
     t0, done = time.perf_counter(), 0
     try:
         for c in range(n_chunks):
