@@ -12,6 +12,8 @@ from here and writes its outputs here, so stages can run on their own (``knot tr
       global/                global model checkpoint
       soft_labels/           soft labels (transfer train/val) and bias.json
       cache/tokens/          tokenised splits (reused across stages)
+      features/              frozen-encoder feature cache (model.encoder_mode: frozen;
+                             $KNOT_CACHE replaces it, see knot.features.cache_root)
       federated/             status.json, round-<n>.json, clients/ (federated runs)
       students/<method>/     student checkpoints
       results.json results.md report.md plots/
@@ -66,6 +68,12 @@ class RunLayout:
     @property
     def token_cache(self) -> Path:
         return self.root / "cache" / "tokens"
+
+    @property
+    def features(self) -> Path:
+        """Default feature-cache folder of frozen-encoder runs (``$KNOT_CACHE`` wins:
+        use :func:`knot.features.cache_root` on it)."""
+        return self.root / "features"
 
     @property
     def federated(self) -> Path:
