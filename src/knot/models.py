@@ -407,14 +407,16 @@ def frozen_encoder(source: str, layers: int | None = None) -> tuple[nn.Module, A
     canon = _canonical_source(source)
     key = (canon, layers)
     if key not in _FROZEN:
-        with torch.random.fork_rng(devices=[]):
+        # normal tensors even when first asked for under inference mode (version counters
+        # memoise the fingerprint)
+        with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
             if source == "tiny":
                 torch.manual_seed(FROZEN_TINY_SEED)
             encoder, tokenizer, _ = build_encoder(source, layers)
-        encoder.eval()
-        encoder.requires_grad_(False)
-        n_layers = int(encoder.config.num_hidden_layers)
-        _FROZEN[key] = (encoder, tokenizer, encoder_fingerprint(encoder, canon, n_layers))
+            encoder.eval()
+            encoder.requires_grad_(False)
+            n_layers = int(encoder.config.num_hidden_layers)
+            _FROZEN[key] = (encoder, tokenizer, encoder_fingerprint(encoder, canon, n_layers))
         log.info("frozen encoder %s (%d layers) ready", source, n_layers)
     return _FROZEN[key]
 
@@ -557,7 +559,6 @@ class FrozenClassifier(nn.Module):
             name=name,
         )
 
-    @torch.inference_mode()
     def predict_proba(
         self,
         texts: Sequence[str] | Sequence[Sequence[int]],
@@ -586,7 +587,7 @@ class FrozenClassifier(nn.Module):
                     cache = FeatureCache(tmp, verify="size")
                 entry = self.encode(texts, cache=cache, name=desc, batch_size=batch_size, device=dev, progress=progress)
                 loader = make_loader(FeatureDataset(entry), batch_size, shuffle=False, group_by_length=True)
-                for batch in loader:
+                for batch in _inference(loader):
                     mask = batch.get("feature_mask")
                     logits = self(batch["features"].to(dev), None if mask is None else mask.to(dev))
                     probs = torch.softmax(logits.float(), dim=-1)  # (B, K)
@@ -618,6 +619,11 @@ class FrozenClassifier(nn.Module):
             "geometry": self.geometry.to_dict(),
             "max_length": self.max_length,
         }
+
+
+def _inference(loader: Any) -> Iterator[dict]:
+    with torch.inference_mode():
+        yield from loader
 
 
 def make_dataset(
