@@ -241,6 +241,16 @@ def test_a_second_stage_over_the_same_texts_encodes_nothing(frozen_run):
     assert delta["texts_encoded"] == 0 and delta["cache_hits"] > 0
 
 
+def test_the_seeds_of_an_experiment_share_one_encoding(corpus):
+    base, root = corpus
+    cfg_path = base / "seeds.yaml"
+    cfg_path.write_text(CONFIG.replace("HEAD", "pooled").replace("seed: 3", "seeds: [1, 2]"))
+    logs = run_pipeline(load_config(cfg_path), base / "seeds", data_root=root, stages=["prepare", "local"])
+    encoded = {seed: log["local:books"]["summary"]["encoding"]["texts_encoded"] for seed, log in logs.items()}
+    assert encoded == {"seed-1": 32, "seed-2": 0}
+    assert (base / "seeds" / "features").is_dir() and not (base / "seeds" / "seed-1" / "features").exists()
+
+
 def test_knot_predict_reads_a_frozen_checkpoint(frozen_run):
     _, _, out = frozen_run
     res = runner.invoke(app, ["predict", str(RunLayout(out).teacher("books")), "great film", "awful plot", "--json"])

@@ -29,10 +29,16 @@ __all__ = ["RunLayout"]
 
 @dataclass(frozen=True)
 class RunLayout:
+    """The paths of one run directory ``root``. ``features_dir`` replaces ``root/features``
+    (the runs of a multi-seed experiment share ``OUT/features``: same texts, one encoding)."""
+
     root: Path
+    features_dir: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
+        if self.features_dir is not None:
+            object.__setattr__(self, "features_dir", Path(self.features_dir))
 
     @property
     def config(self) -> Path:
@@ -73,7 +79,7 @@ class RunLayout:
     def features(self) -> Path:
         """Default feature-cache folder of frozen-encoder runs (``$KNOT_CACHE`` wins:
         use :func:`knot.features.cache_root` on it)."""
-        return self.root / "features"
+        return self.features_dir if self.features_dir is not None else self.root / "features"
 
     @property
     def federated(self) -> Path:

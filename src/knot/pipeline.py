@@ -311,7 +311,8 @@ def run_pipeline(
     logs, layouts = {}, []
     for seed in cfg.seeds:
         seed_cfg = dataclasses.replace(cfg, seed=seed, seeds=None)
-        layout = RunLayout(out / f"seed-{seed}")
+        # frozen mode: the seeds read the same texts, so they share one feature cache
+        layout = RunLayout(out / f"seed-{seed}", features_dir=out / "features")
         log.info("=== seed %d -> %s", seed, layout.root)
         logs[f"seed-{seed}"] = _run_one_seed(seed_cfg, layout, data_root, groups, force)
         layouts.append(layout)
