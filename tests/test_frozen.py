@@ -8,6 +8,7 @@ the small polarity corpus of ``helpers.py``, so it runs offline in seconds.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from knot.models import FrozenClassifier, build_model, load, save_checkpoint
 from knot.pipeline import read_stage_log, run_pipeline
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 GEOMETRY = LabelGeometry.from_mapping({"neg": [-1.0], "pos": [1.0]})
 TEXTS = ["great film", "awful plot", "lovely music superb", "boring cast"]
 
@@ -73,13 +75,23 @@ def test_stage_hashes_of_finetune_configs_are_unchanged(path, tmp_path):
     from knot.pipeline import plan_stages
     from knot.utils import sha256_json
 
-    stages = plan_stages(load_config(path), RunLayout(tmp_path))
+    stages = plan_stages(load_config(REPO / path), RunLayout(tmp_path))
     keys = {
         s.name: sha256_json({"stage": s.name, "inputs": s.inputs})[:16]
         for s in stages
         if s.group in ("local", "global", "distill")
     }
     assert keys == PINNED[path]
+
+
+@pytest.mark.parametrize("name", ["sentiment", "erc"])
+def test_full_configs_are_the_base_experiments_frozen_at_full_size(name):
+    full = load_config(REPO / "configs" / f"{name}-full.yaml")
+    base = load_config(REPO / "configs" / f"{name}.yaml")
+    assert full.model.frozen and full.model.head == "knot" and full.model.encoder == base.model.encoder
+    assert [d.to_dict() for d in full.data.domains] == [d.to_dict() for d in base.data.domains]
+    assert all(d.max_train is None and d.max_val is None and d.max_test is None for d in full.data.domains)
+    assert (full.local.epochs, full.global_model.epochs, full.distill.train.epochs) == (10, 10, 20)
 
 
 @pytest.mark.parametrize(
