@@ -43,6 +43,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -385,6 +386,7 @@ def build_model(model_cfg: Any, geometry: Any, *, feature_cache: FeatureCache | 
 
 # One frozen encoder per (source, layers) in this process: (encoder, tokenizer, fingerprint).
 _FROZEN: dict[tuple[str, int | None], tuple[nn.Module, Any, str]] = {}
+_FROZEN_LOCK = threading.Lock()  # in-process federated clients may run in threads
 
 
 def _canonical_source(source: str) -> str:
@@ -406,19 +408,24 @@ def frozen_encoder(source: str, layers: int | None = None) -> tuple[nn.Module, A
     """
     canon = _canonical_source(source)
     key = (canon, layers)
-    if key not in _FROZEN:
-        # normal tensors even when first asked for under inference mode (version counters
-        # memoise the fingerprint)
-        with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
-            if source == "tiny":
-                torch.manual_seed(FROZEN_TINY_SEED)
-            encoder, tokenizer, _ = build_encoder(source, layers)
-            encoder.eval()
-            encoder.requires_grad_(False)
-            n_layers = int(encoder.config.num_hidden_layers)
-            _FROZEN[key] = (encoder, tokenizer, encoder_fingerprint(encoder, canon, n_layers))
-        log.info("frozen encoder %s (%d layers) ready", source, n_layers)
-    return _FROZEN[key]
+    with _FROZEN_LOCK:
+        return _FROZEN[key] if key in _FROZEN else _build_frozen(source, canon, layers)
+
+
+def _build_frozen(source: str, canon: str, layers: int | None) -> tuple[nn.Module, Any, str]:
+    # Normal tensors even when first asked for under inference mode (their version
+    # counters memoise the fingerprint); a forked RNG leaves the caller's stream alone.
+    with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+        if source == "tiny":
+            torch.manual_seed(FROZEN_TINY_SEED)
+        encoder, tokenizer, _ = build_encoder(source, layers)
+        encoder.eval()
+        encoder.requires_grad_(False)
+        n_layers = int(encoder.config.num_hidden_layers)
+        item = (encoder, tokenizer, encoder_fingerprint(encoder, canon, n_layers))
+    _FROZEN[(canon, layers)] = item
+    log.info("frozen encoder %s (%d layers) ready", source, n_layers)
+    return item
 
 
 def _frozen_tokenizer(source: str, layers: int | None) -> Any:

@@ -440,8 +440,9 @@ def fit(
 
     Parameters
     ----------
-    model : KnotClassifier (any module ``(input_ids, attention_mask) -> logits (B, K)``
-        that :func:`knot.models.save_checkpoint` can save)
+    model : KnotClassifier or FrozenClassifier (any module that
+        :func:`knot.models.save_checkpoint` can save and :func:`model_logits` can call:
+        ``(input_ids, attention_mask)`` or ``(features, feature_mask)`` -> logits (B, K))
     loss_fn : callable
         ``loss_fn(logits (B, K), batch) -> scalar tensor``; ``batch`` is the loader's
         dict moved to ``device``.
