@@ -263,6 +263,15 @@ def test_the_seeds_of_an_experiment_share_one_encoding(corpus):
     assert (base / "seeds" / "features").is_dir() and not (base / "seeds" / "seed-1" / "features").exists()
 
 
+def test_a_student_cannot_start_from_a_global_model_of_the_other_mode(frozen_run):
+    from knot.distill import distill
+
+    _, cfg_path, out = frozen_run
+    cfg = load_config(cfg_path, ["model.encoder_mode=finetune", "model.head=knot"])
+    with pytest.raises(ValueError, match="frozen encoder but model.encoder_mode is finetune"):
+        distill(cfg, RunLayout(out), method="ot")
+
+
 def test_knot_predict_reads_a_frozen_checkpoint(frozen_run):
     _, _, out = frozen_run
     res = runner.invoke(app, ["predict", str(RunLayout(out).teacher("books")), "great film", "awful plot", "--json"])

@@ -314,6 +314,12 @@ def distill(
         )
         if list(model.geometry.labels) != list(geometry.labels):
             raise ValueError(f"{layout.global_model}: labels {model.labels} differ from the task's {geometry.labels}")
+        if bool(getattr(model, "frozen", False)) != cfg.model.frozen:
+            raise ValueError(
+                f"{layout.global_model}: the global model was trained with a "
+                f"{'frozen' if getattr(model, 'frozen', False) else 'fine-tuned'} encoder but model.encoder_mode is "
+                f"{cfg.model.encoder_mode}; retrain it (knot train --role global) or set distill.init: scratch"
+            )
         model.to(device)
         cache = layout.token_cache
         train_ds = make_dataset(
