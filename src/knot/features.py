@@ -75,11 +75,14 @@ __all__ = [
     "FeatureCache",
     "FeatureDataset",
     "cache_root",
+    "run_feature_cache",
     "encoder_fingerprint",
     "inputs_hash",
     "encode_texts",
     "cache_info",
     "cache_clear",
+    "encoding_stats",
+    "encoding_delta",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,38 @@ KINDS = ("tokens", "mean")
 DTYPES = ("float16", "float32")
 MANIFEST = "manifest.json"
 _VERIFIED: set[tuple] = set()  # (path, size, mtime_ns, sha256) checked in this process
+# Encoding work done in this process (stage summaries report the difference).
+_STATS = {"texts_encoded": 0, "seconds": 0.0, "cache_hits": 0, "entries_built": 0}
+
+
+def encoding_stats() -> dict:
+    """Totals for this process: ``texts_encoded`` (cache misses), encoding ``seconds``,
+    ``cache_hits`` (entries served from the cache) and ``entries_built``.
+
+    >>> sorted(encoding_stats())
+    ['cache_hits', 'entries_built', 'seconds', 'texts_encoded']
+    """
+    return dict(_STATS)
+
+
+def encoding_delta(before: dict, after: dict | None = None) -> dict:
+    """The encoding done between two :func:`encoding_stats` snapshots, with the
+    throughput ``texts_per_s`` (null when nothing was encoded).
+
+    >>> encoding_delta({"texts_encoded": 0, "seconds": 0.0, "cache_hits": 0, "entries_built": 0},
+    ...                {"texts_encoded": 32, "seconds": 2.0, "cache_hits": 1, "entries_built": 1})
+    {'texts_encoded': 32, 'seconds': 2.0, 'texts_per_s': 16.0, 'cache_hits': 1, 'entries_built': 1}
+    """
+    after = encoding_stats() if after is None else after
+    n = int(after["texts_encoded"] - before["texts_encoded"])
+    sec = round(float(after["seconds"] - before["seconds"]), 3)
+    return {
+        "texts_encoded": n,
+        "seconds": sec,
+        "texts_per_s": round(n / sec, 2) if n and sec > 0 else None,
+        "cache_hits": int(after["cache_hits"] - before["cache_hits"]),
+        "entries_built": int(after["entries_built"] - before["entries_built"]),
+    }
 
 
 class CacheError(RuntimeError):
@@ -106,6 +141,12 @@ def cache_root(default: str | os.PathLike) -> Path:
     """
     env = os.environ.get(CACHE_ENV, "").strip()
     return Path(env).expanduser() if env else Path(default)
+
+
+def run_feature_cache(layout: Any) -> "FeatureCache":
+    """The feature cache of a run: ``$KNOT_CACHE`` when set, else ``layout.features``
+    (``RUN/features``, :class:`knot.layout.RunLayout`)."""
+    return FeatureCache(cache_root(layout.features))
 
 
 # ---------------------------------------------------------------------------
@@ -568,6 +609,7 @@ class FeatureCache:
             entry = None
         if entry is not None:
             log.debug("feature cache hit: %s (%s)", path, name or key)
+            _STATS["cache_hits"] += 1
             return entry
         self._check_writable()
         with _build_lock(self.root / f".{key}.lock"):
@@ -578,6 +620,7 @@ class FeatureCache:
                 shutil.rmtree(path, ignore_errors=True)
                 entry = None
             if entry is not None:
+                _STATS["cache_hits"] += 1
                 return entry
             return self._build(
                 key, fields, encoder, tokenizer, inputs, max_length=max_length, kind=kind, dtype=dtype,
@@ -600,6 +643,8 @@ class FeatureCache:
         if len(todo) < n_chunks:
             log.info("%s: resuming, %d of %d chunks already encoded", path, n_chunks - len(todo), n_chunks)
         todo_set = set(todo)
+        t0 = time.perf_counter()
+        n_encoded = 0
         for chunk in encode_texts(
             encoder,
             tokenizer,
@@ -614,8 +659,12 @@ class FeatureCache:
             dtype=dtype,
         ):
             _write_part(path, chunk)
+            n_encoded += chunk.stop - chunk.start
             if on_chunk is not None:
                 on_chunk(chunk)
+        _STATS["texts_encoded"] += n_encoded
+        _STATS["seconds"] += time.perf_counter() - t0
+        _STATS["entries_built"] += 1
         parts = []
         hidden = None
         for c in range(n_chunks):

@@ -12,6 +12,8 @@ from here and writes its outputs here, so stages can run on their own (``knot tr
       global/                global model checkpoint
       soft_labels/           soft labels (transfer train/val) and bias.json
       cache/tokens/          tokenised splits (reused across stages)
+      features/              frozen-encoder feature cache (model.encoder_mode: frozen;
+                             $KNOT_CACHE replaces it, see knot.features.cache_root)
       federated/             status.json, round-<n>.json, clients/ (federated runs)
       students/<method>/     student checkpoints
       results.json results.md report.md plots/
@@ -27,10 +29,16 @@ __all__ = ["RunLayout"]
 
 @dataclass(frozen=True)
 class RunLayout:
+    """The paths of one run directory ``root``. ``features_dir`` replaces ``root/features``
+    (the runs of a multi-seed experiment share ``OUT/features``: same texts, one encoding)."""
+
     root: Path
+    features_dir: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
+        if self.features_dir is not None:
+            object.__setattr__(self, "features_dir", Path(self.features_dir))
 
     @property
     def config(self) -> Path:
@@ -66,6 +74,12 @@ class RunLayout:
     @property
     def token_cache(self) -> Path:
         return self.root / "cache" / "tokens"
+
+    @property
+    def features(self) -> Path:
+        """Default feature-cache folder of frozen-encoder runs (``$KNOT_CACHE`` wins:
+        use :func:`knot.features.cache_root` on it)."""
+        return self.features_dir if self.features_dir is not None else self.root / "features"
 
     @property
     def federated(self) -> Path:

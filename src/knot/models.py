@@ -14,11 +14,25 @@ Encoders (``ModelConfig.encoder``):
 
 ``encoder_layers: N`` keeps only the first N encoder layers.
 
+``encoder_mode: frozen`` builds a :class:`FrozenClassifier` instead: a head
+(:class:`knot.heads.TokenHead`, KNOT's head, or :class:`knot.heads.PooledHead`) trained
+over features a frozen encoder computed once (:mod:`knot.features`). The frozen encoder
+is built lazily (only when texts must be encoded) and shared by every model of the
+process (one encoder object per source and depth, :func:`frozen_encoder`).
+
 Checkpoints are data, never pickled modules: ``model.safetensors`` (weights),
 ``config.json`` (encoder architecture and source, labels, geometry, max_length, training
 config, metrics, knot version, ``n_train``) and the tokenizer files. :func:`load`
 rebuilds the architecture from ``config.json`` and reads the weights with safetensors,
 so loading never executes code from the checkpoint.
+
+A frozen model's checkpoint holds only the head's weights; its ``config.json`` names the
+encoder (``encoder: {mode: frozen, source, layers, fingerprint, hidden}``) instead of
+storing it. The encoder is rebuilt from its name when texts must first be encoded and
+its fingerprint (:func:`knot.features.encoder_fingerprint`) is checked then: a different
+encoder is an error, never silently wrong features. The random ``tiny`` encoder is
+built in frozen mode under a fixed seed (:data:`FROZEN_TINY_SEED`), so it too is
+rebuilt from its name, and the fingerprint proves it is the same one.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -39,12 +54,18 @@ from torch import nn
 from knot import __version__
 from knot.batching import TextDataset, make_loader
 from knot.encoders import NAMED_ENCODERS, encoder_folder, load_pretrained, load_tokenizer, minilm_path  # noqa: F401 (minilm_path: re-export)
+from knot.features import FeatureCache, FeatureDataset, FeatureEntry, encoder_fingerprint
 from knot.geometry import LabelGeometry
+from knot.heads import PooledHead, TokenHead
 from knot.progress import progress as progress_bar
 from knot.utils import atomic_write_json, default_file_mode, sha256_file
 
 __all__ = [
     "KnotClassifier",
+    "FrozenClassifier",
+    "frozen_encoder",
+    "make_dataset",
+    "FROZEN_TINY_SEED",
     "build_model",
     "build_encoder",
     "save_checkpoint",
@@ -62,6 +83,9 @@ CHECKPOINT_FORMAT = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)
+#: The random ``tiny`` encoder of frozen mode is initialised under this seed, so a
+#: checkpoint rebuilds it from its name (the fingerprint check proves it).
+FROZEN_TINY_SEED = 0
 
 
 def _layer_list(encoder: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
@@ -317,12 +341,32 @@ class KnotClassifier(nn.Module):
         return out
 
 
-def build_model(model_cfg: Any, geometry: Any) -> KnotClassifier:
+def build_model(model_cfg: Any, geometry: Any, *, feature_cache: FeatureCache | None = None) -> nn.Module:
     """A fresh classifier from a :class:`knot.config.ModelConfig` and a label geometry.
 
     The encoder is pretrained (``minilm`` or a folder) or random (``tiny``); the head is
-    random. Seed torch first for a reproducible initialisation.
+    random. Seed torch first for a reproducible initialisation. With
+    ``encoder_mode: frozen`` the result is a :class:`FrozenClassifier` using the shared
+    frozen encoder (built under a forked RNG, so the head's initialisation does not depend
+    on whether the encoder was already built in this process) and ``feature_cache``.
     """
+    if getattr(model_cfg, "encoder_mode", "finetune") == "frozen":
+        encoder, _, _ = frozen_encoder(model_cfg.encoder, model_cfg.encoder_layers)
+        hidden, k = int(encoder.config.hidden_size), int(geometry.num_labels)
+        if model_cfg.head == "pooled":
+            head: nn.Module = PooledHead(hidden, k, units=model_cfg.pooled_units, dropout=model_cfg.dropout)
+        else:
+            head = TokenHead(hidden, k, heads=model_cfg.head_heads, dropout=model_cfg.dropout)
+        model = FrozenClassifier(
+            head,
+            _frozen_tokenizer(model_cfg.encoder, model_cfg.encoder_layers),
+            geometry,
+            max_length=model_cfg.max_length,
+            encoder_source=model_cfg.encoder,
+            encoder_layers=model_cfg.encoder_layers,
+        )
+        model.feature_cache = feature_cache
+        return model
     encoder, tokenizer, _ = build_encoder(model_cfg.encoder, model_cfg.encoder_layers)
     return KnotClassifier(
         encoder,
@@ -334,6 +378,276 @@ def build_model(model_cfg: Any, geometry: Any) -> KnotClassifier:
         encoder_source=model_cfg.encoder,
         encoder_layers=model_cfg.encoder_layers,
     )
+
+
+# ---------------------------------------------------------------------------
+# frozen encoder + head
+# ---------------------------------------------------------------------------
+
+# One frozen encoder per (source, layers) in this process: (encoder, tokenizer, fingerprint).
+_FROZEN: dict[tuple[str, int | None], tuple[nn.Module, Any, str]] = {}
+_FROZEN_LOCK = threading.Lock()  # in-process federated clients may run in threads
+
+
+def _canonical_source(source: str) -> str:
+    return source if source in NAMED_ENCODERS else str(Path(source).expanduser().resolve())
+
+
+def frozen_encoder(source: str, layers: int | None = None) -> tuple[nn.Module, Any, str]:
+    """The process's shared frozen encoder for ``source`` truncated to ``layers``.
+
+    Built on first use (in eval mode, gradients off) under a forked RNG, so building it
+    never moves the caller's random state; ``tiny`` is seeded with
+    :data:`FROZEN_TINY_SEED` and so is the same random encoder in every process.
+
+    Returns
+    -------
+    (encoder, tokenizer, fingerprint)
+        ``fingerprint`` is :func:`knot.features.encoder_fingerprint` of the encoder (its
+        weights, canonical source and layer count), the identity checkpoints record.
+    """
+    canon = _canonical_source(source)
+    key = (canon, layers)
+    with _FROZEN_LOCK:
+        return _FROZEN[key] if key in _FROZEN else _build_frozen(source, canon, layers)
+
+
+def _build_frozen(source: str, canon: str, layers: int | None) -> tuple[nn.Module, Any, str]:
+    # Normal tensors even when first asked for under inference mode (their version
+    # counters memoise the fingerprint); a forked RNG leaves the caller's stream alone.
+    with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+        if source == "tiny":
+            torch.manual_seed(FROZEN_TINY_SEED)
+        encoder, tokenizer, _ = build_encoder(source, layers)
+        encoder.eval()
+        encoder.requires_grad_(False)
+        n_layers = int(encoder.config.num_hidden_layers)
+        item = (encoder, tokenizer, encoder_fingerprint(encoder, canon, n_layers))
+    _FROZEN[(canon, layers)] = item
+    log.info("frozen encoder %s (%d layers) ready", source, n_layers)
+    return item
+
+
+def _frozen_tokenizer(source: str, layers: int | None) -> Any:
+    return frozen_encoder(source, layers)[1]
+
+
+class FrozenClassifier(nn.Module):
+    """A head over frozen-encoder features: the frozen-mode counterpart of
+    :class:`KnotClassifier` (same ``labels``, ``num_labels``, ``tokenizer``, ``geometry``,
+    ``max_length``, ``metadata``, ``device``, ``predict_proba``).
+
+    Only the head is a submodule: ``state_dict()``, ``parameters()`` and ``.to()`` touch
+    the head alone; the encoder is a reference ``{source, layers, fingerprint}`` resolved
+    through :func:`frozen_encoder` when texts must be encoded.
+
+    Parameters
+    ----------
+    head : TokenHead or PooledHead
+    tokenizer : the encoder's tokenizer
+    geometry : knot.geometry.LabelGeometry
+    max_length : int
+        Truncation length of the encoded texts.
+    encoder_source, encoder_layers : the frozen encoder's name and depth (null: all)
+    fingerprint : str, optional
+        Expected encoder fingerprint (from a checkpoint); checked when the encoder is
+        first used.
+
+    Attributes
+    ----------
+    feature_cache : FeatureCache or None
+        Where features are cached (stages attach the run's); without one,
+        :meth:`predict_proba` encodes into a temporary folder.
+    """
+
+    frozen = True
+
+    def __init__(
+        self,
+        head: nn.Module,
+        tokenizer: Any,
+        geometry: Any,
+        *,
+        max_length: int = 200,
+        encoder_source: str = "minilm",
+        encoder_layers: int | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.head = head
+        self.tokenizer = tokenizer
+        self.geometry = geometry
+        self.max_length = int(max_length)
+        self.encoder_source = encoder_source
+        self.encoder_layers = encoder_layers
+        self.expected_fingerprint = fingerprint
+        self.feature_cache: FeatureCache | None = None
+        self.metadata: dict = {}
+
+    @property
+    def head_kind(self) -> str:
+        """``knot`` (token states) or ``pooled`` (mean-pooled embeddings)."""
+        return "pooled" if isinstance(self.head, PooledHead) else "knot"
+
+    @property
+    def feature_kind(self) -> str:
+        """The cached feature kind the head reads (:data:`knot.features.KINDS`)."""
+        return "mean" if self.head_kind == "pooled" else "tokens"
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.geometry.labels)
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.geometry.num_labels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def frozen_encoder(self) -> tuple[nn.Module, str, int]:
+        """(encoder, canonical source, layers): built on first use, fingerprint checked.
+
+        Raises
+        ------
+        ValueError
+            The encoder this name builds here is not the one the head was trained on.
+        """
+        encoder, _, fp = frozen_encoder(self.encoder_source, self.encoder_layers)
+        if self.expected_fingerprint is not None and fp != self.expected_fingerprint:
+            raise ValueError(
+                f"frozen encoder {self.encoder_source!r} (layers {self.encoder_layers}) has fingerprint "
+                f"{fp[:12]}..., but this head was trained on {self.expected_fingerprint[:12]}...: "
+                "a different encoder (other weights or version) would give wrong features; "
+                "use the encoder the checkpoint was trained with"
+            )
+        return encoder, _canonical_source(self.encoder_source), int(encoder.config.num_hidden_layers)
+
+    @property
+    def fingerprint(self) -> str:
+        """The encoder's fingerprint (builds the encoder when the checkpoint did not record it)."""
+        if self.expected_fingerprint is None:
+            self.expected_fingerprint = frozen_encoder(self.encoder_source, self.encoder_layers)[2]
+        return self.expected_fingerprint
+
+    def forward(self, features: torch.Tensor, feature_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from cached features: (B, L, H) token states with a (B, L) mask for the
+        ``knot`` head, (B, H) embeddings for ``pooled``. Returns (B, K)."""
+        return self.head(features, feature_mask)
+
+    def encode(
+        self,
+        inputs: Sequence[str] | Sequence[Sequence[int]],
+        *,
+        cache: FeatureCache | None = None,
+        name: str | None = None,
+        batch_size: int = 64,
+        device: torch.device | str | None = None,
+        progress: bool = True,
+    ) -> FeatureEntry:
+        """Features of texts (or token-id sequences) from ``cache`` (default: the attached
+        one), encoding only what it does not hold yet."""
+        cache = cache if cache is not None else self.feature_cache
+        if cache is None:
+            raise ValueError("FrozenClassifier.encode: no feature cache attached (set model.feature_cache)")
+        encoder, source, layers = self.frozen_encoder()
+        return cache.get_or_build(
+            encoder,
+            self.tokenizer,
+            inputs,
+            source=source,
+            layers=layers,
+            max_length=self.max_length,
+            kind=self.feature_kind,
+            batch_size=batch_size,
+            device=device if device is not None else self.device,
+            progress=progress,
+            name=name,
+        )
+
+    def predict_proba(
+        self,
+        texts: Sequence[str] | Sequence[Sequence[int]],
+        batch_size: int = 128,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+        desc: str = "predict",
+    ) -> np.ndarray:
+        """Class probabilities (N, K) float32 for raw texts (or token-id sequences), in
+        input order. Texts are encoded through the attached feature cache (each text set
+        once per cache), else through a temporary one."""
+        texts = list(texts)
+        out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
+        if not texts:
+            return out
+        if device is not None:
+            self.to(device)
+        dev = self.device
+        was_training = self.training
+        self.eval()
+        try:
+            with contextlib.ExitStack() as stack:
+                cache = self.feature_cache
+                if cache is None:
+                    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="knot-features-"))
+                    cache = FeatureCache(tmp, verify="size")
+                entry = self.encode(texts, cache=cache, name=desc, batch_size=batch_size, device=dev, progress=progress)
+                loader = make_loader(FeatureDataset(entry), batch_size, shuffle=False, group_by_length=True)
+                for batch in _inference(loader):
+                    mask = batch.get("feature_mask")
+                    logits = self(batch["features"].to(dev), None if mask is None else mask.to(dev))
+                    probs = torch.softmax(logits.float(), dim=-1)  # (B, K)
+                    out[batch["index"].numpy()] = probs.cpu().numpy()
+                del entry, loader
+        finally:
+            self.train(was_training)
+        return out
+
+    def config_dict(self) -> dict:
+        """What :func:`load` needs: the encoder reference (never its weights) and the head."""
+        head: dict[str, Any] = {"kind": self.head_kind, "hidden": int(self.head.hidden)}
+        if self.head_kind == "pooled":
+            head.update(units=int(self.head.net[1].out_features), dropout=float(self.head.net[0].p))
+        else:
+            head.update(heads=int(self.head.mixer.self_attn.num_heads), dropout=float(self.head.dropout.p))
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "knot_version": __version__,
+            "encoder": {
+                "mode": "frozen",
+                "source": _canonical_source(self.encoder_source),
+                "layers": self.encoder_layers,
+                "fingerprint": self.fingerprint,
+                "hidden": int(self.head.hidden),
+            },
+            "head": head,
+            "labels": self.labels,
+            "geometry": self.geometry.to_dict(),
+            "max_length": self.max_length,
+        }
+
+
+def _inference(loader: Any) -> Iterator[dict]:
+    with torch.inference_mode():
+        yield from loader
+
+
+def make_dataset(
+    model: nn.Module,
+    texts: Sequence[str],
+    targets: torch.Tensor | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+) -> Any:
+    """The training dataset for ``model``: tokenised texts (:class:`TextDataset`, token
+    cache ``cache_dir``) for a fine-tuned model; cached frozen-encoder features
+    (:class:`knot.features.FeatureDataset`, from the model's feature cache) for a
+    :class:`FrozenClassifier`. Both work with :func:`knot.batching.make_loader`."""
+    if isinstance(model, FrozenClassifier):
+        return FeatureDataset(model.encode(texts, name=name), targets)
+    return TextDataset(texts, model.tokenizer, model.max_length, targets, cache_dir=cache_dir, name=name)
 
 
 # ---------------------------------------------------------------------------
@@ -382,7 +696,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_checkpoint(model: KnotClassifier, dir: str | os.PathLike, metadata: dict | None = None) -> Path:
+def save_checkpoint(model: nn.Module, dir: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Write ``model`` to the folder ``dir`` atomically.
 
     The checkpoint is written into a temporary sibling folder and renamed over ``dir``;
@@ -390,9 +704,12 @@ def save_checkpoint(model: KnotClassifier, dir: str | os.PathLike, metadata: dic
     the two renames, the previous one is kept as ``.<name>.old`` beside it and
     :func:`load` says so).
 
+    A :class:`FrozenClassifier` stores its head's weights only, plus the encoder
+    reference (source, layers, fingerprint) in ``config.json``.
+
     Parameters
     ----------
-    model : KnotClassifier
+    model : KnotClassifier or FrozenClassifier
     dir : path
     metadata : dict, optional
         JSON-serialisable extras stored in ``config.json`` (training config, metrics,
@@ -465,11 +782,18 @@ def read_checkpoint_config(dir: str | os.PathLike) -> dict:
     return _read_config(resolve_checkpoint(dir))
 
 
-def load(dir: str | os.PathLike, device: torch.device | str | None = None) -> KnotClassifier:
+def load(
+    dir: str | os.PathLike,
+    device: torch.device | str | None = None,
+    *,
+    feature_cache: FeatureCache | None = None,
+) -> nn.Module:
     """Load a checkpoint written by :func:`save_checkpoint` (or a training folder's best).
 
     Only JSON and safetensors are read: no code from the checkpoint runs. The model is
-    returned in eval mode; ``model.metadata`` holds the stored metadata.
+    returned in eval mode; ``model.metadata`` holds the stored metadata. A frozen-mode
+    checkpoint gives a :class:`FrozenClassifier` using ``feature_cache``; its encoder is
+    rebuilt (and its fingerprint checked) when it first encodes texts.
 
     Raises
     ------
@@ -507,20 +831,25 @@ def load(dir: str | os.PathLike, device: torch.device | str | None = None) -> Kn
     except Exception as exc:
         raise ValueError(f"{path}: cannot read the tokenizer files ({exc})") from None
     enc_cfg = cfg["encoder"]
-    try:
-        encoder = _encoder_from_config(enc_cfg["hf_config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path / CONFIG}: bad encoder entry ({exc})") from None
-    model = KnotClassifier(
-        encoder,
-        tokenizer,
-        geometry,
-        max_length=cfg["max_length"],
-        head_heads=cfg["head"]["heads"],
-        dropout=cfg["head"]["dropout"],
-        encoder_source=enc_cfg.get("source", "unknown"),
-        encoder_layers=enc_cfg.get("layers"),
-    )
+    model: nn.Module
+    if enc_cfg.get("mode") == "frozen":
+        model = _frozen_from_config(cfg, tokenizer, geometry, path)
+        model.feature_cache = feature_cache
+    else:
+        try:
+            encoder = _encoder_from_config(enc_cfg["hf_config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path / CONFIG}: bad encoder entry ({exc})") from None
+        model = KnotClassifier(
+            encoder,
+            tokenizer,
+            geometry,
+            max_length=cfg["max_length"],
+            head_heads=cfg["head"]["heads"],
+            dropout=cfg["head"]["dropout"],
+            encoder_source=enc_cfg.get("source", "unknown"),
+            encoder_layers=enc_cfg.get("layers"),
+        )
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
     if unexpected:
@@ -540,6 +869,29 @@ def load(dir: str | os.PathLike, device: torch.device | str | None = None) -> Kn
     if device is not None:
         model.to(device)
     return model
+
+
+def _frozen_from_config(cfg: dict, tokenizer: Any, geometry: Any, path: Path) -> FrozenClassifier:
+    enc, head_cfg = cfg["encoder"], cfg["head"]
+    try:
+        hidden, k = int(enc["hidden"]), int(geometry.num_labels)
+        if head_cfg["kind"] == "pooled":
+            head: nn.Module = PooledHead(hidden, k, units=int(head_cfg["units"]), dropout=float(head_cfg["dropout"]))
+        elif head_cfg["kind"] == "knot":
+            head = TokenHead(hidden, k, heads=int(head_cfg["heads"]), dropout=float(head_cfg["dropout"]))
+        else:
+            raise ValueError(f"unknown head kind {head_cfg['kind']!r}")
+        return FrozenClassifier(
+            head,
+            tokenizer,
+            geometry,
+            max_length=cfg["max_length"],
+            encoder_source=str(enc["source"]),
+            encoder_layers=enc.get("layers"),
+            fingerprint=str(enc["fingerprint"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path / CONFIG}: bad frozen encoder/head entry ({exc})") from None
 
 
 def _few(keys: list[str]) -> str:

@@ -214,7 +214,7 @@ def _run_one_seed(
         )
         if stage.fingerprint is not None and selected:
             start = time.time()
-            summary = stage.run()
+            summary = _run_stage(cfg, stage)
             fingerprints[stage.name] = key = sha256_json([key, stage.fingerprint()])
             record[stage.name] = _record(key, start, summary)
             atomic_write_json(layout.stages, record)
@@ -231,11 +231,31 @@ def _run_one_seed(
             continue
         log.info("[%s] running", stage.name)
         start = time.time()
-        summary = stage.run()
+        summary = _run_stage(cfg, stage)
         record[stage.name] = _record(key, start, summary)
         # written after every stage, so a killed run keeps what finished
         atomic_write_json(layout.stages, record)
     return record
+
+
+def _run_stage(cfg: ExperimentConfig, stage: Stage) -> Any:
+    """Run one stage; in frozen-encoder mode its summary gains ``encoding``: the texts it
+    encoded (cache misses), the seconds spent and the throughput (texts/s)."""
+    if not cfg.model.frozen:
+        return stage.run()
+    from knot.features import encoding_delta, encoding_stats
+
+    before = encoding_stats()
+    summary = stage.run()
+    enc = encoding_delta(before)
+    if enc["texts_encoded"]:
+        log.info(
+            "[%s] encoded %d texts in %.1f s (%s texts/s); %d cached text sets reused",
+            stage.name, enc["texts_encoded"], enc["seconds"], enc["texts_per_s"], enc["cache_hits"],
+        )
+    if isinstance(summary, dict):
+        summary = {**summary, "encoding": enc}
+    return summary
 
 
 def _record(key: str, start: float, summary: Any) -> dict[str, Any]:
@@ -291,7 +311,8 @@ def run_pipeline(
     logs, layouts = {}, []
     for seed in cfg.seeds:
         seed_cfg = dataclasses.replace(cfg, seed=seed, seeds=None)
-        layout = RunLayout(out / f"seed-{seed}")
+        # frozen mode: the seeds read the same texts, so they share one feature cache
+        layout = RunLayout(out / f"seed-{seed}", features_dir=out / "features")
         log.info("=== seed %d -> %s", seed, layout.root)
         logs[f"seed-{seed}"] = _run_one_seed(seed_cfg, layout, data_root, groups, force)
         layouts.append(layout)

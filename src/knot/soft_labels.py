@@ -40,6 +40,7 @@ import numpy as np
 
 from knot import __version__
 from knot.data import load_split, read_manifest
+from knot.features import run_feature_cache
 from knot.geometry import LabelGeometry
 from knot.metrics import evaluate_probs
 from knot.models import checkpoint_hash, load
@@ -640,7 +641,8 @@ def predicted_class_distribution(
 
     Parameters
     ----------
-    model : classifier (``tokenizer`` attribute, ``forward(input_ids, attention_mask)``)
+    model : classifier (``tokenizer`` attribute, ``forward(input_ids, attention_mask)``), or
+        a :class:`knot.models.FrozenClassifier` (the inputs go through ``predict_proba``)
     n_samples, length, seed : number of random inputs, tokens per input, seed
     batch_size : inference batch size
 
@@ -662,6 +664,15 @@ def predicted_class_distribution(
         length = allowed
     counts = np.zeros(k, dtype=np.int64)
     prob_sum = np.zeros(k, dtype=np.float64)
+    if getattr(model, "frozen", False):
+        # A frozen model reads features: encode the same random inputs as token-id lists
+        # (through its feature cache, so every teacher of a run shares one encoding).
+        inputs = [row.tolist() for ids, _ in random_token_inputs(model.tokenizer, n_samples, length, seed, batch_size)
+                  for row in ids]
+        probs = torch.from_numpy(model.predict_proba(inputs, batch_size=batch_size, device=device, desc=desc))
+        counts += np.bincount(probs.argmax(dim=-1).numpy(), minlength=k)
+        prob_sum += probs.sum(dim=0).double().numpy()
+        return {"distribution": counts / n_samples, "mean_probs": prob_sum / n_samples}
     with torch.inference_mode(), progress(total=n_samples, desc=desc, unit="input") as bar:
         for ids, mask in random_token_inputs(model.tokenizer, n_samples, length, seed, batch_size):
             logits = model(ids.to(device), mask.to(device)).float()  # (B, K)
@@ -733,7 +744,7 @@ def produce_soft_labels(cfg: Any, layout: Any, *, data_root: Any = None) -> dict
         splits[split] = examples
 
     def teacher_output(ref: RunModel) -> TeacherOutput:  # one teacher in memory at a time
-        model = load(ref.path, device=device)
+        model = load(ref.path, device=device, feature_cache=run_feature_cache(layout))
         if list(model.geometry.labels) != list(geometry.labels):
             raise ValueError(
                 f"{ref.path}: teacher {ref.name!r} has labels {list(model.geometry.labels)}, "
@@ -899,7 +910,7 @@ def distribution_bias(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[s
         require_checkpoint(ref)
     out = bias_record(cfg, refs, geometry.labels)
     for ref in refs:
-        model = load(ref.path, device=device)
+        model = load(ref.path, device=device, feature_cache=run_feature_cache(layout))
         add_bias(out, ref.name, teacher_bias(model, cfg, device, ref.name), checkpoint_hash(ref.path))
         del model
     atomic_write_json(layout.bias, out)

@@ -12,6 +12,7 @@ Outputs (``RunLayout``)::
     RUN/teachers/<domain>/   best/ (checkpoint), last/ (resume state), metrics.jsonl
     RUN/global/              the same for the global model
     RUN/cache/tokens/        tokenised splits (reused by later stages)
+    RUN/features/            frozen mode: cached encoder features ($KNOT_CACHE wins)
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from typing import Any, Callable
 
 import torch
 
-from knot.batching import TextDataset, make_loader
+from knot.batching import make_loader
 from knot.data import load_split, prepare_data
 from knot.geometry import LabelGeometry
 from knot.losses import ot_ce_loss
-from knot.models import build_model
+from knot.features import run_feature_cache
+from knot.models import build_model, make_dataset
 from knot.training import fit
 from knot.utils import resolve_device, set_seed
 
@@ -118,11 +120,11 @@ def _train_one(
     train_targets, val_targets = torch.cat(tr_y), torch.cat(va_y)
 
     set_seed(cfg.seed)
-    model = build_model(cfg.model, geometry)
+    model = build_model(cfg.model, geometry, feature_cache=run_feature_cache(layout))
+    model.to(device)  # frozen mode: the encoder encodes (once per text set) where the head trains
     cache = layout.token_cache
-    max_len = cfg.model.max_length
-    train_ds = TextDataset(tr_texts, model.tokenizer, max_len, train_targets, cache_dir=cache, name=f"{name}-train")
-    val_ds = TextDataset(va_texts, model.tokenizer, max_len, val_targets, cache_dir=cache, name=f"{name}-val")
+    train_ds = make_dataset(model, tr_texts, train_targets, cache_dir=cache, name=f"{name}-train")
+    val_ds = make_dataset(model, va_texts, val_targets, cache_dir=cache, name=f"{name}-val")
     train_loader = make_loader(
         train_ds, train_cfg.batch_size, shuffle=True, group_by_length=train_cfg.group_by_length, seed=cfg.seed
     )

@@ -45,6 +45,7 @@ __all__ = [
     "fit",
     "evaluate",
     "predict_loader",
+    "model_logits",
     "make_optimizer",
     "make_scheduler",
     "LOWER_IS_BETTER",
@@ -148,6 +149,15 @@ def make_scheduler(
 # ---------------------------------------------------------------------------
 
 
+def model_logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """The model's logits (B, K) for a batch: ``model(features, feature_mask)`` for
+    cached frozen-encoder features (:class:`knot.features.FeatureDataset` batches),
+    else ``model(input_ids, attention_mask)``. The only place the loop calls a model."""
+    if "features" in batch:
+        return model(batch["features"], batch.get("feature_mask"))
+    return model(batch["input_ids"], batch["attention_mask"])
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     non_blocking = device.type == "cuda"
     return {
@@ -180,7 +190,7 @@ def predict_loader(
     try:
         for batch in loader:
             batch = _to_device(batch, device)
-            logits = model(batch["input_ids"], batch["attention_mask"])  # (B, K)
+            logits = model_logits(model, batch)  # (B, K)
             b = logits.shape[0]
             if loss_fn is not None:
                 loss_sum += float(loss_fn(logits, batch)) * b
@@ -430,8 +440,9 @@ def fit(
 
     Parameters
     ----------
-    model : KnotClassifier (any module ``(input_ids, attention_mask) -> logits (B, K)``
-        that :func:`knot.models.save_checkpoint` can save)
+    model : KnotClassifier or FrozenClassifier (any module that
+        :func:`knot.models.save_checkpoint` can save and :func:`model_logits` can call:
+        ``(input_ids, attention_mask)`` or ``(features, feature_mask)`` -> logits (B, K))
     loss_fn : callable
         ``loss_fn(logits (B, K), batch) -> scalar tensor``; ``batch`` is the loader's
         dict moved to ``device``.
@@ -547,7 +558,7 @@ def fit(
                 if n_steps >= steps_per_epoch:
                     break
                 batch = _to_device(batch, device)
-                logits = model(batch["input_ids"], batch["attention_mask"])  # (B, K)
+                logits = model_logits(model, batch)  # (B, K)
                 loss = loss_fn(logits, batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(

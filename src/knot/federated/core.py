@@ -47,6 +47,7 @@ import numpy as np
 from knot.config import ExperimentConfig
 from knot.data import load_split, prepare_data, read_manifest
 from knot.data.prepare import run_prepare
+from knot.features import encoding_delta, encoding_stats, run_feature_cache
 from knot.distill import distill
 from knot.evaluation import evaluate_run
 from knot.layout import RunLayout
@@ -243,6 +244,8 @@ def _client_config(cfg, domain: str):
 
 
 def _client_fingerprint(cfg, domain: str) -> str:
+    # "model" carries encoder_mode, head and pooled_units whenever they are not the
+    # defaults, so switching a client to frozen mode (or another head) retrains its teacher
     d = cfg.to_dict()
     own = next(x for x in d["data"]["domains"] if x["name"] == domain)
     data = {k: v for k, v in d["data"].items() if k not in ("domains", "root")}
@@ -304,6 +307,7 @@ def handle_request(
     atomic_write_text(layout.config, ccfg.to_yaml())
 
     start = time.time()
+    encoding_before = encoding_stats()
     _, reasons = run_prepare(ccfg, layout, data_root)
     stamp_file = layout.root / "federated-client.json"
     fingerprint = _client_fingerprint(cfg, domain)
@@ -322,7 +326,9 @@ def handle_request(
 
     device = resolve_device(ccfg.device)
     geometry = task_geometry(ccfg)
-    model = load(layout.teacher(domain), device=device)
+    # frozen mode: features go to the client's own cache (its work dir's features/, or
+    # its KNOT_CACHE), which only ever holds this client's texts and the public ones
+    model = load(layout.teacher(domain), device=device, feature_cache=run_feature_cache(layout))
     soft: dict[str, np.ndarray] = {}
     for split, n, digest in zip(transfer.splits, transfer.num_examples, transfer.texts_sha256):
         texts = [e.text for e in load_split(layout.data, transfer.domain, split)]
@@ -346,6 +352,9 @@ def handle_request(
                               desc=f"{domain} test")
         gold = np.asarray([geometry.index(e.label) for e in test])
         metrics |= _numbers("test_", evaluate_probs(probs, gold, geometry))
+    if ccfg.model.frozen:
+        enc = encoding_delta(encoding_before)
+        metrics |= {"encoded_texts": float(enc["texts_encoded"]), "encode_seconds": float(enc["seconds"])}
     metrics["seconds"] = round(time.time() - start, 3)
     reply = TeacherReply(
         client_id=domain,
@@ -633,7 +642,7 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
             res = reply.bias or {}
         else:  # the global model lives on the server
             require_checkpoint(ref)
-            model = load(ref.path, device=device)
+            model = load(ref.path, device=device, feature_cache=run_feature_cache(layout))
             probs = {
                 s: predict_probs(model, [e.text for e in ex], batch_size=cfg.soft_labels.batch_size,
                                  device=device, desc=f"{ref.name} -> {s}")
