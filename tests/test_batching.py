@@ -165,3 +165,17 @@ def test_soft_targets_are_carried(tokenizer):
     batch = next(iter(make_loader(ds, 4, shuffle=False, group_by_length=True)))
     assert batch["target"].shape == (4, 3, 5)
     assert torch.equal(batch["target"], soft[batch["index"]])
+
+
+def test_fingerprint_ignores_what_the_tokenizer_was_called_with():
+    """A tokenizer that already truncated or padded a batch has the same fingerprint as a fresh
+    one: frozen-mode feature caches keyed by it were missed across runs otherwise."""
+    from transformers import AutoTokenizer
+
+    from knot.models import minilm_path
+
+    fresh = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+    used = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+    used(["a longer sentence than seven tokens, surely", "b"], truncation=True, max_length=7, padding=True)
+    assert '"truncation":null' not in used.backend_tokenizer.to_str().replace(" ", "")  # state was stored
+    assert tokenizer_fingerprint(used) == tokenizer_fingerprint(fresh)

@@ -19,6 +19,7 @@ arrays (loaded with ``allow_pickle=False``).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -90,7 +91,13 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        h.update(backend.to_str().encode("utf-8"))
+        # Calling the tokenizer with truncation/padding stores those settings in its
+        # serialisation; they are per-call state, not vocabulary or rules, so they are left
+        # out (else one tokenizer's fingerprint depends on what it tokenised before).
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        h.update(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode("utf-8"))
     else:  # slow tokenizer: vocabulary and class are the best we have
         h.update(type(tokenizer).__name__.encode())
         h.update(repr(sorted(tokenizer.get_vocab().items())).encode("utf-8"))
