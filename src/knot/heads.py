@@ -25,10 +25,26 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["TokenHead", "PooledHead", "HEAD_PREFIXES"]
+__all__ = ["TokenHead", "PooledHead", "HEAD_PREFIXES", "knot_head_layers"]
 
 #: Parameter-name prefixes of KNOT's head inside ``KnotClassifier``'s state_dict.
 HEAD_PREFIXES = ("norm.", "mixer.", "classifier.")
+
+
+def knot_head_layers(
+    hidden: int, num_labels: int, heads: int, dropout: float
+) -> tuple[nn.LayerNorm, nn.TransformerEncoderLayer, nn.Dropout, nn.Linear]:
+    """The layers of KNOT's head, created in this order (so a seeded initialisation is the
+    same wherever they are built): LayerNorm, one ``TransformerEncoderLayer`` (feed-forward
+    4H, batch first), dropout, and the linear classifier. :class:`TokenHead` and
+    :class:`knot.models.KnotClassifier` both hold them under the names ``norm``, ``mixer``,
+    ``dropout`` and ``classifier``, so their weights are interchangeable.
+    """
+    norm = nn.LayerNorm(hidden)
+    mixer = nn.TransformerEncoderLayer(
+        d_model=hidden, nhead=heads, dim_feedforward=4 * hidden, dropout=dropout, batch_first=True
+    )
+    return norm, mixer, nn.Dropout(dropout), nn.Linear(hidden, num_labels)
 
 
 class TokenHead(nn.Module):
@@ -56,16 +72,7 @@ class TokenHead(nn.Module):
             raise ValueError(f"model.head_heads: {heads} does not divide the hidden size {hidden}")
         self.hidden = int(hidden)
         self.num_labels = int(num_labels)
-        self.norm = nn.LayerNorm(hidden)
-        self.mixer = nn.TransformerEncoderLayer(
-            d_model=hidden,
-            nhead=heads,
-            dim_feedforward=4 * hidden,
-            dropout=dropout,
-            batch_first=True,
-        )
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden, num_labels)
+        self.norm, self.mixer, self.dropout, self.classifier = knot_head_layers(hidden, num_labels, heads, dropout)
 
     def forward(self, features: torch.Tensor, feature_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for a padded batch of token states.

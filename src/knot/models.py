@@ -56,7 +56,7 @@ from knot.batching import TextDataset, make_loader
 from knot.encoders import NAMED_ENCODERS, encoder_folder, load_pretrained, load_tokenizer, minilm_path  # noqa: F401 (minilm_path: re-export)
 from knot.features import FeatureCache, FeatureDataset, FeatureEntry, encoder_fingerprint
 from knot.geometry import LabelGeometry
-from knot.heads import PooledHead, TokenHead
+from knot.heads import PooledHead, TokenHead, knot_head_layers
 from knot.progress import progress as progress_bar
 from knot.utils import atomic_write_json, default_file_mode, sha256_file
 
@@ -184,7 +184,27 @@ def _encoder_from_config(hf_config: dict) -> nn.Module:
     return encoder
 
 
-class KnotClassifier(nn.Module):
+class LabelledClassifier(nn.Module):
+    """What every knot classifier shares: its label geometry (``self.geometry``) names the
+    classes in logit order; the device is where its parameters are."""
+
+    geometry: Any
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names, in logit order."""
+        return list(self.geometry.labels)
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.geometry.num_labels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+class KnotClassifier(LabelledClassifier):
     """Transformer encoder + KNOT head -> logits over the geometry's labels.
 
     Parameters
@@ -231,29 +251,9 @@ class KnotClassifier(nn.Module):
         self.encoder_source = encoder_source
         self.encoder_layers = encoder_layers
         self.metadata: dict = {}  # filled by load() from the checkpoint's config.json
-        self.norm = nn.LayerNorm(hidden)
-        self.mixer = nn.TransformerEncoderLayer(
-            d_model=hidden,
-            nhead=head_heads,
-            dim_feedforward=4 * hidden,
-            dropout=dropout,
-            batch_first=True,
+        self.norm, self.mixer, self.dropout, self.classifier = knot_head_layers(
+            hidden, geometry.num_labels, head_heads, dropout
         )
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden, geometry.num_labels)
-
-    @property
-    def labels(self) -> list[str]:
-        """Class names, in logit order."""
-        return list(self.geometry.labels)
-
-    @property
-    def num_labels(self) -> int:
-        return int(self.geometry.num_labels)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits for a padded batch.
@@ -432,7 +432,7 @@ def _frozen_tokenizer(source: str, layers: int | None) -> Any:
     return frozen_encoder(source, layers)[1]
 
 
-class FrozenClassifier(nn.Module):
+class FrozenClassifier(LabelledClassifier):
     """A head over frozen-encoder features: the frozen-mode counterpart of
     :class:`KnotClassifier` (same ``labels``, ``num_labels``, ``tokenizer``, ``geometry``,
     ``max_length``, ``metadata``, ``device``, ``predict_proba``).
@@ -493,18 +493,6 @@ class FrozenClassifier(nn.Module):
     def feature_kind(self) -> str:
         """The cached feature kind the head reads (:data:`knot.features.KINDS`)."""
         return "mean" if self.head_kind == "pooled" else "tokens"
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.geometry.labels)
-
-    @property
-    def num_labels(self) -> int:
-        return int(self.geometry.num_labels)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     def frozen_encoder(self) -> tuple[nn.Module, str, int]:
         """(encoder, canonical source, layers): built on first use, fingerprint checked.
