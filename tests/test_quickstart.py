@@ -27,6 +27,7 @@ def _no_data_root(*args, **kwargs):
 @pytest.mark.slow
 def test_quickstart_runs_without_a_data_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("KNOT_DATA", raising=False)
+    monkeypatch.delenv("KNOT_CACHE", raising=False)
     work = tmp_path / "fresh" / "checkout"  # no ../shared/datasets beside it
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
@@ -46,6 +47,7 @@ def test_quickstart_runs_without_a_data_folder(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     assert all(src.startswith("builtin:vader/") for src in manifest["sources"])
+    assert any((out / "features").iterdir())  # frozen mode: the sentences were encoded into the run's cache
     results = json.loads((out / "results.json").read_text())
     gold_keys = {"w1_gold", "tv_gold", "js_gold", "spearman_gold"}
     union = [r for r in results["rows"] if r["test_set"] == "union"]
