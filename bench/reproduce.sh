@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Regenerate the study behind docs/results.md (issue 8): three tasks x three seeds, then the page.
+# Regenerate the study behind docs/results.md (issue 14): four tasks, each with a
+# comparison run (ten seeds) and a sensitivity run (five seeds), then the page.
 #
 #   bench/reproduce.sh [DATA_ROOT]        # default: $KNOT_DATA, else ../shared/datasets
 #
-# Runs configs/study/{sentiment,erc,goemotions}.yaml into runs/study-*/ with `knot run`
-# (finished stages are skipped, so an interrupted study resumes where it stopped). With
+# Runs configs/study/{erc,sentiment,goemotions,vader}.yaml and their -sensitivity.yaml
+# into runs/study-*/ with `knot run` (finished stages are skipped, so an interrupted study
+# resumes where it stopped). Every run is in frozen-encoder mode and shares one feature
+# cache, runs/study-features (KNOT_CACHE): each text is encoded once for the whole study.
+# The comparisons are queued first, so a task's sensitivity run finds its texts cached. With
 # LANES=2 (the default) two lanes of one torch thread each take the tasks in that order,
 # each lane the next free task when it is done: on 2 CPU cores this is faster than one
 # lane with two threads. LANES=1 runs them one after another with torch's default
@@ -16,8 +20,9 @@ DATA="${1:-${KNOT_DATA:-../shared/datasets}}"
 LANES="${LANES:-2}"
 PY="${PYTHON:-python}"
 KNOT="${KNOT:-knot}"
-TASKS=(sentiment erc goemotions)
+TASKS=(erc sentiment goemotions vader erc-sensitivity sentiment-sensitivity goemotions-sensitivity vader-sensitivity)
 export HF_HUB_OFFLINE=1
+export KNOT_CACHE="${KNOT_CACHE:-runs/study-features}"
 mkdir -p runs/logs
 claims=$(mktemp -d)
 trap 'rm -rf "$claims"' EXIT
@@ -52,4 +57,7 @@ else
   [ "$status" = 0 ] || { echo "a study run failed (see runs/logs/)" >&2; exit 1; }
 fi
 
-"$PY" bench/make_results.py runs/study-sentiment runs/study-erc runs/study-goemotions --out docs/results.md
+echo "[$(date +%T)] all runs done; writing docs/results.md"
+"$PY" bench/make_results.py runs/study-sentiment runs/study-erc runs/study-goemotions runs/study-vader \
+  --sensitivity runs/study-sentiment-sensitivity runs/study-erc-sensitivity runs/study-goemotions-sensitivity \
+  runs/study-vader-sensitivity --out docs/results.md

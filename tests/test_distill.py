@@ -228,3 +228,53 @@ def test_keep_initial_decides_whether_the_start_competes(transfer_run, monkeypat
     info = kd.distill(cfg, layout, method="feddf")["students"]["feddf"]
     assert info["best_epoch"] == (0 if keep_initial else 1)
     assert (info["best_metrics"] == info["initial_val"]) is keep_initial
+
+
+def test_per_student_overrides_reach_training(transfer_run, monkeypatch):
+    """A method's lr and cost_power replace the run-wide ones for that student only;
+    unset overrides leave the method's dict (hence the stage hash) as before."""
+    import dataclasses
+
+    import knot.distill as kd
+    from knot.distill import loss_geometry
+    from knot.geometry import LabelGeometry
+
+    cfg, layout, _ = transfer_run
+    seen = {}
+    real_fit = kd.fit
+
+    def spy(model, loss_fn, train_loader, val_loader, train_cfg, **kw):
+        seen[kw["metadata"]["name"]] = train_cfg.lr
+        return real_fit(model, loss_fn, train_loader, val_loader, dataclasses.replace(train_cfg, epochs=1), **kw)
+
+    monkeypatch.setattr(kd, "fit", spy)
+    methods = [DistillMethod(name="a", loss="kl"), DistillMethod(name="b", loss="kl", lr=1e-5)]
+    cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, methods=methods))
+    kd.distill(cfg, layout)
+    assert seen == {"a": cfg.distill.train.lr, "b": 1e-5}
+
+    assert set(DistillMethod().to_dict()) == set(DistillMethod(lr=None, init=None).to_dict())
+    assert DistillMethod(lr=1e-3, teachers="local").to_dict()["teachers"] == "local"
+    task = LabelGeometry.preset("sentiment5")
+    squared = loss_geometry(DistillMethod(cost_power=2), task)
+    assert squared.p == 2 and float(squared.cost[0, 4]) == 16.0 and float(task.cost[0, 4]) == 4.0
+
+
+def test_local_teachers_only_drops_the_global_column():
+    from knot.distill import method_weights
+
+    probs = np.full((2, 3, 2), 0.5, dtype=np.float32)
+    sl = SoftLabels(probs, ["a", "b", "global"], ["x", "y"], teacher_sizes=[1, 1, 2])
+    uniform = method_weights(DistillMethod(weights="uniform", teachers="local"), sl, None, "global")
+    assert uniform.tolist() == [0.5, 0.5, 0.0]
+    assert method_weights(DistillMethod(weights="uniform", teachers="all"), sl, None, "global").tolist() == [1 / 3] * 3
+    with pytest.raises(ValueError, match="no global teacher"):
+        method_weights(DistillMethod(name="m", teachers="local"), sl, None, None)
+
+
+@pytest.mark.parametrize("bad", [{"init": "random"}, {"lr": 0}, {"cost_power": 3}, {"teachers": "global"}])
+def test_bad_overrides_are_config_errors(bad):
+    from knot.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        DistillMethod(**bad)

@@ -225,6 +225,21 @@ def test_stages_end_to_end(tmp_path):
     assert load_results(layout.results_json)["rows"] == results["rows"]
     md = layout.results_md.read_text()
     assert sum(line.startswith("| union | `") for line in md.splitlines()) == 5
+    assert "validation" not in results
+
+    # evaluate.val: the same models and sets scored on the val splits, kept out of the tables
+    import dataclasses
+
+    from knot.data import load_split
+
+    cfg_val = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, val=True))
+    with_val = evaluate_run(cfg_val, layout)
+    assert with_val["rows"] == results["rows"] and layout.results_md.read_text() == md
+    val_rows = with_val["validation"]["rows"]
+    assert [(r["model"], r["test_set"]) for r in val_rows] == [(r["model"], r["test_set"]) for r in results["rows"]]
+    n_val = {d: len(load_split(layout.data, d, "val")) for d in ("l1", "l2", "g")}
+    assert {r["test_set"]: r["n"] for r in val_rows} == {**n_val, "union": n_val["l1"] + n_val["l2"]}
+    assert cfg_val.evaluate.to_dict()["val"] is True and "val" not in cfg.evaluate.to_dict()
 
 
 def test_a_student_that_kept_its_start_is_named_in_words(rows, tmp_path):

@@ -465,8 +465,15 @@ class DistillMethod(ConfigBase):
     description}, encoder: minilm, scale: task}}`` (``scale: task`` rescales it so its
     largest cost equals the task geometry's). Its labels must be the task's labels and it
     takes ``task.cost_power``; the model, the evaluation and Semantic Distance keep the task
-    geometry. When null it is left out of :meth:`to_dict`, so runs configured before the
-    field existed keep their stage hashes.
+    geometry.
+
+    Per-student overrides (null: the run-wide setting), for studies that vary one knob:
+    ``init`` (``global`` | ``scratch``, else ``distill.init``), ``lr`` (else
+    ``distill.train.lr``), ``cost_power`` (1 | 2, the power of this loss's ground cost,
+    else ``task.cost_power``; evaluation keeps the task's) and ``teachers`` (``all``, or
+    ``local`` to leave the global model out of this student's teachers: its weight is set
+    to 0 and the others renormalised). Null fields are left out of :meth:`to_dict`, so runs
+    configured before a field existed keep their stage hashes.
     """
 
     name: str = "ot"
@@ -479,8 +486,16 @@ class DistillMethod(ConfigBase):
     temperature: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
     geometry: Union[str, dict[str, Any], None] = None
+    init: Union[str, None] = None
+    lr: Union[float, None] = None
+    cost_power: Union[int, None] = None
+    teachers: Union[str, None] = None
 
     def __post_init__(self) -> None:
+        _check(self.init in (None, "global", "scratch"), f"init: expected global or scratch, got {self.init!r}")
+        _check(self.lr is None or self.lr > 0, "lr: expected > 0")
+        _check(self.cost_power in (None, 1, 2), f"cost_power: expected 1 or 2, got {self.cost_power!r}")
+        _check(self.teachers in (None, "all", "local"), f"teachers: expected all or local, got {self.teachers!r}")
         _check(
             self.loss in ("ot", "entropy", "kl", "ce"),
             f"loss: expected ot, entropy, kl or ce, got {self.loss!r}",
@@ -520,8 +535,9 @@ class DistillMethod(ConfigBase):
 
     def to_dict(self) -> dict:
         out = super().to_dict()
-        if out.get("geometry") is None:
-            out.pop("geometry", None)  # unset: same dict, hence same stage hash, as before the field
+        for key in ("geometry", "init", "lr", "cost_power", "teachers"):
+            if out.get(key) is None:
+                out.pop(key, None)  # unset: same dict, hence same stage hash, as before the field
         return out
 
 
@@ -567,12 +583,25 @@ class DistillConfig(ConfigBase):
 
 @dataclass
 class EvalConfig(ConfigBase):
-    """Evaluation of every model on every test set."""
+    """Evaluation of every model on every test set.
+
+    ``val: true`` also scores every model on the same sets built from the domains' val
+    splits, stored under ``validation`` in results.json (not in the tables): studies
+    choose settings there and report the test figures once. When false it is left out of
+    :meth:`to_dict`, so earlier runs keep their stage hashes.
+    """
 
     batch_size: int = 128
+    val: bool = False
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size: expected >= 1")
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if not out.get("val"):
+            out.pop("val", None)
+        return out
 
 
 @dataclass

@@ -29,6 +29,7 @@ trained epoch instead). Students are saved like teachers
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable, Sequence
 
@@ -189,10 +190,13 @@ def loss_geometry(method: Any, geometry: Any) -> Any:
     True
     """
     spec = getattr(method, "geometry", None)
+    p = getattr(method, "cost_power", None) or geometry.p
     if spec is None:
-        return geometry
+        if p == geometry.p:
+            return geometry
+        return LabelGeometry(geometry.labels, geometry.coords, p=p, name=geometry.name)
     try:
-        return LabelGeometry.from_spec(spec, labels=geometry.labels, p=geometry.p, reference=geometry)
+        return LabelGeometry.from_spec(spec, labels=geometry.labels, p=p, reference=geometry)
     except ValueError as exc:
         raise ValueError(f"distill method {method.name!r}: {exc}") from None
 
@@ -219,9 +223,18 @@ def _save_loss_geometry(method: Any, loss_geo: Any, task_spec: Any, out_dir: Any
     log.info("student %s: loss geometry %r (from the %s), cost matrix:\n%s", method.name, loss_geo, source, rows)
 
 
-def method_weights(method: Any, soft_labels: SoftLabels, bias: dict | None) -> np.ndarray:
-    """Teacher weights of one method for these soft labels: (T,) or (N, T)."""
-    return teacher_weights(
+def method_weights(method: Any, soft_labels: SoftLabels, bias: dict | None, global_name: str | None = None) -> np.ndarray:
+    """Teacher weights of one method for these soft labels: (T,) or (N, T).
+
+    With ``method.teachers == "local"`` the column of the global model (``global_name``)
+    is set to 0 and the rest renormalised (per example for (N, T) weights).
+
+    >>> from knot.config import DistillMethod
+    >>> sl = SoftLabels(np.full((2, 3, 2), 0.5), ["a", "b", "global"], ["x", "y"], teacher_sizes=[1, 3, 4])
+    >>> method_weights(DistillMethod(weights="size", teachers="local"), sl, None, "global").tolist()
+    [0.25, 0.75, 0.0]
+    """
+    w = teacher_weights(
         method.weights,
         soft_labels,
         explicit=method.explicit_weights,
@@ -229,6 +242,19 @@ def method_weights(method: Any, soft_labels: SoftLabels, bias: dict | None) -> n
         base=method.bias_base,
         floor=method.bias_floor,
     )
+    if getattr(method, "teachers", None) != "local":
+        return w
+    names = list(soft_labels.teacher_names)
+    if global_name is None or global_name not in names:
+        raise ValueError(f"distill method {method.name!r}: teachers: local, but the run has no global teacher")
+    if len(names) < 2:
+        raise ValueError(f"distill method {method.name!r}: teachers: local leaves no teacher")
+    w = np.array(w, dtype=np.float64, copy=True)
+    w[..., names.index(global_name)] = 0.0
+    total = w.sum(axis=-1, keepdims=True)
+    if np.any(total <= 0):
+        raise ValueError(f"distill method {method.name!r}: the local teachers' weights sum to 0")
+    return w / total
 
 
 def _load_soft_labels(layout: Any, split: str, teachers: Sequence[str], labels: Sequence[str], texts: Sequence[str]) -> SoftLabels:
@@ -290,21 +316,21 @@ def distill(
         s: sha256_file(layout.soft_labels / f"{s}.safetensors") for s in ("train", "val") if (layout.soft_labels / f"{s}.json").is_file()
     }
 
-    init = cfg.distill.init
-    if init == "global" and not cfg.domains("global"):
-        log.warning("distill.init is global but the config has no global domain: students start from scratch")
-        init = "scratch"
-    if init == "global" and not has_checkpoint(layout.global_model):
-        raise FileNotFoundError(
-            f"{layout.global_model}: no global model checkpoint to initialise the student from; "
-            "run `knot train CONFIG --role global` first or set distill.init: scratch"
-        )
-
-    train_cfg = cfg.distill.train
+    global_name = next((r.name for r in run_teachers(cfg, layout) if r.kind == "global"), None)
     out: dict[str, Any] = {"students": {}}
     for m in methods:
-        w_train = method_weights(m, train_sl, bias)
-        w_val = method_weights(m, val_sl, bias) if val_sl is not None else None
+        init = m.init or cfg.distill.init
+        if init == "global" and not cfg.domains("global"):
+            log.warning("distill.init is global but the config has no global domain: students start from scratch")
+            init = "scratch"
+        if init == "global" and not has_checkpoint(layout.global_model):
+            raise FileNotFoundError(
+                f"{layout.global_model}: no global model checkpoint to initialise the student from; "
+                "run `knot train CONFIG --role global` first or set distill.init: scratch"
+            )
+        train_cfg = cfg.distill.train if m.lr is None else dataclasses.replace(cfg.distill.train, lr=m.lr)
+        w_train = method_weights(m, train_sl, bias, global_name)
+        w_val = method_weights(m, val_sl, bias, global_name) if val_sl is not None else None
         set_seed(cfg.seed)
         features = run_feature_cache(layout)  # frozen mode only; a global init copies the global head
         model = (

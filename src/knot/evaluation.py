@@ -482,22 +482,10 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
         log.warning("evaluate: %s has no checkpoint at %s; skipped", m.id, m.path)
     test_sets = run_test_sets(cfg)
     domains = list(dict.fromkeys(d for t in test_sets for d in t.domains))
-    texts, labels, gold = {}, {}, {}
-    for d in domains:
-        examples = load_split(layout.data, d, "test")
-        if not examples:
-            raise ValueError(f"domain {d!r}: the test split is empty")
-        unlabelled = sum(e.label is None for e in examples)
-        if unlabelled:
-            raise ValueError(f"domain {d!r}: {unlabelled} test example(s) have no label")
-        texts[d] = [e.text for e in examples]
-        labels[d] = np.asarray([geometry.index(e.label) for e in examples], dtype=np.int64)
-        if all(e.gold_dist is not None for e in examples):
-            scored = all(e.gold_score is not None for e in examples)
-            gold[d] = {"dist": np.asarray([e.gold_dist for e in examples], dtype=np.float64),
-                       "score": np.asarray([e.gold_score for e in examples], dtype=np.float64) if scored else None}
+    splits = ["test", "val"] if cfg.evaluate.val else ["test"]
+    sets = {s: _labelled_split(layout, domains, s, geometry) for s in splits}  # split -> (texts, labels, gold)
 
-    probs: dict[str, dict[str, np.ndarray]] = {}
+    probs: dict[str, dict[str, dict[str, np.ndarray]]] = {s: {} for s in splits}
     for m in models:
         model = load(m.path, device=device, feature_cache=run_feature_cache(layout))
         if list(model.geometry.labels) != list(geometry.labels):
@@ -505,14 +493,19 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
                 f"{m.path}: {m.id} has labels {list(model.geometry.labels)}, the task has {list(geometry.labels)}"
             )
         m.checkpoint_hash = checkpoint_hash(m.path)
-        probs[m.id] = {
-            d: predict_probs(model, texts[d], batch_size=cfg.evaluate.batch_size, device=device, desc=f"{m.id} on {d}")
-            for d in domains
-        }
+        for s in splits:
+            texts = sets[s][0]
+            probs[s][m.id] = {
+                d: predict_probs(model, texts[d], batch_size=cfg.evaluate.batch_size, device=device,
+                                 desc=f"{m.id} on {d}" + ("" if s == "test" else f" ({s})"))
+                for d in domains
+            }
         del model
 
     gold_fn = functools.partial(evaluate_gold, geometry=geometry)
-    rows = score_models(probs, labels, test_sets, functools.partial(evaluate_probs, geometry=geometry), gold, gold_fn)
+    metric_fn = functools.partial(evaluate_probs, geometry=geometry)
+    _, labels, gold = sets["test"]
+    rows = score_models(probs["test"], labels, test_sets, metric_fn, gold, gold_fn)
     confusion = confusion_matrices(probs, labels, test_sets, geometry.num_labels)
     results = build_results(
         name=cfg.name,
@@ -526,10 +519,36 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
         confusion=confusion,
         gold_baseline=gold_baselines(gold, test_sets, gold_fn),
     )
+    if cfg.evaluate.val:
+        _, val_labels, val_gold = sets["val"]
+        results["validation"] = {
+            "split": "val",
+            "rows": score_models(probs["val"], val_labels, test_sets, metric_fn, val_gold, gold_fn),
+        }
     atomic_write_json(layout.results_json, results)
     atomic_write_text(layout.results_md, render_markdown(results))
     log.info("results written to %s and %s", layout.results_json, layout.results_md)
     return results
+
+
+def _labelled_split(layout: Any, domains: Sequence[str], split: str, geometry: Any) -> tuple[dict, dict, dict]:
+    """Texts, label indices and (where every example has one) gold distributions of each
+    domain's ``split``: ``({d: [text]}, {d: int64 (n,)}, {d: {"dist", "score"}})``."""
+    texts, labels, gold = {}, {}, {}
+    for d in domains:
+        examples = load_split(layout.data, d, split)
+        if not examples:
+            raise ValueError(f"domain {d!r}: the {split} split is empty")
+        unlabelled = sum(e.label is None for e in examples)
+        if unlabelled:
+            raise ValueError(f"domain {d!r}: {unlabelled} {split} example(s) have no label")
+        texts[d] = [e.text for e in examples]
+        labels[d] = np.asarray([geometry.index(e.label) for e in examples], dtype=np.int64)
+        if all(e.gold_dist is not None for e in examples):
+            scored = all(e.gold_score is not None for e in examples)
+            gold[d] = {"dist": np.asarray([e.gold_dist for e in examples], dtype=np.float64),
+                       "score": np.asarray([e.gold_score for e in examples], dtype=np.float64) if scored else None}
+    return texts, labels, gold
 
 
 def _geometry_dict(geometry: Any) -> dict[str, Any]:
