@@ -137,7 +137,7 @@ def test_page_from_run_dirs(mr, tmp_path):
 def test_config_file_finds_the_shipped_study_config_and_its_header(mr):
     path, comment = mr.config_file("study-goemotions")
     assert path.as_posix() == "configs/study/goemotions.yaml"
-    assert comment.startswith("Third task of the study") and "ekman_mapping.json" in comment
+    assert comment.startswith("Study (issue 14), GoEmotions") and "ekman_mapping.json" in comment
     assert mr.config_file("no-such-config-name") is None
 
 
@@ -145,3 +145,82 @@ def test_missing_results_is_a_clear_error(mr, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no results.json"):
         mr.main([str(tmp_path / "empty"), "--out", str(tmp_path / "r.md")])
+
+
+def _sens_results(seed: int, sd: dict[str, float], f1: dict[str, float]) -> dict:
+    """Test rows fixed; val rows with the given union SD and macro-F1 per student."""
+    students = list(sd)
+    models = [{"id": f"student:{s}", "kind": "student", "name": s, "path": f"students/{s}", "best_epoch": 3,
+               "method": {"loss": "ot"}} for s in students]
+    sets = [{"name": "a", "kind": "local", "domains": ["a"], "n": 10},
+            {"name": "b", "kind": "local", "domains": ["b"], "n": 10},
+            {"name": "union", "kind": "union", "domains": ["a", "b"], "n": 20}]
+
+    def rows(val: bool) -> list[dict]:
+        return [{"model": f"student:{s}", "test_set": t["name"], "n": t["n"], "accuracy": 0.5,
+                 "macro_f1": (f1[s] if val else 0.4) + 0.001 * seed, "semantic_distance": (sd[s] if val else 0.8) + 0.01 * seed,
+                 "expected_cost": 1.0} for s in students for t in sets]
+
+    return {"format": "knot.results", "version": 1, "name": "toy-sens", "label_names": ["1", "2", "3"],
+            "test_sets": sets, "models": models, "baselines": {}, "rows": rows(False),
+            "validation": {"split": "val", "rows": rows(True)}, "confusion": {}, "missing": []}
+
+
+def test_sensitivity_section_chooses_on_validation_only(mr, tmp_path):
+    run = tmp_path / "runs" / "toy-sens"
+    cfg = ExperimentConfig.from_dict({
+        "name": "toy-sens", "seeds": [1, 2, 3], "task": {"geometry": "uniform", "labels": ["1", "2", "3"]},
+        "data": {"domains": [
+            {"name": n, "role": r, "sources": [{"reader": "csv", "path": f"{n}.csv", "text": "text", "label": "label"}]}
+            for n, r in (("a", "local"), ("b", "local"), ("t", "transfer"))]},
+        "evaluate": {"val": True},
+        "distill": {"methods": [{"name": "ot", "loss": "ot"}, {"name": "ot-lr", "loss": "ot", "lr": 3e-3},
+                                {"name": "ot-t2", "loss": "ot", "temperature": 2.0},
+                                {"name": "ot-p2", "loss": "ot", "cost_power": 2}]},
+    })
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    for seed in (1, 2, 3):
+        d = run / f"seed-{seed}"
+        d.mkdir()
+        # val: ot-lr lowers SD on every seed with equal F1 -> chosen; ot-t2 lowers SD more but
+        # loses macro-F1 on every seed -> not chosen; ot-p2 mixed
+        sd = {"ot": 0.80, "ot-lr": 0.75, "ot-t2": 0.70, "ot-p2": 0.80 + (0.02 if seed == 2 else -0.02)}
+        f1 = {"ot": 0.40, "ot-lr": 0.40, "ot-t2": 0.30, "ot-p2": 0.40}
+        (d / "results.json").write_text(json.dumps(_sens_results(seed, sd, f1)))
+        (d / "stages.json").write_text(json.dumps({f"distill:{s}": {
+            "seconds": 30.0, "finished": "2026-01-01T10:00:00", "summary": {"students": {s: {
+                "initial_val": {"loss": 0.5}, "best_metrics": {"loss": 0.4 if s != "ot" or seed == 1 else 0.6}}}}}
+            for s in sd}))
+    lines, summary = mr.sensitivity_section(run)
+    text = "\n".join(lines)
+    assert summary["chosen"] == "ot-lr"
+    assert "| `ot-lr` | lr: 0.003 | +0.000 [+0.000, +0.000] | +0.000 [+0.000, +0.000] | -0.050 [-0.050, -0.050] | 3/3 seeds |" in text
+    assert "| `ot` | – | – | – | – | 1/3 seeds |" in text
+    assert "temperature: 2.0" in text and "cost_power: 2" in text
+    # the test figures of the chosen setting, once: equal test rows -> 0 difference
+    assert "Chosen on validation: `ot-lr` (lr: 0.003). Its test figures, reported once:" in text
+    assert summary["test"]["semantic_distance"]["mean"] == 0.0
+    tally = "\n".join(mr._knob_tally([summary]))
+    assert "| `ot-t2` | 1 / 0 of 1 tasks | 0 / 1 of 1 tasks | 3/3 (task, seed) runs |" in tally
+
+    # a run without val rows is refused with a clear message
+    for seed in (1, 2, 3):
+        p = run / f"seed-{seed}" / "results.json"
+        res = json.loads(p.read_text())
+        res.pop("validation")
+        p.write_text(json.dumps(res))
+    with pytest.raises(SystemExit, match="evaluate.val: true"):
+        mr.sensitivity_section(run)
+
+
+def test_gold_metrics_are_compared_where_every_union_row_has_them(mr):
+    r1, r2 = _results(0.0, 0.7, 0.8), _results(0.0, 0.6, 0.8)
+    assert [k for k, _, _ in mr.metrics_of([r1, r2])] == ["accuracy", "macro_f1", "semantic_distance", "expected_cost"]
+    for r, w in ((r1, 0.30), (r2, 0.20)):
+        for row in r["rows"]:
+            row["w1_gold"] = w if row["model"] == "student:ot" else 0.35
+    assert "w1_gold" in [k for k, _, _ in mr.metrics_of([r1, r2])]
+    p = mr.paired([r1, r2], "student:ot", "student:entropy", "union", metrics=mr.metrics_of([r1, r2]))
+    assert p["w1_gold"]["mean"] == pytest.approx(-0.10) and p["w1_gold"]["better"] == 2
+    assert "W1 to humans better (2 better, 0 worse of 2;" in mr.verdict(p)

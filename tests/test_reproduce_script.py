@@ -1,4 +1,4 @@
-"""bench/reproduce.sh with a stand-in `knot`: each study task runs once, in both lane modes,
+"""bench/reproduce.sh with a stand-in `knot`: each study run runs once, in both lane modes,
 and a failed task stops the script before the results page is written."""
 
 from __future__ import annotations
@@ -43,10 +43,12 @@ def test_every_task_runs_once_then_the_page(tmp_path, lanes):
     assert proc.returncode == 0, proc.stderr
     lines = sorted(calls.read_text().splitlines())
     threads = "1" if lanes == "2" else ""
-    assert lines == sorted(f"{threads} run configs/study/{t}.yaml --data-root /data"
-                           for t in ("sentiment", "erc", "goemotions"))
+    tasks = ("sentiment", "erc", "goemotions", "vader")
+    assert lines == sorted(f"{threads} run configs/study/{t}{kind}.yaml --data-root /data"
+                           for t in tasks for kind in ("", "-sensitivity"))
     page = (tmp_path / "page.txt").read_text()
-    assert page.startswith("bench/make_results.py runs/study-sentiment runs/study-erc runs/study-goemotions")
+    assert page.split() == ["bench/make_results.py", *(f"runs/study-{t}" for t in tasks), "--sensitivity",
+                            *(f"runs/study-{t}-sensitivity" for t in tasks), "--out", "docs/results.md"]
 
 
 def test_a_failed_task_stops_before_the_page(tmp_path):
