@@ -246,15 +246,14 @@ def paired(results: Sequence[Mapping[str, Any]], a: str, b: str, test_set: str, 
     """Per-seed differences a - b on ``test_set`` for every metric, each summarised by
     :func:`knot.stats.paired_comparison` (mean, 95 % bootstrap CI, Wilcoxon p, reading);
     None if a model is missing. ``rows_key="validation"`` compares the val rows."""
+    pairs = [(_row(r, a, test_set, rows_key), _row(r, b, test_set, rows_key)) for r in results]
+    if any(ra is None or rb is None for ra, rb in pairs):
+        return None
     out: dict[str, Any] = {}
     for key, _, sign in metrics:
-        diffs = []
-        for r in results:
-            ra, rb = _row(r, a, test_set, rows_key), _row(r, b, test_set, rows_key)
-            if ra is None or rb is None or ra.get(key) is None or rb.get(key) is None:
-                return None
-            diffs.append(float(ra[key]) - float(rb[key]))
-        out[key] = paired_comparison(diffs, sign=sign)
+        if any(ra.get(key) is None or rb.get(key) is None for ra, rb in pairs):
+            continue  # a metric some seed could not compute (e.g. Spearman on constant scores)
+        out[key] = paired_comparison([float(ra[key]) - float(rb[key]) for ra, rb in pairs], sign=sign)
     return out
 
 
@@ -275,7 +274,9 @@ def verdict(p: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _cell(d: Mapping[str, Any]) -> str:
+def _cell(d: Mapping[str, Any] | None) -> str:
+    if d is None:
+        return "–"
     return f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
 
 
@@ -292,7 +293,7 @@ def _paired_table(results, test_set: str, best: str | None = None) -> tuple[list
         if p is None:
             continue
         found[(a, b)] = p
-        cells = [_cell(p[k]) for k, _, _ in metrics]
+        cells = [_cell(p.get(k)) for k, _, _ in metrics]
         lines.append(f"| {q}: `{a}` − `{b_id}` | " + " | ".join(cells) + f" | a: {verdict(p)} |")
     return lines, found
 
@@ -484,7 +485,8 @@ def choose_setting(comparisons: Mapping[str, Mapping[str, Any]]) -> str | None:
     'x'
     """
     ok = {name: p["semantic_distance"]["mean"] for name, p in comparisons.items()
-          if p["semantic_distance"]["reading"] == "better" and p["macro_f1"]["reading"] != "worse"}
+          if "semantic_distance" in p and "macro_f1" in p
+          and p["semantic_distance"]["reading"] == "better" and p["macro_f1"]["reading"] != "worse"}
     return min(ok, key=ok.get) if ok else None
 
 
@@ -537,10 +539,12 @@ def sensitivity_section(run: Path) -> tuple[list[str], dict[str, Any]]:
             continue
         p = paired(results, f"student:{name}", "student:ot", union, metrics=metrics, rows_key="validation")
         if p is None:
+            lines.append(f"| `{name}` | {_knob(method, base)} | " + " | ".join("–" for _ in shown)
+                         + " | missing on some seed: not compared |")
             continue
         comparisons[name] = p
         st = starts.get(name, [])
-        lines.append(f"| `{name}` | {_knob(method, base)} | " + " | ".join(_cell(p[k]) for k, _, _ in shown)
+        lines.append(f"| `{name}` | {_knob(method, base)} | " + " | ".join(_cell(p.get(k)) for k, _, _ in shown)
                      + f" | {sum(st)}/{len(st)} seeds |")
     chosen = choose_setting(comparisons)
     lines.append("")
@@ -550,9 +554,13 @@ def sensitivity_section(run: Path) -> tuple[list[str], dict[str, Any]]:
         test = None
     else:
         test = paired(results, f"student:{chosen}", "student:ot", union, metrics=metrics_of(results))
-        lines += [f"Chosen on validation: `{chosen}` ({_knob(methods[chosen], base)}). Its test figures, "
-                  f"reported once: `{chosen}` − `ot` on the union of the local test sets: "
-                  + "; ".join(f"{t} {_cell(test[k])}" for k, t, _ in shown if k in test) + f". Reading: {verdict(test)}.", ""]
+        if test is None:
+            lines += [f"Chosen on validation: `{chosen}`; its test rows are missing on some seed.", ""]
+        else:
+            lines += [f"Chosen on validation: `{chosen}` ({_knob(methods[chosen], base)}). Its test figures, "
+                      f"reported once: `{chosen}` − `ot` on the union of the local test sets: "
+                      + "; ".join(f"{t} {_cell(test[k])}" for k, t, _ in shown if k in test)
+                      + f". Reading: {verdict(test)}.", ""]
     return lines, {"name": cfg.name, "chosen": chosen, "comparisons": comparisons, "test": test,
                    "starts": starts, "total_s": total, "n_seeds": len(layouts)}
 
@@ -566,10 +574,10 @@ def _knob_tally(sens: Sequence[Mapping[str, Any]]) -> list[str]:
              "|---|---|---|---|"]
     for n in names:
         ps = [s["comparisons"][n] for s in sens if n in s["comparisons"]]
-        sd_b = sum(p["semantic_distance"]["reading"] == "better" for p in ps)
-        sd_w = sum(p["semantic_distance"]["reading"] == "worse" for p in ps)
-        f1_b = sum(p["macro_f1"]["reading"] == "better" for p in ps)
-        f1_w = sum(p["macro_f1"]["reading"] == "worse" for p in ps)
+        sd_b = sum(p.get("semantic_distance", {}).get("reading") == "better" for p in ps)
+        sd_w = sum(p.get("semantic_distance", {}).get("reading") == "worse" for p in ps)
+        f1_b = sum(p.get("macro_f1", {}).get("reading") == "better" for p in ps)
+        f1_w = sum(p.get("macro_f1", {}).get("reading") == "worse" for p in ps)
         st = [x for s in sens for x in s["starts"].get(n, [])]
         lines.append(f"| `{n}` | {sd_b} / {sd_w} of {len(ps)} tasks | {f1_b} / {f1_w} of {len(ps)} tasks | "
                      f"{sum(st)}/{len(st)} (task, seed) runs |")

@@ -278,3 +278,24 @@ def test_bad_overrides_are_config_errors(bad):
 
     with pytest.raises(ConfigError):
         DistillMethod(**bad)
+
+
+def test_local_teachers_only_needs_a_global_domain(tmp_path):
+    from knot.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="teachers: local, but data.domains has no global domain"):
+        make_config(tmp_path, {"l1": "local", "l2": "local", "transfer": "transfer"},
+                    methods=[{"name": "x", "loss": "ot", "teachers": "local"}])
+
+
+def test_cost_power_applies_before_a_derived_geometry_is_scaled():
+    """`scale: task` scales a derived geometry to the largest cost of the loss's own power."""
+    from knot.distill import loss_geometry
+    from knot.geometry import LabelGeometry
+
+    task = LabelGeometry.preset("sentiment5")  # largest cost 4 (p = 1), 16 (p = 2)
+    spec = {"derived": {"texts": {"1": "awful", "2": "bad", "3": "okay", "4": "good", "5": "great"}, "scale": "task"}}
+    g1 = loss_geometry(DistillMethod(geometry=spec), task)
+    g2 = loss_geometry(DistillMethod(geometry=spec, cost_power=2), task)
+    assert (g1.p, g2.p) == (1, 2)
+    assert float(g1.cost.max()) == pytest.approx(4.0) and float(g2.cost.max()) == pytest.approx(16.0)

@@ -226,6 +226,9 @@ def test_stages_end_to_end(tmp_path):
     md = layout.results_md.read_text()
     assert sum(line.startswith("| union | `") for line in md.splitlines()) == 5
     assert "validation" not in results
+    assert set(results["confusion"]) == set(ids)
+    for per_set in results["confusion"].values():
+        assert {t: sum(map(sum, m)) for t, m in per_set.items()} == {t["name"]: t["n"] for t in results["test_sets"]}
 
     # evaluate.val: the same models and sets scored on the val splits, kept out of the tables
     import dataclasses

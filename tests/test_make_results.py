@@ -224,3 +224,16 @@ def test_gold_metrics_are_compared_where_every_union_row_has_them(mr):
     p = mr.paired([r1, r2], "student:ot", "student:entropy", "union", metrics=mr.metrics_of([r1, r2]))
     assert p["w1_gold"]["mean"] == pytest.approx(-0.10) and p["w1_gold"]["better"] == 2
     assert "W1 to humans better (2 better, 0 worse of 2;" in mr.verdict(p)
+
+
+def test_a_metric_missing_on_one_seed_drops_that_metric_not_the_comparison(mr):
+    r1, r2 = _results(0.0, 0.7, 0.8), _results(0.0, 0.6, 0.8)
+    for r in (r1, r2):
+        for row in r["rows"]:
+            row["w1_gold"], row["spearman_gold"] = 0.3, 0.5
+    next(row for row in r2["rows"] if row["model"] == "student:ot" and row["test_set"] == "union")["spearman_gold"] = None
+    p = mr.paired([r1, r2], "student:ot", "student:entropy", "union", metrics=mr.metrics_of([r1, r2]))
+    assert "w1_gold" in p and "spearman_gold" not in p and "semantic_distance" in p
+    lines, found = mr._paired_table([r1, r2], "union", best="teacher:a")
+    assert ("student:ot", "student:entropy") in found and ("student:ot", mr.BEST) in found
+    assert any("`student:ot` − `teacher:a`" in line for line in lines)

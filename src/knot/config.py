@@ -659,6 +659,11 @@ class ExperimentConfig(ConfigBase):
             self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
             f"device: expected auto, cpu, cuda[:N] or mps, got {self.device!r}",
         )
+        local_only = [m.name for m in self.distill.methods if m.teachers == "local"]
+        _check(
+            not local_only or any(d.role == "global" for d in self.data.domains),
+            f"distill.methods: {', '.join(local_only)} set teachers: local, but data.domains has no global domain",
+        )
 
     # convenience views -----------------------------------------------------
     def domains(self, role: str) -> list[DomainConfig]:

@@ -191,10 +191,10 @@ def loss_geometry(method: Any, geometry: Any) -> Any:
     """
     spec = getattr(method, "geometry", None)
     p = getattr(method, "cost_power", None) or geometry.p
+    if p != geometry.p:  # the loss's cost power: the task geometry's points, costs to the power p
+        geometry = LabelGeometry(geometry.labels, geometry.coords, p=p, name=geometry.name)
     if spec is None:
-        if p == geometry.p:
-            return geometry
-        return LabelGeometry(geometry.labels, geometry.coords, p=p, name=geometry.name)
+        return geometry
     try:
         return LabelGeometry.from_spec(spec, labels=geometry.labels, p=p, reference=geometry)
     except ValueError as exc:
@@ -325,8 +325,9 @@ def distill(
             init = "scratch"
         if init == "global" and not has_checkpoint(layout.global_model):
             raise FileNotFoundError(
-                f"{layout.global_model}: no global model checkpoint to initialise the student from; "
-                "run `knot train CONFIG --role global` first or set distill.init: scratch"
+                f"{layout.global_model}: no global model checkpoint to initialise student {m.name!r} from; "
+                "run `knot train CONFIG --role global` first or set "
+                + (f"init: scratch on method {m.name!r}" if m.init else "distill.init: scratch")
             )
         train_cfg = cfg.distill.train if m.lr is None else dataclasses.replace(cfg.distill.train, lr=m.lr)
         w_train = method_weights(m, train_sl, bias, global_name)

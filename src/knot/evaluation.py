@@ -506,7 +506,7 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
     metric_fn = functools.partial(evaluate_probs, geometry=geometry)
     _, labels, gold = sets["test"]
     rows = score_models(probs["test"], labels, test_sets, metric_fn, gold, gold_fn)
-    confusion = confusion_matrices(probs, labels, test_sets, geometry.num_labels)
+    confusion = confusion_matrices(probs["test"], labels, test_sets, geometry.num_labels)
     results = build_results(
         name=cfg.name,
         geometry=_geometry_dict(geometry),

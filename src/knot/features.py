@@ -603,10 +603,8 @@ class FeatureCache:
         path = self.root / key
         try:
             entry = self.open(key)
-        except ValueError as exc:
-            log.warning("%s; deleting the cache entry and encoding again", exc)
-            shutil.rmtree(path, ignore_errors=True)
-            entry = None
+        except ValueError:
+            entry = None  # damaged: deleted and rebuilt below, under the build lock only
         if entry is not None:
             log.debug("feature cache hit: %s (%s)", path, name or key)
             _STATS["cache_hits"] += 1
