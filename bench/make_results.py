@@ -433,7 +433,7 @@ def task_section(run: Path, out_dir: Path, docs: Path) -> tuple[list[str], dict[
     own, counts = own_domain_check(results)
     lines += ["### Teachers on their own domain (macro-F1, mean over seeds)", ""] + own + [""]
     ptab, found = _paired_table(results, union, baselines.get("best_single_teacher"))
-    lines += [f"### Paired comparisons on `{union}` (per-seed differences, mean ± std)", "",
+    lines += [f"### Paired comparisons on `{union}` (per-seed differences a − b: mean [95 % bootstrap CI])", "",
               "Higher is better for accuracy and macro-F1, lower for SD and expected cost; "
               "'better' below is from a's side.", ""] + ptab + [""]
     dc = _derived_costs(layouts[0], cfg)
@@ -697,7 +697,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seeds and a two-sided Wilcoxon signed-rank p-value (knot.stats). A method is called better or "
         "worse on a metric only when the interval excludes 0. With few seeds the bootstrap interval is "
         "optimistic and the Wilcoxon test cannot reach p < 0.05 (it needs 6 seeds or more), so read a "
-        "'better' from 3 seeds as a lead to check, not a finding.",
+        "'better' from few seeds as a lead to check, not a finding. The seeds change initialisation, "
+        "shuffling and dropout on one fixed data split, so the intervals cover training randomness, not "
+        "the sampling of the test sets: a difference that is 'better' here can still be smaller than "
+        "what another split or another test set would move.",
         "",
     ]
     head += _summary_lines(summaries)
