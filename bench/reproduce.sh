@@ -24,6 +24,7 @@ TASKS=(erc sentiment goemotions vader erc-sensitivity sentiment-sensitivity goem
 export HF_HUB_OFFLINE=1
 export KNOT_CACHE="${KNOT_CACHE:-runs/study-features}"
 mkdir -p runs/logs
+started=$(date +%s)
 claims=$(mktemp -d)
 trap 'rm -rf "$claims"' EXIT
 
@@ -57,7 +58,10 @@ else
   [ "$status" = 0 ] || { echo "a study run failed (see runs/logs/)" >&2; exit 1; }
 fi
 
-echo "[$(date +%T)] all runs done; writing docs/results.md"
+minutes=$(( ($(date +%s) - started + 59) / 60 ))
+load=$(cut -d' ' -f1-3 /proc/loadavg 2> /dev/null || echo unknown)
+echo "[$(date +%T)] all runs done in ${minutes} min; writing docs/results.md"
 "$PY" bench/make_results.py runs/study-sentiment runs/study-erc runs/study-goemotions runs/study-vader \
   --sensitivity runs/study-sentiment-sensitivity runs/study-erc-sensitivity runs/study-goemotions-sensitivity \
-  runs/study-vader-sensitivity --out docs/results.md
+  runs/study-vader-sensitivity --out docs/results.md \
+  --wall "${minutes} min for this run of bench/reproduce.sh (LANES=${LANES}; load average ${load} at its end)"

@@ -202,7 +202,8 @@ def test_sensitivity_section_chooses_on_validation_only(mr, tmp_path):
     assert "Chosen on validation: `ot-lr` (lr: 0.003). Its test figures, reported once:" in text
     assert summary["test"]["semantic_distance"]["mean"] == 0.0
     tally = "\n".join(mr._knob_tally([summary]))
-    assert "| `ot-t2` | 1 / 0 of 1 tasks | 0 / 1 of 1 tasks | 3/3 (task, seed) runs |" in tally
+    assert "| `ot-t2` | 1 / 0 of 1 tasks | 0 / 1 of 1 tasks | 0 / 0 of 1 tasks | 3/3 (task, seed) runs |" in tally
+    assert tally.endswith("Chosen on validation, per task: toy-sens: `ot-lr` (lr: 0.003).")
 
     # a run without val rows is refused with a clear message
     for seed in (1, 2, 3):
