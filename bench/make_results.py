@@ -168,6 +168,8 @@ def _setup(cfg: Any, layout: RunLayout) -> list[str]:
         )
     m = cfg.model
     enc = f"{m.encoder}" + (f", first {m.encoder_layers} layers" if getattr(m, "encoder_layers", None) else "")
+    if getattr(m, "frozen", False):
+        enc += f", frozen (features cached once), {m.head} head"
     lines += [
         "",
         f"Encoder {enc}, max_length {m.max_length}. Local teachers: {cfg.local.epochs} epochs, batch "
