@@ -345,10 +345,9 @@ def _epochs(results) -> list[str]:
     return lines
 
 
-def val_losses(logs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Each student's val distillation loss at its start (the global model) and at the selected
-    epoch, mean ± std over seeds, from the distill stages' summaries (``logs``: each seed's
-    ``stages.json``)."""
+def val_loss_pairs(logs: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """``{student: [(val loss at the start, at the selected epoch), one per seed]}`` from the
+    distill stages' summaries (``logs``: each seed's ``stages.json``)."""
     per: dict[str, list[tuple[float, float]]] = {}
     for log in logs:
         for name, rec in log.items():
@@ -359,6 +358,13 @@ def val_losses(logs: Sequence[Mapping[str, Any]]) -> list[str]:
                 b = (info.get("best_metrics") or {}).get("loss")
                 if a is not None and b is not None:
                     per.setdefault(student, []).append((float(a), float(b)))
+    return per
+
+
+def val_losses(logs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each student's val distillation loss at its start (the global model) and at the selected
+    epoch, mean ± std over seeds (:func:`val_loss_pairs`)."""
+    per = val_loss_pairs(logs)
     if not per:
         return []
 
@@ -522,14 +528,7 @@ def sensitivity_section(run: Path) -> tuple[list[str], dict[str, Any]]:
     if base is None:
         raise SystemExit(f"{run}: a sensitivity run needs a student named ot")
     logs = [read_stage_log(lay) for lay in layouts]
-    starts: dict[str, list[bool]] = {}
-    for log in logs:
-        for name, rec in log.items():
-            if name.startswith("distill:"):
-                for student, info in ((rec.get("summary") or {}).get("students") or {}).items():
-                    a, b = (info.get("initial_val") or {}).get("loss"), (info.get("best_metrics") or {}).get("loss")
-                    if a is not None and b is not None:
-                        starts.setdefault(student, []).append(b < a)
+    starts = {student: [b < a for a, b in pairs] for student, pairs in val_loss_pairs(logs).items()}
     agg = aggregate_rows([{**r, "rows": _rows(r, "validation")} for r in results])
     total, _, span = stage_times(logs)
 

@@ -22,3 +22,14 @@ def write_polarity_corpus(path: Path, n: int, seed: int, words: int = 3) -> None
         parts = [rng.choice(adjectives), rng.choice(NOUNS), rng.choice(adjectives)][:words]
         lines.append(json.dumps({"text": " ".join(parts), "label": label}))
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+#: The four-domain corpus of the pipeline tests: (domain, lines, seed) for books and films
+#: (local), mixed (global) and public (transfer).
+PIPELINE_DOMAINS = [("books", 40, 0), ("films", 40, 1), ("mixed", 40, 2), ("public", 60, 3)]
+
+
+def write_pipeline_corpus(root: Path) -> None:
+    """One two-word polarity file per domain of :data:`PIPELINE_DOMAINS` under ``root``."""
+    for name, n, seed in PIPELINE_DOMAINS:
+        write_polarity_corpus(Path(root) / f"{name}.jsonl", n, seed, words=2)

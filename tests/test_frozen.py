@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import write_polarity_corpus
+from helpers import write_pipeline_corpus
 from knot.cli import app
 from knot.config import ConfigError, ExperimentConfig, ModelConfig, load_config
 from knot.features import FeatureCache, encoding_delta, encoding_stats
@@ -193,8 +193,7 @@ def corpus(tmp_path_factory):
     base = tmp_path_factory.mktemp("frozen")
     root = base / "data"
     root.mkdir()
-    for name, n, seed in [("books", 40, 0), ("films", 40, 1), ("mixed", 40, 2), ("public", 60, 3)]:
-        write_polarity_corpus(root / f"{name}.jsonl", n, seed, words=2)
+    write_pipeline_corpus(root)
     return base, root
 
 

@@ -12,7 +12,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from helpers import write_polarity_corpus
+from helpers import write_pipeline_corpus
 from knot.cli import app
 from knot.config import load_config
 from knot.layout import RunLayout
@@ -50,8 +50,7 @@ def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline")
     root = base / "data"
     root.mkdir()
-    for name, n, seed in [("books", 40, 0), ("films", 40, 1), ("mixed", 40, 2), ("public", 60, 3)]:
-        write_polarity_corpus(root / f"{name}.jsonl", n, seed, words=2)
+    write_pipeline_corpus(root)
     cfg_path = base / "tiny.yaml"
     cfg_path.write_text(CONFIG)
     return cfg_path, root, base

@@ -39,6 +39,7 @@ __all__ = [
     "tokenizer_fingerprint",
     "TextDataset",
     "pad_batch",
+    "pad_rows",
     "LengthGroupedBatchSampler",
     "SequentialBatchSampler",
     "make_loader",
@@ -276,14 +277,27 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Ten
         ``input_ids`` LongTensor (B, L) and ``attention_mask`` LongTensor (B, L), where L
         is the longest sequence of the batch.
     """
-    lengths = [len(s) for s in seqs]
-    width = max(lengths) if lengths else 0
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for r, (s, n) in enumerate(zip(seqs, lengths)):
-        ids[r, :n] = s
-        mask[r, :n] = 1
+    ids, mask = pad_rows(seqs, pad_id, np.int64)
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+
+
+def pad_rows(rows: Sequence[Any], fill: float, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Stack rows of different lengths (each (n_i,) or (n_i, H)) padded with ``fill`` to the
+    longest: ``(padded (B, L[, H]) of dtype, mask int64 (B, L))``.
+
+    >>> padded, mask = pad_rows([np.ones((2, 3)), np.ones((1, 3))], 0.0, np.float32)
+    >>> padded.shape, mask.tolist()
+    ((2, 2, 3), [[1, 1], [1, 0]])
+    """
+    lengths = [len(r) for r in rows]
+    width = max(lengths) if lengths else 0
+    trailing = np.shape(rows[0])[1:] if rows else ()
+    padded = np.full((len(rows), width, *trailing), fill, dtype=dtype)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for b, (r, n) in enumerate(zip(rows, lengths)):
+        padded[b, :n] = r
+        mask[b, :n] = 1
+    return padded, mask
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):

@@ -299,7 +299,8 @@ def distill(
     device = resolve_device(cfg.device)
     geometry = LabelGeometry.from_task(cfg.task)
     transfer = transfer_domain(cfg)
-    teachers = [r.name for r in run_teachers(cfg, layout)]
+    teacher_models = run_teachers(cfg, layout)
+    teachers = [r.name for r in teacher_models]
 
     train_texts = [e.text for e in load_split(layout.data, transfer.name, "train")]
     train_sl = _load_soft_labels(layout, "train", teachers, geometry.labels, train_texts)
@@ -316,7 +317,7 @@ def distill(
         s: sha256_file(layout.soft_labels / f"{s}.safetensors") for s in ("train", "val") if (layout.soft_labels / f"{s}.json").is_file()
     }
 
-    global_name = next((r.name for r in run_teachers(cfg, layout) if r.kind == "global"), None)
+    global_name = next((r.name for r in teacher_models if r.kind == "global"), None)
     out: dict[str, Any] = {"students": {}}
     for m in methods:
         init = m.init or cfg.distill.init

@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from knot.batching import pad_batch, pad_rows
 from knot.progress import progress as progress_bar
 from knot.utils import atomic_path, atomic_write_json, sha256_file, sha256_json
 
@@ -291,7 +292,6 @@ def encode_texts(
     FeatureChunk
         One per chunk not skipped, in order.
     """
-    from knot.batching import pad_batch
 
     if kind not in KINDS:
         raise ValueError(f"features: kind must be one of {KINDS}, got {kind!r}")
@@ -851,13 +851,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         if self._mean is not None:
             batch = {"features": self._mean[idx]}  # (B, H)
         else:
-            rows = [self.entry[int(i)] for i in indices]
-            width = max(len(r) for r in rows)
-            feats = np.zeros((len(rows), width, self.entry.hidden), dtype=np.float32)  # (B, L, H)
-            mask = np.zeros((len(rows), width), dtype=np.int64)  # (B, L)
-            for b, r in enumerate(rows):
-                feats[b, : len(r)] = r
-                mask[b, : len(r)] = 1
+            feats, mask = pad_rows([self.entry[int(i)] for i in indices], 0.0, np.float32)  # (B, L, H), (B, L)
             batch = {"features": torch.from_numpy(feats), "feature_mask": torch.from_numpy(mask)}
         batch["index"] = idx
         if self.targets is not None:

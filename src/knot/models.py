@@ -45,7 +45,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -203,6 +203,29 @@ class LabelledClassifier(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @contextlib.contextmanager
+    def _evaluating(self, device: torch.device | str | None = None) -> Iterator[torch.device]:
+        """Eval mode for the block, on ``device`` when given; yields the model's device and
+        restores the previous train/eval mode."""
+        if device is not None:
+            self.to(device)
+        was_training = self.training
+        self.eval()
+        try:
+            yield self.device
+        finally:
+            self.train(was_training)
+
+    def _fill_probs(self, out: np.ndarray, loader: Any, logits_of: Callable[[dict], torch.Tensor], bar: Any = None) -> np.ndarray:
+        """Softmax of ``logits_of(batch)`` for every batch of ``loader`` into ``out`` (N, K),
+        at the rows of ``batch["index"]``."""
+        for batch in _inference(loader):
+            probs = torch.softmax(logits_of(batch).float(), dim=-1)  # (B, K)
+            out[batch["index"].numpy()] = probs.cpu().numpy()
+            if bar is not None:
+                bar.update(probs.shape[0])
+        return out
+
 
 class KnotClassifier(LabelledClassifier):
     """Transformer encoder + KNOT head -> logits over the geometry's labels.
@@ -322,22 +345,11 @@ class KnotClassifier(LabelledClassifier):
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
         if not texts:
             return out
-        if device is not None:
-            self.to(device)
-        dev = self.device
-        was_training = self.training
-        self.eval()
-        try:
-            ds = TextDataset(texts, self.tokenizer, self.max_length)
-            loader = make_loader(ds, batch_size, shuffle=False, group_by_length=True)
+        with self._evaluating(device) as dev:
+            loader = make_loader(TextDataset(texts, self.tokenizer, self.max_length), batch_size, shuffle=False,
+                                 group_by_length=True)
             with progress_bar(total=len(texts), desc=desc, unit="text", enabled=progress) as bar:
-                for batch in loader:
-                    logits = self(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
-                    probs = torch.softmax(logits.float(), dim=-1)  # (B, K)
-                    out[batch["index"].numpy()] = probs.cpu().numpy()
-                    bar.update(probs.shape[0])
-        finally:
-            self.train(was_training)
+                self._fill_probs(out, loader, lambda b: self(b["input_ids"].to(dev), b["attention_mask"].to(dev)), bar)
         return out
 
 
@@ -569,27 +581,19 @@ class FrozenClassifier(LabelledClassifier):
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
         if not texts:
             return out
-        if device is not None:
-            self.to(device)
-        dev = self.device
-        was_training = self.training
-        self.eval()
-        try:
-            with contextlib.ExitStack() as stack:
-                cache = self.feature_cache
-                if cache is None:
-                    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="knot-features-"))
-                    cache = FeatureCache(tmp, verify="size")
-                entry = self.encode(texts, cache=cache, name=desc, batch_size=batch_size, device=dev, progress=progress)
-                loader = make_loader(FeatureDataset(entry), batch_size, shuffle=False, group_by_length=True)
-                for batch in _inference(loader):
-                    mask = batch.get("feature_mask")
-                    logits = self(batch["features"].to(dev), None if mask is None else mask.to(dev))
-                    probs = torch.softmax(logits.float(), dim=-1)  # (B, K)
-                    out[batch["index"].numpy()] = probs.cpu().numpy()
-                del entry, loader
-        finally:
-            self.train(was_training)
+        def logits_of(batch: dict) -> torch.Tensor:
+            mask = batch.get("feature_mask")
+            return self(batch["features"].to(dev), None if mask is None else mask.to(dev))
+
+        with self._evaluating(device) as dev, contextlib.ExitStack() as stack:
+            cache = self.feature_cache
+            if cache is None:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="knot-features-"))
+                cache = FeatureCache(tmp, verify="size")
+            entry = self.encode(texts, cache=cache, name=desc, batch_size=batch_size, device=dev, progress=progress)
+            loader = make_loader(FeatureDataset(entry), batch_size, shuffle=False, group_by_length=True)
+            self._fill_probs(out, loader, logits_of)
+            del entry, loader
         return out
 
     def config_dict(self) -> dict:
