@@ -148,7 +148,7 @@ def _rows(n: int, seed: int) -> list[dict]:
 @pytest.mark.slow
 def test_stages_end_to_end(tmp_path):
     from knot.config import ExperimentConfig
-    from knot.data import prepare_data
+    from knot.data import load_split, prepare_data
     from knot.distill import distill
     from knot.evaluation import evaluate_run
     from knot.layout import RunLayout
@@ -207,6 +207,12 @@ def test_stages_end_to_end(tmp_path):
 
     results = evaluate_run(cfg, layout)
     ids = [m["id"] for m in results["models"]]
+    from knot.evaluation import load_predictions
+
+    for mid in ids:  # every evaluated model's per-item predictions, one file each
+        pred = load_predictions(layout.predictions(mid))
+        assert pred["model"] == mid and set(pred["test"]) == {"l1", "l2", "g"}
+        assert len(pred["test"]["l1"]["ids"]) == len(load_split(layout.data, "l1", "test"))
     assert [m.get("best_epoch") for m in results["models"]][3:] == [students["ot"]["best_epoch"],
                                                                      students["feddf"]["best_epoch"]]
     assert ids == ["teacher:l1", "teacher:l2", "global", "student:ot", "student:feddf"]
@@ -232,8 +238,6 @@ def test_stages_end_to_end(tmp_path):
 
     # evaluate.val: the same models and sets scored on the val splits, kept out of the tables
     import dataclasses
-
-    from knot.data import load_split
 
     cfg_val = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, val=True))
     with_val = evaluate_run(cfg_val, layout)
@@ -302,3 +306,45 @@ def test_gold_columns_only_where_the_test_set_has_gold_distributions():
                                               {"teacher:a": PROBS_A}, LABELS, TEST_SETS,
                                               functools.partial(evaluate_probs, geometry=GEOMETRY))))
     assert "W1 to gold" not in plain
+
+
+def test_predictions_are_saved_with_ids_and_labels_and_reload(tmp_path):
+    import os
+
+    from knot.evaluation import load_predictions, save_predictions
+    from knot.layout import RunLayout
+
+    path = RunLayout(tmp_path).predictions("student:ot")
+    assert path == tmp_path / "predictions" / "student-ot.npz"
+    old = os.umask(0o027)
+    try:
+        save_predictions(path, "student:ot", GEOMETRY.labels, {"test": PROBS_A, "val": {"d1": PROBS_B["d1"]}},
+                         {"test": LABELS, "val": {"d1": LABELS["d1"]}})
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o640  # as an ordinary write under that umask
+    assert [p.name for p in path.parent.iterdir()] == ["student-ot.npz"]  # no temporary left behind
+    got = load_predictions(path)
+    assert got["model"] == "student:ot" and got["label_names"] == ["a", "b", "c"]
+    np.testing.assert_allclose(got["test"]["d2"]["probs"], PROBS_A["d2"], atol=1e-7)
+    assert got["test"]["d2"]["labels"].tolist() == [2, 0, 1]
+    assert got["test"]["d2"]["ids"].tolist() == ["d2:test:0", "d2:test:1", "d2:test:2"]
+    assert set(got["val"]) == {"d1"}
+    # the per-item SD recomputed from the file gives the row's class-balanced SD
+    from knot.metrics import semantic_distance_per_item
+    from knot.stats import class_balanced_mean
+
+    y = np.concatenate([got["test"][d]["labels"] for d in ("d1", "d2")])
+    p = np.concatenate([got["test"][d]["probs"] for d in ("d1", "d2")]).astype(np.float64)
+    sd = class_balanced_mean(semantic_distance_per_item(p, y, GEOMETRY), y)
+    assert sd == pytest.approx(EXPECTED_A["union"]["semantic_distance"], abs=1e-6)
+    with pytest.raises(FileNotFoundError, match="no predictions"):
+        load_predictions(tmp_path / "nope.npz")
+
+
+def test_rows_carry_the_mean_entropy(rows):
+    row = next(r for r in rows if r["model"] == "teacher:b" and r["test_set"] == "union")
+    assert row["mean_entropy"] == 0.0  # one-hot predictions
+    a = next(r for r in rows if r["model"] == "teacher:a" and r["test_set"] == "d1")
+    h = -(0.7 * np.log(0.7) + 0.3 * np.log(0.3) + 0.4 * np.log(0.4) + 0.6 * np.log(0.6)) / 3
+    assert a["mean_entropy"] == pytest.approx(h)

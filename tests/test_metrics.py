@@ -101,7 +101,8 @@ def test_evaluate_probs_accepts_numpy_and_torch():
     y = rng.integers(0, 5, size=20)
     a = evaluate_probs(probs, y, STARS)
     b = evaluate_probs(torch.from_numpy(probs).float(), torch.from_numpy(y), STARS)
-    assert list(a) == ["n", "accuracy", "macro_f1", "semantic_distance", "expected_cost"]
+    assert list(a) == ["n", "accuracy", "macro_f1", "semantic_distance", "expected_cost", "mean_entropy"]
+    assert a["mean_entropy"] == pytest.approx(float(np.mean(-(probs * np.log(probs)).sum(1))))
     assert a["n"] == 20 and isinstance(a["n"], int)
     for key in ("accuracy", "macro_f1"):
         assert a[key] == b[key]
@@ -115,7 +116,8 @@ def test_evaluate_probs_accepts_numpy_and_torch():
 def test_perfect_predictions_score_perfectly():
     y = np.array([0, 1, 2, 3, 4, 4])
     m = evaluate_probs(np.eye(5)[y], y, LabelGeometry.preset("sentiment5-knot6d"))
-    assert m == {"n": 6, "accuracy": 1.0, "macro_f1": 1.0, "semantic_distance": 0.0, "expected_cost": 0.0}
+    assert m == {"n": 6, "accuracy": 1.0, "macro_f1": 1.0, "semantic_distance": 0.0, "expected_cost": 0.0,
+                 "mean_entropy": 0.0}
 
 
 @pytest.mark.parametrize(

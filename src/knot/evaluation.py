@@ -32,6 +32,14 @@ The table also names three baselines:
      "confusion": {model id: {test set: K x K counts, rows gold, columns predicted}},
      "missing": [{"id", "path"}]}
 
+Per-item predictions (issue 20: test-item uncertainty): each evaluated model's predicted
+distributions are saved to ``RUN/predictions/<model>.npz`` (``student:ot`` ->
+``student-ot.npz``; :func:`save_predictions`, :func:`load_predictions`), keyed
+``<split>/<domain>/probs`` (float32, (N, K)), ``<split>/<domain>/labels`` (int64, true class
+indices in ``label_names`` order) and ``<split>/<domain>/ids`` (``"<domain>:<split>:<row>"``,
+the row of ``data/<domain>/<split>.jsonl``), plus ``label_names`` and ``model``; a union test
+set is its domains' arrays concatenated in order.
+
 Model ids are ``teacher:<domain>``, ``global`` and ``student:<method>``.
 """
 
@@ -53,7 +61,7 @@ from knot.metrics import GOLD_METRICS, GOLD_TITLES, evaluate_gold, evaluate_prob
 from knot.models import checkpoint_hash, load
 from knot.run import RunModel, run_models  # noqa: F401 (run_models: re-exported)
 from knot.soft_labels import predict_probs
-from knot.utils import atomic_write_json, atomic_write_text, read_json, resolve_device
+from knot.utils import atomic_path, atomic_write_json, atomic_write_text, read_json, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,8 @@ __all__ = [
     "render_markdown",
     "kept_start_note",
     "load_results",
+    "save_predictions",
+    "load_predictions",
     "evaluate_run",
 ]
 
@@ -155,6 +165,8 @@ def score_models(
             row = {"model": model_id, "test_set": ts.name, "n": int(len(y))}
             for key in METRICS:
                 row[key] = _clean(m.get(key))
+            if "mean_entropy" in m:  # sharpness of the predictions (not a quality metric)
+                row["mean_entropy"] = _clean(m["mean_entropy"])
             h, scores = _gold_of(gold, domains)
             if h is not None and gold_fn is not None:
                 row.update({k: _clean(v) for k, v in gold_fn(p, h, scores=scores).items()})
@@ -439,6 +451,55 @@ _GOLD_NOTE = (
 )
 
 
+def save_predictions(
+    path: str | Path,
+    model_id: str,
+    label_names: Sequence[str],
+    probs: Mapping[str, Mapping[str, np.ndarray]],
+    labels: Mapping[str, Mapping[str, np.ndarray]],
+) -> Path:
+    """Write one model's per-item predictions atomically (mode as an ordinary write).
+
+    Parameters
+    ----------
+    path : where to write (``RunLayout.predictions(model_id)``).
+    model_id : str
+    label_names : list of str, the class order of the columns.
+    probs : ``{split: {domain: (N, K)}}``
+    labels : ``{split: {domain: (N,) int}}``, the true class indices.
+    """
+    arrays: dict[str, np.ndarray] = {"model": np.asarray(model_id), "label_names": np.asarray(list(label_names))}
+    for split, per_domain in probs.items():
+        for d, p in per_domain.items():
+            p = np.asarray(p, dtype=np.float32)  # (N, K)
+            y = np.asarray(labels[split][d], dtype=np.int64)  # (N,)
+            if p.shape != (len(y), len(label_names)):
+                raise ValueError(f"save_predictions: {model_id} on {d} ({split}): probs {p.shape}, {len(y)} labels")
+            arrays[f"{split}/{d}/probs"] = p
+            arrays[f"{split}/{d}/labels"] = y
+            arrays[f"{split}/{d}/ids"] = np.asarray([f"{d}:{split}:{i}" for i in range(len(y))])
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    return Path(path)
+
+
+def load_predictions(path: str | Path) -> dict[str, Any]:
+    """Read :func:`save_predictions`'s file: ``{"model", "label_names", split: {domain:
+    {"probs", "labels", "ids"}}}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no predictions (rerun `knot evaluate` with this version of knot)")
+    out: dict[str, Any] = {}
+    with np.load(path, allow_pickle=False) as z:
+        for key in z.files:
+            if key in ("model", "label_names"):
+                out[key] = z[key].tolist()
+                continue
+            split, d, what = key.split("/")
+            out.setdefault(split, {}).setdefault(d, {})[what] = z[key]
+    return out
+
+
 def load_results(path: str | Path) -> dict[str, Any]:
     """Read a ``results.json`` written by :func:`evaluate_run`."""
     return read_json(path, RESULTS_FORMAT, what="knot results",
@@ -502,6 +563,9 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
             }
         del model
 
+    for m in models:
+        save_predictions(layout.predictions(m.id), m.id, geometry.labels, {s: probs[s][m.id] for s in splits},
+                         {s: sets[s][1] for s in splits})
     gold_fn = functools.partial(evaluate_gold, geometry=geometry)
     metric_fn = functools.partial(evaluate_probs, geometry=geometry)
     _, labels, gold = sets["test"]

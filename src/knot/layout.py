@@ -16,6 +16,7 @@ from here and writes its outputs here, so stages can run on their own (``knot tr
                              $KNOT_CACHE replaces it, see knot.features.cache_root)
       federated/             status.json, round-<n>.json, clients/ (federated runs)
       students/<method>/     student checkpoints
+      predictions/<model>.npz per-item predicted distributions of every evaluated model
       results.json results.md report.md plots/
 """
 
@@ -98,6 +99,10 @@ class RunLayout:
     @property
     def results_json(self) -> Path:
         return self.root / "results.json"
+
+    def predictions(self, model_id: str) -> Path:
+        """``predictions/<model>.npz`` of a model id (``student:ot`` -> ``student-ot.npz``)."""
+        return self.root / "predictions" / f"{model_id.replace(':', '-')}.npz"
 
     @property
     def results_md(self) -> Path:

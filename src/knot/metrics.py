@@ -53,6 +53,8 @@ __all__ = [
     "macro_f1",
     "per_class_report",
     "semantic_distance",
+    "semantic_distance_per_item",
+    "mean_entropy",
     "expected_cost",
     "evaluate_probs",
     "GOLD_METRICS",
@@ -223,6 +225,21 @@ def semantic_distance(probs: Any, labels: Any, coords: Any, average: str = "clas
     >>> semantic_distance(probs, [0, 1, 1], coords)  # mean(2.5, mean(0, 5)); class 2 absent
     2.5
     """
+    y = _labels(labels, "labels")
+    return _average(semantic_distance_per_item(probs, y, coords), y, average)
+
+
+def semantic_distance_per_item(probs: Any, labels: Any, coords: Any) -> np.ndarray:
+    r"""Per-item Semantic Distance :math:`\lVert \sum_k p_k c_k - c_y \rVert`, shape (N,).
+
+    :func:`semantic_distance` is its class-balanced mean; a bootstrap over test items
+    (:func:`knot.stats.two_level_bootstrap`) resamples these values.
+
+    >>> import numpy as np
+    >>> coords = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    >>> semantic_distance_per_item([[0.0, 0.5, 0.5], [0.0, 0.0, 1.0]], [0, 1], coords).tolist()
+    [2.5, 5.0]
+    """
     c = _np(coords.coords if hasattr(coords, "coords") else coords, "coords", np.float64)
     if c.ndim == 1:
         c = c[:, None]
@@ -233,8 +250,22 @@ def semantic_distance(probs: Any, labels: Any, coords: Any, average: str = "clas
     _same_length(p, y, "probs", "labels")
     if not len(y):
         raise ValueError("semantic_distance: no examples")
-    d = np.linalg.norm(p @ c - c[y], axis=1)  # (N,)
-    return _average(d, y, average)
+    return np.linalg.norm(p @ c - c[y], axis=1)  # (N,)
+
+
+def mean_entropy(probs: Any) -> float:
+    r"""Mean Shannon entropy (nats) of predicted distributions, :math:`-\frac1N \sum_i
+    \sum_k p_{ik} \log p_{ik}` (terms with :math:`p = 0` are 0). A sharper student has a
+    lower value; a loss can lower SD by sharpening predictions whatever its ground cost.
+
+    >>> round(mean_entropy([[0.5, 0.5], [1.0, 0.0]]), 6)   # (log 2 + 0) / 2
+    0.346574
+    """
+    p = _probs(probs, None)
+    if not len(p):
+        raise ValueError("mean_entropy: no examples")
+    logp = np.log(np.where(p > 0, p, 1.0))
+    return float(-(p * logp).sum(axis=1).mean())
 
 
 def expected_cost(probs: Any, labels: Any, cost: Any, average: str = "class") -> float:
@@ -280,8 +311,8 @@ def evaluate_probs(probs: Any, labels: Any, geometry: Any) -> dict[str, float]:
     Returns
     -------
     dict
-        ``{"n", "accuracy", "macro_f1", "semantic_distance", "expected_cost"}`` (``n`` an
-        int, the rest floats).
+        ``{"n", "accuracy", "macro_f1", "semantic_distance", "expected_cost",
+        "mean_entropy"}`` (``n`` an int, the rest floats).
     """
     k = geometry.num_labels
     p = _probs(probs, k)
@@ -296,6 +327,7 @@ def evaluate_probs(probs: Any, labels: Any, geometry: Any) -> dict[str, float]:
         "macro_f1": macro_f1(y, pred, k),
         "semantic_distance": semantic_distance(p, y, geometry.coords.numpy()),
         "expected_cost": expected_cost(p, y, geometry.cost.numpy()),
+        "mean_entropy": mean_entropy(p),
     }
 
 

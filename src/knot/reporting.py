@@ -39,9 +39,12 @@ TITLES = {
     "macro_f1": "macro-F1",
     "semantic_distance": "Semantic Distance",
     "expected_cost": "expected cost",
+    "mean_entropy": "mean entropy (nats)",
     **GOLD_TITLES,
 }
-_ALL = METRICS + list(GOLD_METRICS)  # the gold metrics exist only on test sets with gold distributions
+# the gold metrics exist only on test sets with gold distributions; mean_entropy (how sharp
+# the predictions are) only in rows evaluated since issue 20
+_ALL = METRICS + ["mean_entropy"] + list(GOLD_METRICS)
 
 
 def aggregate_rows(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
