@@ -162,3 +162,54 @@ def test_ground_cost_is_built_once():
     assert g.ground_cost is g.ground_cost
     assert torch.equal(g.ground_cost.matrix(torch.float64, "cpu"), g.cost)
     assert not g.ground_cost.is_1d and LabelGeometry.preset("sentiment5").ground_cost.is_1d
+
+
+@pytest.mark.parametrize("preset", ["sentiment5", "emotion5", "ekman7"])
+@pytest.mark.parametrize("p", [1, 2])
+def test_permuted_control_keeps_the_costs_and_destroys_the_order(preset, p):
+    task = LabelGeometry.preset(preset, p=p)
+    g = LabelGeometry.from_spec({"permuted": 11}, labels=task.labels, p=p, reference=task)
+    assert g.labels == task.labels and g.p == p
+    # same points, each label on another label's point
+    pts = sorted(map(tuple, task.coords.tolist()))
+    assert sorted(map(tuple, g.coords.tolist())) == pts
+    assert all(g.coords[i].tolist() != task.coords[i].tolist() for i in range(task.num_labels))
+    # same multiset of costs, different matrix
+    assert sorted(g.cost.flatten().tolist()) == pytest.approx(sorted(task.cost.flatten().tolist()))
+    assert not torch.allclose(g.cost, task.cost)
+    # fixed: the same seed gives the same geometry, another seed (here) another one
+    assert LabelGeometry.from_spec({"permuted": 11}, reference=task) == g
+
+
+def test_permuted_control_refuses_two_labels():
+    task = LabelGeometry.from_mapping({"neg": [-1.0], "pos": [1.0]})
+    with pytest.raises(ValueError, match="no permutation of the 2 labels changes the costs"):
+        LabelGeometry.from_spec({"permuted": 0}, reference=task)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_uniform_control_is_scaled_total_variation(p):
+    task = LabelGeometry.preset("emotion5", p=p)
+    g = LabelGeometry.from_spec({"uniform": {"scale": "task_mean"}}, labels=task.labels, p=p, reference=task)
+    k = task.num_labels
+    off = ~torch.eye(k, dtype=torch.bool)
+    s = float(task.cost[off].mean())
+    assert torch.allclose(g.cost, s * (1 - torch.eye(k, dtype=torch.float64)))
+    # exact OT between two distributions is then s * TV
+    from knot.ot import exact_cost  # the solver the losses use
+
+    a = torch.tensor([[0.5, 0.2, 0.1, 0.1, 0.1]], dtype=torch.float64)
+    b = torch.tensor([[0.1, 0.1, 0.2, 0.3, 0.3]], dtype=torch.float64)
+    assert float(exact_cost(a, b, g)) == pytest.approx(s * 0.5 * float((a - b).abs().sum()), rel=1e-6)
+    plain = LabelGeometry.from_spec({"uniform": None}, reference=task)
+    assert torch.allclose(plain.cost, 1 - torch.eye(k, dtype=torch.float64))
+
+
+def test_control_specs_need_the_task_geometry_and_are_checked_by_the_config():
+    with pytest.raises(ValueError, match="built from the task geometry"):
+        LabelGeometry.from_spec({"permuted": 3})
+    from knot.config import ConfigError, DistillMethod
+
+    assert DistillMethod(name="c", geometry={"permuted": 3}).to_dict()["geometry"] == {"permuted": 3}
+    with pytest.raises(ConfigError, match="uniform.scale"):
+        DistillMethod(name="c", geometry={"uniform": {"scale": "max"}})

@@ -463,7 +463,10 @@ class DistillMethod(ConfigBase):
     name, a mapping ``{label: [coords]}``, a YAML/JSON file, ``derived`` (coordinates from
     all-MiniLM-L6-v2 embeddings of the label names) or ``{derived: {texts: {label:
     description}, encoder: minilm, scale: task}}`` (``scale: task`` rescales it so its
-    largest cost equals the task geometry's). Its labels must be the task's labels and it
+    largest cost equals the task geometry's), or a control built from the task geometry:
+    ``{permuted: <seed>}`` (the label-to-coordinate assignment permuted, same costs, order
+    destroyed) or ``{uniform: {scale: task_mean}}`` (all labels equally far, at the task's
+    mean off-diagonal cost; OT is then scaled total variation). Its labels must be the task's labels and it
     takes ``task.cost_power``; the model, the evaluation and Semantic Distance keep the task
     geometry.
 
@@ -524,10 +527,10 @@ class DistillMethod(ConfigBase):
         _check(self.temperature > 0, "temperature: expected > 0")
         if isinstance(self.geometry, dict):
             # checked here without loading anything (files and encoders are read at distill time)
-            from knot.geometry import LabelGeometry, parse_derived_spec
+            from knot.geometry import LabelGeometry, parse_control_spec, parse_derived_spec
 
             try:
-                if parse_derived_spec(self.geometry) is None:
+                if parse_derived_spec(self.geometry) is None and parse_control_spec(self.geometry) is None:
                     LabelGeometry.from_mapping(self.geometry)
             except ValueError as exc:
                 msg = str(exc)

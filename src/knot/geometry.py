@@ -55,7 +55,7 @@ import torch
 
 from knot.encoders import embed_texts
 
-__all__ = ["LabelGeometry", "PRESETS", "DERIVED", "parse_derived_spec", "embed_texts"]
+__all__ = ["LabelGeometry", "PRESETS", "DERIVED", "CONTROLS", "parse_derived_spec", "parse_control_spec", "embed_texts"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,10 @@ PRESETS = ("sentiment5", "sentiment5-knot6d", "emotion5", "ekman7", "uniform")
 DERIVED = "derived"
 #: Options of a ``{"derived": {...}}`` spec.
 DERIVED_KEYS = ("texts", "encoder", "scale")
+
+#: Control geometries of a distill method's loss, built from the task geometry (issue 20):
+#: ``{"permuted": seed}`` and ``{"uniform": {"scale": "task_mean"}}``.
+CONTROLS = ("permuted", "uniform")
 
 _STARS = ["1", "2", "3", "4", "5"]
 _EMOTION5 = {
@@ -183,6 +187,91 @@ def parse_derived_spec(spec: Any, where: str = "geometry") -> dict | None:
     if scale not in (None, "task"):
         raise ValueError(f"{where}.scale: expected 'task' or null, got {scale!r}")
     return {"texts": texts, "encoder": encoder, "scale": scale}
+
+
+def parse_control_spec(spec: Any, where: str = "geometry") -> dict | None:
+    """The options of a control-geometry spec, or None when ``spec`` is not one.
+
+    Controls ask whether the label geometry itself is what changes a student (issue 20):
+
+    ``{"permuted": <seed>}``
+        The task geometry with its label-to-coordinate assignment permuted by a fixed,
+        seeded permutation: the same points, hence the same multiset of costs, with the
+        order destroyed. The permutation is drawn (``numpy.random.default_rng(seed)``)
+        until no label keeps its point and the cost matrix differs from the task's (a
+        mirror image of a line would keep every cost).
+    ``{"uniform": {"scale": "task_mean"}}`` (or ``{"uniform": null}``: cost 1)
+        Every pair of labels equally far, :math:`C = s (1 - I)`, so exact OT is ``s`` times
+        the total variation; ``task_mean`` sets ``s`` to the task geometry's mean
+        off-diagonal cost, so learning rates and loss scales stay comparable.
+
+    Pure: loads nothing.
+
+    >>> parse_control_spec({"permuted": 7})
+    {'kind': 'permuted', 'seed': 7}
+    >>> parse_control_spec({"uniform": {"scale": "task_mean"}})
+    {'kind': 'uniform', 'scale': 'task_mean'}
+    >>> parse_control_spec({"uniform": [0.0], "b": [1.0]}) is None   # coordinates
+    True
+    >>> parse_control_spec({"permuted": "x"})
+    Traceback (most recent call last):
+    ...
+    ValueError: geometry.permuted: expected an integer seed, got 'x'
+    """
+    if not isinstance(spec, Mapping) or len(spec) != 1 or str(next(iter(spec))) not in CONTROLS:
+        return None
+    kind = str(next(iter(spec)))
+    value = next(iter(spec.values()))
+    if kind == "permuted":
+        if isinstance(value, list):
+            return None  # {"permuted": [coords]}: a (one-label) coordinate mapping
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}.permuted: expected an integer seed, got {value!r}")
+        return {"kind": "permuted", "seed": int(value)}
+    if value is not None and not isinstance(value, Mapping):
+        return None
+    options = dict(value or {})
+    unknown = sorted(str(k) for k in options if str(k) != "scale")
+    if unknown:
+        raise ValueError(f"{where}.uniform.{unknown[0]}: unknown key (expected: scale)")
+    scale = options.get("scale")
+    if scale not in (None, "task_mean"):
+        raise ValueError(f"{where}.uniform.scale: expected 'task_mean' or null, got {scale!r}")
+    return {"kind": "uniform", "scale": scale}
+
+
+def control_geometry(reference: "LabelGeometry", options: Mapping[str, Any]) -> "LabelGeometry":
+    """The control geometry ``options`` (:func:`parse_control_spec`) of ``reference``.
+
+    >>> g = LabelGeometry.preset("sentiment5")
+    >>> u = control_geometry(g, {"kind": "uniform", "scale": "task_mean"})
+    >>> round(float(u.cost[0, 1]), 6), round(float(u.cost[2, 4]), 6)   # mean off-diagonal |i - j| = 2
+    (2.0, 2.0)
+    >>> q = control_geometry(g, {"kind": "permuted", "seed": 0})
+    >>> sorted(q.cost.flatten().tolist()) == sorted(g.cost.flatten().tolist()), q.labels == g.labels
+    (True, True)
+    """
+    import numpy as np
+
+    k, p = reference.num_labels, reference.p
+    cost = reference.cost
+    if options["kind"] == "uniform":
+        off = cost[~torch.eye(k, dtype=torch.bool)]
+        s = float(off.mean()) if options.get("scale") == "task_mean" else 1.0
+        dist = s ** (1.0 / p)  # cost = dist ** p
+        coords = torch.eye(k, dtype=torch.float64) * (dist * math.sqrt(0.5))
+        return LabelGeometry(reference.labels, coords, p=p, name=f"uniform(scale={s:.4g})")
+    rng = np.random.default_rng(options["seed"])
+    for _ in range(1000):
+        perm = rng.permutation(k)
+        if np.any(perm == np.arange(k)):
+            continue
+        g = LabelGeometry(reference.labels, reference.coords[torch.as_tensor(perm)], p=p,
+                          name=f"permuted(seed={options['seed']})")
+        if not torch.allclose(g.cost, cost):
+            return g
+    raise ValueError(f"geometry.permuted: no permutation of the {k} labels changes the costs "
+                     f"of {reference.name or 'the task geometry'}")
 
 
 class LabelGeometry:
@@ -484,7 +573,8 @@ class LabelGeometry:
             ``task.geometry`` (or a distill method's ``geometry``) of the config. Derived
             specs (see :func:`parse_derived_spec`): ``"derived"`` (the label names are the
             texts) or ``{"derived": {"texts": {label: text}, "encoder": ..., "scale":
-            "task" | null}}``.
+            "task" | null}}``. Control specs (see :func:`parse_control_spec`):
+            ``{"permuted": seed}``, ``{"uniform": {"scale": "task_mean"}}``.
         labels : list of str, optional
             ``task.labels``: required for ``uniform`` and for ``derived`` without texts;
             otherwise, when given, they must be the geometry's labels (any order) and set
@@ -492,7 +582,8 @@ class LabelGeometry:
         p : {1, 2}
             ``task.cost_power``.
         reference : LabelGeometry, optional
-            The task geometry, which a derived spec with ``scale: task`` is scaled to.
+            The task geometry, which a derived spec with ``scale: task`` is scaled to and a
+            control spec is built from.
 
         Examples
         --------
@@ -505,6 +596,15 @@ class LabelGeometry:
         ...
         ValueError: geometry 'no-such-geometry': not a preset (sentiment5, sentiment5-knot6d, emotion5, ekman7, uniform), not 'derived' and no such file
         """
+        control = parse_control_spec(spec)
+        if control is not None:
+            if reference is None:
+                raise ValueError(
+                    f"geometry {control['kind']!r}: a control geometry is built from the task geometry "
+                    "(only a distill method's geometry can use it)"
+                )
+            base = reference if labels is None else reference.reorder(labels)
+            return control_geometry(base, control)
         options = parse_derived_spec(spec)
         if options is not None:
             texts = options["texts"]
