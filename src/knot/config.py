@@ -635,6 +635,78 @@ class FederatedConfig(ConfigBase):
         _check(self.client_cpus > 0, "client_cpus: expected > 0")
 
 
+#: Sensitivity choice rules a study can declare (applied by bench/make_results.py).
+SENSITIVITY_RULES = ("sd_better_f1_not_worse", "sd_better_acc_f1_w1_not_worse")
+
+
+@dataclass
+class PrimaryClaim(ConfigBase):
+    """The one comparison a study is about: ``metric`` of ``a`` minus ``b`` on each task
+    (config ``name``) in ``tasks``; the tasks form its Holm family."""
+
+    metric: str = "semantic_distance"
+    a: str = "student:ot"
+    b: str = "student:entropy"
+    tasks: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.tasks), "tasks: expected the names of the study's task configs")
+
+
+@dataclass
+class StudyFamily(ConfigBase):
+    """A declared family of comparisons: every (task, ``a - b`` pair, metric) of it is
+    Holm-adjusted together."""
+
+    name: str = "family"
+    comparisons: list[list[str]] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=lambda: ["semantic_distance"])
+
+    def __post_init__(self) -> None:
+        _check(all(len(c) == 2 for c in self.comparisons), "comparisons: expected [a, b] pairs of model ids")
+        _check(bool(self.metrics), "metrics: expected at least one metric")
+
+
+@dataclass
+class SensitivityRule(ConfigBase):
+    """How a setting is chosen on validation data: a named rule and its parameters."""
+
+    name: str = "sd_better_acc_f1_w1_not_worse"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.name in SENSITIVITY_RULES, f"name: expected one of {', '.join(SENSITIVITY_RULES)}, got {self.name!r}")
+
+
+@dataclass
+class Confirmation(ConfigBase):
+    """Fresh seeds on which the settings chosen on validation are rerun, with ``students``
+    (the chosen variant is added)."""
+
+    seeds: list[int] = field(default_factory=list)
+    students: list[str] = field(default_factory=lambda: ["ot", "entropy"])
+
+
+@dataclass
+class StudyConfig(ConfigBase):
+    """A study's analysis, declared before anything runs (issue 20): the primary claim, the
+    families of comparisons, the sensitivity choice rule and the confirmation seeds.
+    bench/make_results.py applies exactly this and prints it with its sha256
+    (:meth:`sha256`). No stage reads it, so it changes no stage hash, and a config without
+    it writes the same config.yaml as before the section existed."""
+
+    primary: PrimaryClaim = field(default_factory=lambda: PrimaryClaim(tasks=["experiment"]))
+    families: list[StudyFamily] = field(default_factory=list)
+    sensitivity_rule: SensitivityRule = field(default_factory=SensitivityRule)
+    confirmation: Union[Confirmation, None] = None
+
+    def sha256(self) -> str:
+        """sha256 of the declaration (canonical JSON of :meth:`to_dict`)."""
+        from knot.utils import sha256_json
+
+        return sha256_json(self.to_dict())
+
+
 @dataclass
 class ExperimentConfig(ConfigBase):
     """A whole KNOT experiment (see ``configs/`` for documented examples)."""
@@ -655,6 +727,7 @@ class ExperimentConfig(ConfigBase):
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
+    study: Union[StudyConfig, None] = None
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name: expected a non-empty string")
@@ -672,6 +745,12 @@ class ExperimentConfig(ConfigBase):
     def domains(self, role: str) -> list[DomainConfig]:
         """Domains with the given role, in config order."""
         return [d for d in self.data.domains if d.role == role]
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if out.get("study") is None:
+            out.pop("study", None)  # unset: the same dict (and config.yaml) as before the section
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)

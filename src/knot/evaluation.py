@@ -30,7 +30,8 @@ The table also names three baselines:
                "expected_cost", "w1_gold"?, "tv_gold"?, "js_gold"?, "spearman_gold"?}],
      "gold_baselines": {test set: {"w1_gold", "tv_gold", "js_gold"}},  # majority vote vs raters
      "confusion": {model id: {test set: K x K counts, rows gold, columns predicted}},
-     "missing": [{"id", "path"}]}
+     "missing": [{"id", "path"}],
+     "study_sha256"?: sha256 of the config's ``study`` declaration, when it has one}
 
 Per-item predictions (issue 20: test-item uncertainty): each evaluated model's predicted
 distributions are saved to ``RUN/predictions/<model>.npz`` (``student:ot`` ->
@@ -589,6 +590,9 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
             "split": "val",
             "rows": score_models(probs["val"], val_labels, test_sets, metric_fn, val_gold, gold_fn),
         }
+    study = getattr(cfg, "study", None)
+    if study is not None:  # the analysis declared before the run (issue 20): its hash
+        results["study_sha256"] = study.sha256()
     atomic_write_json(layout.results_json, results)
     atomic_write_text(layout.results_md, render_markdown(results))
     log.info("results written to %s and %s", layout.results_json, layout.results_md)
