@@ -41,8 +41,8 @@ from knot.data import read_manifest
 from knot.evaluation import load_results
 from knot.layout import RunLayout
 from knot.pipeline import read_stage_log
-from knot.reporting import aggregate_rows, baselines_over_runs, format_cell, per_set_table, write_report
-from knot.stats import paired_comparison
+from knot.reporting import aggregate_rows, baselines_over_runs, format_cell, per_set_table, plot_paired, write_report
+from knot.stats import ALPHA, adjust_family, paired_comparison, two_level_bootstrap
 from knot.utils import atomic_write_text
 
 METRICS = [("accuracy", "accuracy", +1), ("macro_f1", "macro-F1", +1),
@@ -69,17 +69,25 @@ COMPARISONS = [
     ("student:ot", "student:feddf", "OT vs FedDF (KL to the uniform teacher average)"),
     ("student:ot-mixture", "student:ot", "OT to the teacher mixture vs per-teacher OT"),
     ("student:ot-derived", "student:ot", "derived vs hand-made label geometry (per-teacher OT)"),
+    ("student:ot", "student:ot-permuted", "OT vs OT on permuted label coordinates (geometry control)"),
+    ("student:ot", "student:ot-uniform", "OT vs OT with all labels equally far (geometry control: scaled TV)"),
     ("student:ot", "global", "OT student vs the global model it starts from"),
     ("student:entropy", "global", "entropy student vs the global model it starts from"),
     ("student:ot", BEST, "OT student vs the best single teacher"),
 ]
 
 
+#: Shown beside the metrics, never read as better or worse: how sharp the predictions are
+#: (a loss that sharpens the student can lower SD whatever its ground cost).
+ENTROPY = ("mean_entropy", "mean entropy", -1)
+
+
 def metrics_of(results: Sequence[Mapping[str, Any]], rows_key: str = "rows") -> list[tuple[str, str, int]]:
-    """METRICS, plus the gold-distribution metrics that every union row of the first run has."""
+    """METRICS, plus the gold-distribution metrics and the mean entropy that every union row
+    of the first run has."""
     rows = _rows(results[0], rows_key)
     union = [r for r in rows if r["test_set"] == "union"]
-    return METRICS + [g for g in GOLD_METRICS if union and all(r.get(g[0]) is not None for r in union)]
+    return METRICS + [g for g in GOLD_METRICS + [ENTROPY] if union and all(r.get(g[0]) is not None for r in union)]
 
 
 def _rows(res: Mapping[str, Any], rows_key: str = "rows") -> list[Mapping[str, Any]]:
@@ -272,8 +280,14 @@ def verdict(p: Mapping[str, Any]) -> str:
             parts.append(f"{title} equal on all {d['n']} seeds")
         else:
             parts.append(f"{title} {d['reading']} ({d['better']} better, {d['worse']} worse of {d['n']}; "
-                         f"p = {d['p_value']:.2g})")
+                         f"{_ps(d)})")
     return "; ".join(parts)
+
+
+def _ps(d: Mapping[str, Any]) -> str:
+    """The p-values behind a reading: paired t, Holm-adjusted in its family, Wilcoxon beside."""
+    fam = f", Holm in a family of {d['family']} {d['p_holm']:.2g}" if d.get("family", 1) > 1 else ""
+    return f"t-test p = {d['p_t']:.2g}{fam}; Wilcoxon p = {d['p_wilcoxon']:.2g}"
 
 
 def _cell(d: Mapping[str, Any] | None) -> str:
@@ -282,19 +296,32 @@ def _cell(d: Mapping[str, Any] | None) -> str:
     return f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
 
 
-def _paired_table(results, test_set: str, best: str | None = None) -> tuple[list[str], dict[str, Any]]:
+def compare_all(results, test_set: str, best: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every comparison of :data:`COMPARISONS` present in the runs, each a family of one
+    until :func:`apply_families` re-reads them in their declared families."""
     metrics = metrics_of(results)
-    lines = ["| comparison (a − b), mean [95 % CI] | " + " | ".join(f"Δ {t}" for _, t, _ in metrics) + " | reading |",
-             "|---|" + "---|" * (len(metrics) + 1)]
     found = {}
-    for a, b, q in COMPARISONS:
+    for a, b, _ in COMPARISONS:
         b_id = best if b == BEST else b
         if b_id is None:
             continue
         p = paired(results, a, b_id, test_set, metrics=metrics)
+        if p is not None:
+            found[(a, b)] = p
+    return found
+
+
+def _paired_table(results, test_set: str, best: str | None = None,
+                  found: Mapping[tuple[str, str], Any] | None = None) -> tuple[list[str], dict[str, Any]]:
+    metrics = metrics_of(results)
+    lines = ["| comparison (a − b), mean [95 % t interval] | " + " | ".join(f"Δ {t}" for _, t, _ in metrics)
+             + " | reading |", "|---|" + "---|" * (len(metrics) + 1)]
+    found = dict(compare_all(results, test_set, best) if found is None else found)
+    for a, b, q in COMPARISONS:
+        b_id = best if b == BEST else b
+        p = found.get((a, b))
         if p is None:
             continue
-        found[(a, b)] = p
         cells = [_cell(p.get(k)) for k, _, _ in metrics]
         lines.append(f"| {q}: `{a}` − `{b_id}` | " + " | ".join(cells) + f" | a: {verdict(p)} |")
     return lines, found
@@ -395,7 +422,8 @@ def config_file(name: str, root: Path | None = None) -> tuple[Path, str] | None:
     return None
 
 
-def task_section(run: Path, out_dir: Path, docs: Path) -> tuple[list[str], dict[str, Any]]:
+def task_section(run: Path, out_dir: Path, docs: Path,
+                 found: Mapping[tuple[str, str], Any] | None = None) -> tuple[list[str], dict[str, Any]]:
     layouts = _seed_layouts(run)
     if not layouts:
         raise SystemExit(f"{run}: no results.json under seed-*/ (run `knot run` on its config first)")
@@ -442,10 +470,15 @@ def task_section(run: Path, out_dir: Path, docs: Path) -> tuple[list[str], dict[
     lines += ["### Per test set: macro-F1 / SD", ""] + per_set_table(agg, models, sets) + [""]
     own, counts = own_domain_check(results)
     lines += ["### Teachers on their own domain (macro-F1, mean over seeds)", ""] + own + [""]
-    ptab, found = _paired_table(results, union, baselines.get("best_single_teacher"))
-    lines += [f"### Paired comparisons on `{union}` (per-seed differences a − b: mean [95 % bootstrap CI])", "",
-              "Higher is better for accuracy and macro-F1, lower for SD and expected cost; "
-              "'better' below is from a's side.", ""] + ptab + [""]
+    ptab, found = _paired_table(results, union, baselines.get("best_single_teacher"), found)
+    lines += [f"### Paired comparisons on `{union}` (per-seed differences a − b: mean [95 % t interval])", "",
+              "Higher is better for accuracy and macro-F1, lower for SD, expected cost and the distances to "
+              "the human distributions; 'better' below is from a's side, and only where the interval excludes "
+              "0 and the Holm-adjusted p of the comparison's declared family is below 0.05. Mean entropy "
+              "(nats) is shown, not judged: a lower value is a sharper student.", ""] + ptab + [""]
+    fp = f"paired_{cfg.name}.png"
+    if plot_paired(found, docs / "results" / fp, title=f"{cfg.name}: paired differences a − b (95 % t interval)"):
+        lines += [f"![paired differences]({os.path.relpath(docs / 'results' / fp, docs)})", ""]
     dc = _derived_costs(layouts[0], cfg)
     if dc:
         lines += ["### Derived label geometry", ""] + dc
@@ -486,12 +519,19 @@ def _knob(method: Mapping[str, Any], base: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}: {show(method.get(k))}" for k in dict.fromkeys(keys)) or "nothing"
 
 
-def choose_setting(comparisons: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """The variant chosen on validation data, by KNOT's own claim (a lower SD at equal accuracy
-    and F1): among the variants whose val SD is *better* than ``ot``'s (95 % interval below 0)
-    and whose val accuracy, macro-F1 and (where compared) W1 to the human distributions are
-    not *worse*, the one with the lowest mean SD difference; None (keep ``ot``) when there is
-    none.
+def _choose(comparisons: Mapping[str, Mapping[str, Any]], guarded: Sequence[str],
+            metric: str = "semantic_distance") -> str | None:
+    ok = {name: p[metric]["mean"] for name, p in comparisons.items()
+          if p.get(metric, {}).get("reading") == "better" and all(k in p for k in guarded if k != "w1_gold")
+          and all(p[k]["reading"] != "worse" for k in guarded if k in p)}
+    return min(ok, key=ok.get) if ok else None
+
+
+def choose_setting(comparisons: Mapping[str, Mapping[str, Any]], metric: str = "semantic_distance") -> str | None:
+    """Rule ``sd_better_acc_f1_w1_not_worse`` (published with the last study, dd89794): among
+    the variants whose val SD is *better* than ``ot``'s and whose val accuracy, macro-F1
+    and (where compared) W1 to the human distributions are not *worse*, the one with the
+    lowest mean SD difference; None (keep ``ot``) when there is none.
 
     >>> d = lambda m, r: {"mean": m, "reading": r}
     >>> same = d(0.0, "no difference shown")
@@ -503,16 +543,54 @@ def choose_setting(comparisons: Mapping[str, Mapping[str, Any]]) -> str | None:
     ...                 "z": {"semantic_distance": d(-0.01, "no difference shown"), "macro_f1": d(0.02, "better")}})
     'x'
     """
-    guarded = ("accuracy", "macro_f1", "w1_gold")
-    ok = {name: p["semantic_distance"]["mean"] for name, p in comparisons.items()
-          if p.get("semantic_distance", {}).get("reading") == "better" and "macro_f1" in p and "accuracy" in p
-          and all(p[k]["reading"] != "worse" for k in guarded if k in p)}
-    return min(ok, key=ok.get) if ok else None
+    return _choose(comparisons, ("accuracy", "macro_f1", "w1_gold"), metric)
 
 
-def sensitivity_section(run: Path) -> tuple[list[str], dict[str, Any]]:
+def choose_setting_f1(comparisons: Mapping[str, Mapping[str, Any]], metric: str = "semantic_distance") -> str | None:
+    """Rule ``sd_better_f1_not_worse``, in force when the last study's runs started (320ba1f):
+    SD *better* and macro-F1 not *worse*, lowest mean SD; accuracy and W1 are not checked.
+
+    >>> d = lambda m, r: {"mean": m, "reading": r}
+    >>> choose_setting_f1({"x": {"semantic_distance": d(-0.02, "better"), "macro_f1": d(0.0, "no difference shown")},
+    ...                    "v": {"semantic_distance": d(-0.04, "better"), "macro_f1": d(0.0, "no difference shown"),
+    ...                          "accuracy": d(-0.02, "worse")}})
+    'v'
+    """
+    return _choose(comparisons, ("macro_f1",), metric)
+
+
+#: The sensitivity choice rules a study config may declare (knot.config.SENSITIVITY_RULES).
+RULES = {"sd_better_acc_f1_w1_not_worse": choose_setting, "sd_better_f1_not_worse": choose_setting_f1}
+RULE_TEXT = {
+    "sd_better_acc_f1_w1_not_worse": "among the variants whose val SD is better than `ot`'s and whose val accuracy, "
+                                     "macro-F1 and (where compared) W1 to the human distributions are not worse, "
+                                     "the one with the lowest mean SD; none: `ot` stays",
+    "sd_better_f1_not_worse": "among the variants whose val SD is better than `ot`'s and whose val macro-F1 is not "
+                              "worse, the one with the lowest mean SD; none: `ot` stays",
+}
+
+
+def apply_rule(name: str, comparisons: Mapping[str, Mapping[str, Any]], params: Mapping[str, Any] | None = None):
+    """The setting rule ``name`` chooses (None: keep ``ot``)."""
+    if name not in RULES:
+        raise SystemExit(f"sensitivity rule {name!r}: expected one of {', '.join(RULES)}")
+    return RULES[name](comparisons, **dict(params or {}))
+
+
+def _adjust_run(comparisons: dict[str, dict[str, Any]]) -> None:
+    """Within one sensitivity run, the variants form one Holm family per metric."""
+    keys = list(dict.fromkeys(k for p in comparisons.values() for k in p if k != ENTROPY[0]))
+    for k in keys:
+        names = [n for n, p in comparisons.items() if k in p]
+        for n, adj in zip(names, adjust_family([comparisons[n][k] for n in names])):
+            comparisons[n][k] = adj
+
+
+def sensitivity_section(run: Path, rule: Any = None) -> tuple[list[str], dict[str, Any]]:
     """One sensitivity run: each ``ot-*`` student against ``ot`` on the val splits (paired
-    over seeds), the setting chosen there by :func:`choose_setting`, and its test figures."""
+    over seeds, Holm over the variants per metric), the setting chosen there by the declared
+    ``rule`` (a knot.config.SensitivityRule; default :func:`choose_setting`), what the other
+    named rule chooses, and the chosen setting's test figures."""
     layouts = _seed_layouts(run)
     if not layouts:
         raise SystemExit(f"{run}: no results.json under seed-*/ (run `knot run` on its config first)")
@@ -537,7 +615,7 @@ def sensitivity_section(run: Path) -> tuple[list[str], dict[str, Any]]:
     where = f"[`{found_cfg[0].as_posix()}`](../{found_cfg[0].as_posix()})" if found_cfg else f"`{cfg.name}`"
     lines += [f"Config {where}, run directory `{run.as_posix()}`, {len(layouts)} seeds, compute {total / 60:.1f} min. "
               f"Every row is a student minus `ot` on the union of the local **val** splits (`{union}`), "
-              "mean [95 % CI] over seeds; the last column counts the seeds whose selected epoch has a lower "
+              "mean [95 % t interval] over seeds (Holm over the variants per metric); the last column counts the seeds whose selected epoch has a lower "
               "val distillation loss than the starting model.", ""]
     a0 = agg.get(("student:ot", union), {})
     lines += ["`ot` itself on val: " + ", ".join(
@@ -559,8 +637,15 @@ def sensitivity_section(run: Path) -> tuple[list[str], dict[str, Any]]:
         st = starts.get(name, [])
         lines.append(f"| `{name}` | {_knob(method, base)} | " + " | ".join(_cell(p.get(k)) for k, _, _ in shown)
                      + f" | {sum(st)}/{len(st)} seeds |")
-    chosen = choose_setting(comparisons)
+    _adjust_run(comparisons)
+    rule_name = getattr(rule, "name", None) or "sd_better_acc_f1_w1_not_worse"
+    choices = {name: apply_rule(name, comparisons, getattr(rule, "params", None) if name == rule_name else None)
+               for name in [rule_name] + [n for n in RULES if n != rule_name]}
+    chosen = choices[rule_name]
     lines.append("")
+    lines += ["Choices by rule (the declared one first): " + "; ".join(
+        f"`{n}`{' (declared)' if n == rule_name else ''}: " + (f"`{c}`" if c else "`ot` as configured")
+        for n, c in choices.items()) + ".", ""]
     if chosen is None:
         lines += ["Chosen on validation: `ot` as configured (no variant has a val SD interval below `ot`'s "
                   "without a worse val accuracy, macro-F1 or W1 to the human distributions).", ""]
@@ -574,7 +659,8 @@ def sensitivity_section(run: Path) -> tuple[list[str], dict[str, Any]]:
                       f"reported once: `{chosen}` − `ot` on the union of the local test sets: "
                       + "; ".join(f"{t} {_cell(test[k])}" for k, t, _ in shown if k in test)
                       + f". Reading: {verdict(test)}.", ""]
-    return lines, {"name": cfg.name, "chosen": chosen, "comparisons": comparisons, "test": test,
+    return lines, {"name": cfg.name, "chosen": chosen, "choices": choices, "rule": rule_name,
+                   "comparisons": comparisons, "test": test, "cfg": cfg, "run": run,
                    "starts": starts, "total_s": total, "span": span, "n_seeds": len(layouts),
                    "knob": None if chosen is None else _knob(methods[chosen], base)}
 
@@ -613,23 +699,26 @@ def _summary_lines(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
         sd, f1, acc = p["semantic_distance"], p["macro_f1"], p["accuracy"]
         lines.append(
             f"- **{s['name']}**: OT − entropy on `{s['union']}`: SD {_cell(sd)} (OT lower on "
-            f"{sd['better']}/{sd['n']} seeds, Wilcoxon p = {sd['p_value']:.2g}), macro-F1 {_cell(f1)}, "
+            f"{sd['better']}/{sd['n']} seeds; {_ps(sd)}), macro-F1 {_cell(f1)}, "
             f"accuracy {_cell(acc)}"
             + (f", W1 to the human label distributions {_cell(p['w1_gold'])} (OT lower on "
                f"{p['w1_gold']['better']}/{p['w1_gold']['n']} seeds)" if "w1_gold" in p else "")
             + ". "
-            + ("The 95 % interval of the SD difference lies below 0: OT gives the lower SD (KNOT's claim)."
+            + ("The SD difference is read as better (interval below 0, Holm-adjusted p < 0.05): OT gives the "
+               "lower SD (KNOT's claim)."
                if sd["reading"] == "better"
-               else "The 95 % interval of the SD difference lies above 0: OT gives the higher SD here."
+               else "The SD difference is read as worse: OT gives the higher SD here."
                if sd["reading"] == "worse"
                else "The SD difference is 0 on every seed." if sd["reading"] == "equal"
-               else "The 95 % interval of the SD difference contains 0: this run neither confirms nor "
-                    "refutes KNOT's claim.")
+               else "No SD difference is shown (the interval contains 0 or the Holm-adjusted p is not below "
+                    "0.05): this run neither confirms nor refutes KNOT's claim.")
         )
         for (a, b), q in ((("student:ot", "student:kl"), "OT vs per-teacher KL"),
                           (("student:ot", "student:feddf"), "OT vs FedDF"),
                           (("student:ot-mixture", "student:ot"), "mixture vs per-teacher OT"),
                           (("student:ot-derived", "student:ot"), "derived vs hand-made geometry"),
+                          (("student:ot", "student:ot-permuted"), "OT vs permuted label coordinates (control)"),
+                          (("student:ot", "student:ot-uniform"), "OT vs all labels equally far (control)"),
                           (("student:ot", "global"), "OT student vs its global start"),
                           (("student:ot", BEST), "OT student vs the best single teacher")):
             pq = s["found"].get((a, b))
@@ -650,6 +739,274 @@ def _summary_lines(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def load_task(run: Path) -> dict[str, Any]:
+    """A task run's config, results and paired comparisons (each a family of one)."""
+    layouts = _seed_layouts(run)
+    if not layouts:
+        raise SystemExit(f"{run}: no results.json under seed-*/ (run `knot run` on its config first)")
+    cfg = load_config(run / "config.yaml")
+    results = [load_results(l.results_json) for l in layouts]
+    sets = results[0]["test_sets"]
+    union = next((t["name"] for t in sets if t["kind"] == "union"), sets[0]["name"])
+    best = baselines_over_runs(results).get("best_single_teacher")
+    return {"run": run, "cfg": cfg, "layouts": layouts, "results": results, "union": union, "best": best,
+            "found": compare_all(results, union, best)}
+
+
+def study_of(tasks: Sequence[Mapping[str, Any]], extra_cfgs: Sequence[Any] = ()) -> tuple[Any, str | None]:
+    """The study declaration all runs share and its sha256 (None, None when none declares
+    one); runs that declare different ones, or whose results.json records another hash,
+    are an error."""
+    cfgs = [t["cfg"] for t in tasks] + list(extra_cfgs)
+    studies = [c.study for c in cfgs if getattr(c, "study", None) is not None]
+    if not studies:
+        return None, None
+    hashes = {st.sha256() for st in studies}
+    if len(hashes) > 1 or len(studies) != len(cfgs):
+        raise SystemExit("the runs declare different study sections (or some none): "
+                         + ", ".join(f"{c.name}: {c.study.sha256()[:12] if c.study else 'none'}" for c in cfgs))
+    sha = hashes.pop()
+    for t in tasks:
+        for r in t["results"]:
+            if r.get("study_sha256") not in (None, sha):
+                raise SystemExit(f"{t['run']}: results.json records study {r['study_sha256'][:12]}, its config "
+                                 f"declares {sha[:12]}: the declaration changed after the run")
+    return studies[0], sha
+
+
+def apply_families(tasks: Sequence[Mapping[str, Any]], study: Any) -> list[tuple[str, int]]:
+    """Re-read every comparison in its family (Holm, :func:`knot.stats.adjust_family`): the
+    primary claim over its tasks, each declared family over every (task, comparison,
+    metric) it names, and everything else on the page together as one ``undeclared``
+    family. Without a study declaration: primary OT − entropy SD over the tasks, the rest
+    undeclared. Mean entropy is never judged. Returns [(family, size)]."""
+    by_name = {t["cfg"].name: t for t in tasks}
+    members: dict[str, list[tuple[dict, tuple[str, str], str]]] = {}
+    taken: set[tuple[str, tuple[str, str], str]] = set()
+    primary = study.primary if study is not None else None
+    p_metric = primary.metric if primary else "semantic_distance"
+    p_pair = (primary.a, primary.b) if primary else ("student:ot", "student:entropy")
+    p_tasks = primary.tasks if primary else list(by_name)
+    for name in p_tasks:
+        t = by_name.get(name)
+        if t and p_metric in t["found"].get(p_pair, {}):
+            members.setdefault("primary", []).append((t["found"], p_pair, p_metric))
+            taken.add((name, p_pair, p_metric))
+    for fam in (study.families if study is not None else []):
+        for t in tasks:
+            for a, b in fam.comparisons:
+                for metric in fam.metrics:
+                    key = (t["cfg"].name, (a, b), metric)
+                    if key not in taken and metric in t["found"].get((a, b), {}):
+                        members.setdefault(fam.name, []).append((t["found"], (a, b), metric))
+                        taken.add(key)
+    for t in tasks:
+        for pair, comp in t["found"].items():
+            for metric in comp:
+                if metric != ENTROPY[0] and (t["cfg"].name, pair, metric) not in taken:
+                    members.setdefault("undeclared", []).append((t["found"], pair, metric))
+    for fam, ms in members.items():
+        for (found, pair, metric), adj in zip(ms, adjust_family([f[pair][m] for f, pair, m in ms])):
+            found[pair][metric] = {**adj, "family_name": fam}
+    return [(fam, len(ms)) for fam, ms in members.items()]
+
+
+def item_bootstrap(task: Mapping[str, Any], a: str, b: str, *, n_boot: int = 2000, seed: int = 0) -> dict | None:
+    """Two-level bootstrap (seeds, then test items stratified by class) of the paired SD
+    difference a − b on the union, from the runs' ``predictions/``; None when a seed has
+    no predictions file (runs evaluated before issue 20)."""
+    from knot.evaluation import load_predictions
+    from knot.geometry import LabelGeometry
+    from knot.metrics import semantic_distance_per_item
+
+    geometry = LabelGeometry.from_task(task["cfg"].task)
+    sets = {t["name"]: t for t in task["results"][0]["test_sets"]}
+    domains = sets[task["union"]]["domains"] or [task["union"]]
+    per = {a: [], b: []}
+    y = None
+    for lay in task["layouts"]:
+        for mid in (a, b):
+            path = lay.predictions(mid)
+            if not path.is_file():
+                return None
+            pred = load_predictions(path)["test"]
+            probs = np.concatenate([pred[d]["probs"] for d in domains]).astype(np.float64)
+            probs /= probs.sum(axis=1, keepdims=True)  # float32 storage: renormalise
+            y = np.concatenate([pred[d]["labels"] for d in domains])
+            per[mid].append(semantic_distance_per_item(probs, y, geometry))
+    return two_level_bootstrap(np.stack(per[a]), np.stack(per[b]), y, n_boot=n_boot, seed=seed)
+
+
+def primary_lines(tasks: Sequence[Mapping[str, Any]], study: Any) -> list[str]:
+    """The primary claim per task: seed-only t interval, Holm p, Wilcoxon p, relative effect
+    and seed-to-seed SD, and the two-level (seeds x test items) bootstrap beside it."""
+    metric = study.primary.metric if study is not None else "semantic_distance"
+    a, b = (study.primary.a, study.primary.b) if study is not None else ("student:ot", "student:entropy")
+    title = dict((k, t) for k, t, _ in METRICS + GOLD_METRICS).get(metric, metric)
+    lines = [f"### Primary claim: {title} of `{a}` − `{b}` on each task's union", "",
+             "| task | Δ mean [95 % t interval] | relative to b's mean | seed-to-seed SD of Δ | t-test p, Holm p "
+             "(family) | Wilcoxon p | seeds better / worse | two-level bootstrap (seeds × test items) | reading |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for t in tasks:
+        d = t["found"].get((a, BEST if b == BEST else b), {}).get(metric)
+        if d is None:
+            continue
+        bm = aggregate_rows(t["results"]).get((b, t["union"]), {}).get(metric)
+        rel = f"{100 * d['mean'] / bm[0]:+.1f} %" if bm and bm[0] else "–"
+        boot = item_bootstrap(t, a, b) if metric == "semantic_distance" else None
+        bs = "no per-item predictions in these runs" if boot is None else \
+            f"{boot['mean']:+.4f} [{boot['ci_low']:+.4f}, {boot['ci_high']:+.4f}]"
+        lines.append(f"| {t['cfg'].name} | {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {rel} | "
+                     f"{d['std']:.4f} | {d['p_t']:.2g}, {d['p_holm']:.2g} ({d['family']}) | {d['p_wilcoxon']:.2g} | "
+                     f"{d['better']} / {d['worse']} of {d['n']} | {bs} | {d['reading']} |")
+    lines += ["", "The two-level bootstrap resamples seeds, then each drawn seed's test items within each true "
+              "class (Semantic Distance is a class-balanced mean), so it adds the sampling of the test items "
+              "that the seed-only interval leaves out. It is a percentile interval, optimistic at 10 seeds at "
+              "the seed level: read its width beside the t interval's.", ""]
+    return lines
+
+
+def study_lines(study: Any, sha: str | None, sens: Sequence[Mapping[str, Any]], families) -> list[str]:
+    """The declared analysis with its hash, the families and their sizes, and the rule change
+    of the last study."""
+    lines = ["## The analysis, fixed in advance", ""]
+    if study is None:
+        lines += ["These runs declare no `study:` section: the primary claim is read as OT − entropy SD over the "
+                  "tasks, everything else as one undeclared family.", ""]
+    else:
+        import yaml
+
+        lines += [f"Declared in every study config's `study:` section, sha256 `{sha}` (recorded in each "
+                  "results.json as `study_sha256`); this page applies exactly this:", "",
+                  "```yaml", *yaml.safe_dump(study.to_dict(), sort_keys=False).rstrip().splitlines(), "```", ""]
+    lines += ["Families (Holm within each; a reading needs the t interval to exclude 0 and the adjusted p < "
+              f"{ALPHA}): " + ", ".join(f"{n} ({k} comparisons)" for n, k in families) + ".", ""]
+    lines += ["Rule change in the last study (2026-12-04): when its runs started, the sensitivity rule was "
+              "`sd_better_f1_not_worse` (bench/make_results.py at 320ba1f: val SD better, macro-F1 not worse); "
+              "the commit that published the results (dd89794) added the accuracy and W1 checks "
+              "(`sd_better_acc_f1_w1_not_worse`). On its runs the earlier rule chose `ot-bias` on ERC and VADER "
+              "where the published one chose `ot-local` and `ot-uniform` (teacher weights uniform, now "
+              "`ot-wuniform`); sentiment and GoEmotions agreed (`ot-sinkhorn`). Below, both rules' choices are "
+              "shown for every task, the declared one first.", ""]
+    if sens:
+        lines += ["| sensitivity run | " + " | ".join(f"`{n}`" for n in sens[0]["choices"]) + " |",
+                  "|---|" + "---|" * len(sens[0]["choices"])]
+        for s_ in sens:
+            lines.append(f"| {s_['name']} | " + " | ".join(f"`{c}`" if c else "`ot`" for c in s_["choices"].values()) + " |")
+        lines.append("")
+    return lines
+
+
+def confirm_config_dicts(sens: Sequence[Mapping[str, Any]], study: Any) -> dict[str, dict]:
+    """For each sensitivity run: a config that reruns its task on the declared fresh
+    confirmation seeds with the declared students plus the variant chosen on validation
+    (``<task>-confirm``, e.g. ``study-erc-confirm``)."""
+    if study is None or study.confirmation is None or not study.confirmation.seeds:
+        raise SystemExit("--write-confirm-configs: the runs declare no study.confirmation.seeds")
+    out = {}
+    for s_ in sens:
+        cfg = s_["cfg"]
+        d = cfg.to_dict()
+        name = cfg.name.removesuffix("-sensitivity") + "-confirm"
+        keep = list(study.confirmation.students) + ([s_["chosen"]] if s_["chosen"] else [])
+        methods = {m["name"]: m for m in d["distill"]["methods"]}
+        base = load_task_methods(cfg.name.removesuffix("-sensitivity"))
+        methods = {**base, **methods}
+        missing = [k for k in keep if k not in methods]
+        if missing:
+            raise SystemExit(f"{cfg.name}: confirmation students {missing} are in no study config of the task")
+        d["distill"]["methods"] = [methods[k] for k in dict.fromkeys(keep)]
+        d["name"], d["seeds"], d["seed"] = name, list(study.confirmation.seeds), study.confirmation.seeds[0]
+        out[name] = d
+    return out
+
+
+def load_task_methods(task_name: str) -> dict[str, dict]:
+    """The distill methods of the shipped config named ``task_name`` (empty if none)."""
+    found = config_file(task_name)
+    if not found:
+        return {}
+    cfg = load_config(Path(__file__).resolve().parents[1] / found[0])
+    return {m.name: m.to_dict() for m in cfg.distill.methods}
+
+
+def write_confirm_configs(sens: Sequence[Mapping[str, Any]], study: Any, out: Path) -> list[Path]:
+    """Write :func:`confirm_config_dicts` as ``out/<name>.yaml`` (atomically)."""
+    import yaml
+
+    from knot.config import ExperimentConfig
+
+    paths = []
+    for name, d in confirm_config_dicts(sens, study).items():
+        header = (f"# Confirmation run written by bench/make_results.py --write-confirm-configs: the settings chosen\n"
+                  f"# on validation by the declared rule, rerun on the declared fresh seeds (issue 20).\n")
+        ExperimentConfig.from_dict(d)  # checked before it is written
+        path = out / f"{name}.yaml"
+        atomic_write_text(path, header + yaml.safe_dump(d, sort_keys=False, allow_unicode=True))
+        paths.append(path)
+    return paths
+
+
+def confirmation_lines(runs: Sequence[Path], study: Any) -> list[str]:
+    """A separate table: each confirmation run's comparisons on its fresh seeds, the primary
+    claim Holm-adjusted over the tasks, the chosen variant against ``ot``."""
+    if not runs:
+        return []
+    tasks = [load_task(r) for r in runs]
+    metric = study.primary.metric if study is not None else "semantic_distance"
+    pa, pb = (study.primary.a, study.primary.b) if study is not None else ("student:ot", "student:entropy")
+    rows = []
+    prim = [(t, paired(t["results"], pa, pb, t["union"], metrics=metrics_of(t["results"]))) for t in tasks]
+    prim = [(t, p) for t, p in prim if p is not None and metric in p]
+    for (t, p), adj in zip(prim, adjust_family([p[metric] for _, p in prim])):
+        rows.append((t["cfg"].name, f"`{pa}` − `{pb}`", adj, p))
+    for t in tasks:
+        for m in t["cfg"].distill.methods:
+            if m.name.startswith("ot-"):
+                p = paired(t["results"], f"student:{m.name}", "student:ot", t["union"], metrics=metrics_of(t["results"]))
+                if p is not None and metric in p:
+                    rows.append((t["cfg"].name, f"`student:{m.name}` − `student:ot` (chosen on validation)", p[metric], p))
+    lines = ["## Confirmation on fresh seeds", "",
+             "The settings chosen on validation, rerun on the declared confirmation seeds (never used before); "
+             f"Δ {metric}, mean [95 % t interval]; the primary claim is Holm-adjusted over the tasks. Only what "
+             "this table shows should go into the README.", "",
+             "| run | comparison | Δ [95 % t interval] | t-test p, Holm p | Wilcoxon p | seeds | reading | other metrics |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, q, d, p in rows:
+        lines.append(f"| {name} | {q} | {_cell(d)} | {d['p_t']:.2g}, {d['p_holm']:.2g} | {d['p_wilcoxon']:.2g} | "
+                     f"{', '.join(str(x) for x in (tasks[0]['cfg'].seeds or []))[:40]} | {d['reading']} | {verdict(p)} |")
+    return lines + [""]
+
+
+def environment_lines(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Software versions and threads: from results.json's ``environment`` where the runs
+    recorded it, else from this interpreter (and the page says which)."""
+    envs = [r.get("environment") for t in tasks for r in t["results"] if r.get("environment")]
+    if envs:
+        env = envs[0]
+        keys = ("knot_commit", "knot", "python", "torch", "numpy", "scipy", "transformers", "threads")
+        shown = {k: env[k] for k in keys if k in env} or env
+        return ["Software (recorded by the runs in results.json `environment`, first seed): "
+                + ", ".join(f"{k} {v}" for k, v in shown.items()) + ".", ""]
+    import importlib
+
+    vers = {}
+    for mod in ("torch", "numpy", "scipy", "transformers"):
+        try:
+            vers[mod] = importlib.import_module(mod).__version__
+        except ImportError:  # pragma: no cover
+            vers[mod] = "not installed"
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        threads = "?"
+    return ["Software (the runs recorded none; read from the interpreter that wrote this page): knot commit "
+            f"{_git_commit()}, " + ", ".join(f"{k} {v}" for k, v in vers.items())
+            + f", torch threads {threads} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}).", ""]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="task run directories (each with seed-*/results.json)")
@@ -658,28 +1015,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--wall", default=None, help="wall time of the whole study to print (from reproduce.sh)")
     ap.add_argument("--sensitivity", nargs="*", type=Path, default=[],
                     help="sensitivity run directories (an `ot` student and ot-* variants, evaluate.val: true)")
+    ap.add_argument("--confirm", nargs="*", type=Path, default=[],
+                    help="confirmation run directories (written by --write-confirm-configs, then run)")
+    ap.add_argument("--write-confirm-configs", type=Path, default=None, metavar="DIR",
+                    help="write the confirmation configs of the sensitivity runs' chosen settings into DIR and stop")
     args = ap.parse_args(argv)
 
     docs = args.out.parent
     out_dir = docs / "results"
-    sections, summaries = [], []
-    for run in args.runs:
-        lines, summary = task_section(run, out_dir, docs)
-        sections += lines
-        summaries.append(summary)
+    tasks = [load_task(run) for run in args.runs]
+    sens_cfgs = [load_config(r / "config.yaml") for r in args.sensitivity if (r / "config.yaml").is_file()]
+    study, sha = study_of(tasks, sens_cfgs)
+    rule = study.sensitivity_rule if study is not None else None
     sens_lines, sens = [], []
     for run in args.sensitivity:
-        lines, summary = sensitivity_section(run)
+        lines, summary = sensitivity_section(run, rule)
         sens_lines += lines
         sens.append(summary)
+    if args.write_confirm_configs is not None:
+        for path in write_confirm_configs(sens, study, args.write_confirm_configs):
+            print(f"wrote {path}")
+        return 0
+    families = apply_families(tasks, study)
+    sections, summaries = [], []
+    for t in tasks:
+        lines, summary = task_section(t["run"], out_dir, docs, t["found"])
+        sections += lines
+        summaries.append(summary)
     if sens:
         sens_lines = (["## Sensitivity: what moves the OT student, chosen on validation data", "",
                        "Each sensitivity run trains `ot` and variants that change one knob, on the same seeds, "
                        "teachers and soft labels. Settings are compared on the local val splits only. The "
-                       "rule, KNOT's own claim (a lower SD at equal accuracy and F1): among the variants whose "
-                       "val SD interval lies below `ot`'s and whose val accuracy, macro-F1 and (VADER) W1 to "
-                       "the human distributions are not worse, the one with the lowest mean SD; none: `ot` "
-                       "stays. The chosen setting gets its test figures once.", "",
+                       f"declared rule, `{sens[0]['rule']}`: {RULE_TEXT[sens[0]['rule']]}. The chosen setting gets "
+                       "its test figures once, and its confirmation run below.", "",
                        "Across tasks:", ""] + _knob_tally(sens) + [""] + sens_lines)
 
     head = [
@@ -695,6 +1063,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Machine: {_machine()}."
         + (f" Wall time of the whole study: {args.wall}." if args.wall else ""),
         "",
+        *environment_lines(tasks),
         "Sizes: every run uses all available rows of its domains (the tables give the counts) and "
         "the reference's epochs (teachers 10, students 20), with all-MiniLM-L6-v2 frozen: each text "
         "is encoded once by all 6 layers and only a head trains (the pooled head, an MLP on the "
@@ -714,14 +1083,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "two lanes side by side, see bench/reproduce.sh).", ""]
     head += [
         "How to read it: every comparison is a paired difference over the same seeds (same data, same "
-        "teachers, same soft labels), given as its mean with a 95 % percentile bootstrap interval over "
-        "seeds and a two-sided Wilcoxon signed-rank p-value (knot.stats). A method is called better or "
-        "worse on a metric only when the interval excludes 0. With few seeds the bootstrap interval is "
-        "optimistic and the Wilcoxon test cannot reach p < 0.05 (it needs 6 seeds or more), so read a "
-        "'better' from few seeds as a lead to check, not a finding. The seeds change initialisation, "
-        "shuffling and dropout on one fixed data split, so the intervals cover training randomness, not "
-        "the sampling of the test sets: a difference that is 'better' here can still be smaller than "
-        "what another split or another test set would move.",
+        "teachers, same soft labels), given as its mean with a 95 % Student t interval over seeds, the "
+        "paired t-test p, its Holm-adjusted p within the comparison's declared family, and the two-sided "
+        "Wilcoxon signed-rank p beside them (knot.stats, whose docstring says why). A method is called "
+        "better or worse on a metric only when the interval excludes 0 and the Holm-adjusted p is below "
+        "0.05. The seeds change initialisation, shuffling and dropout on one fixed data split, so the "
+        "seed intervals cover training randomness; the primary claim also gets a two-level bootstrap "
+        "over seeds and test items, which covers the sampling of the test items too.",
         "",
         "Two students are the same objective in disguise: per-teacher KL (`kl`) and KL to the weighted "
         "teacher average (`feddf`) have the same gradient, because KL(t ‖ s) is linear in t up to a term "
@@ -731,6 +1099,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
     ]
     head += _summary_lines(summaries)
+    head += study_lines(study, sha, sens, families)
+    head += primary_lines(tasks, study)
+    head += confirmation_lines(args.confirm, study)
     text = "\n".join(head + sens_lines + sections) + "\n"
     atomic_write_text(args.out, text)
     print(f"wrote {args.out}")

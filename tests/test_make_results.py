@@ -71,9 +71,12 @@ def test_paired_differences_and_reading(mr):
     assert (sd["better"], sd["worse"], sd["n"]) == (1, 1, 2)
     assert "SD no difference shown (1 better, 1 worse of 2;" in mr.verdict(p)
     assert sd["ci_low"] < 0 < sd["ci_high"]
+    # lower on both seeds, but two seeds give a t interval with 1 degree of freedom: not shown
     p_all = mr.paired([r1, _results(0.0, 0.6, 0.9)], "student:ot", "student:entropy", "union")
-    assert "SD better (2 better, 0 worse of 2;" in mr.verdict(p_all)
-    assert p_all["semantic_distance"]["ci_high"] < 0
+    assert "SD no difference shown (2 better, 0 worse of 2; t-test p = 0.3; Wilcoxon p = 0.5)" in mr.verdict(p_all)
+    assert p_all["semantic_distance"]["ci_low"] < 0 < p_all["semantic_distance"]["ci_high"]
+    p3 = mr.paired([r1, _results(0.0, 0.6, 0.71), _results(0.0, 0.5, 0.61)], "student:ot", "student:entropy", "union")
+    assert "SD better (3 better, 0 worse of 3;" in mr.verdict(p3)
     assert mr.paired([r1], "student:ot", "student:nope", "union") is None
     # accuracy is the same for both students on every seed
     assert "accuracy equal on all 2 seeds" in mr.verdict(p)
@@ -87,10 +90,11 @@ def test_own_domain_check(mr):
     assert any(line.startswith("| `teacher:b` | 0.500 | 0.450 | 2/2 seeds | 0/2 seeds |") for line in lines)
 
 
-def test_page_from_run_dirs(mr, tmp_path):
-    run = tmp_path / "runs" / "toy-study"
-    cfg = ExperimentConfig.from_dict({
-        "name": "toy-study", "seeds": [1, 2], "task": {"geometry": "uniform", "labels": ["1", "2", "3"]},
+def _toy_run(tmp_path, study=None, name="toy-study", sds=((0.0, 0.70, 0.80), (0.02, 0.66, 0.72)), seeds=(1, 2)):
+    """A two-seed task run folder with hand-built results (and, with ``study``, its declaration)."""
+    run = tmp_path / "runs" / name
+    cfg = ExperimentConfig.from_dict({**({"study": study} if study else {}),
+        "name": name, "seeds": list(seeds), "task": {"geometry": "uniform", "labels": ["1", "2", "3"]},
         "data": {"domains": [
             {"name": "a", "role": "local", "sources": [{"reader": "csv", "path": "a.csv", "text": "text", "label": "label"}]},
             {"name": "b", "role": "local", "sources": [{"reader": "csv", "path": "b.csv", "text": "text", "label": "label"}]},
@@ -100,26 +104,35 @@ def test_page_from_run_dirs(mr, tmp_path):
     })
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(cfg.to_yaml())
-    for seed, (shift, ot_sd, ent_sd) in zip((1, 2), ((0.0, 0.70, 0.80), (0.02, 0.66, 0.72))):
+    for seed, (shift, ot_sd, ent_sd) in zip(seeds, sds):
         d = run / f"seed-{seed}"
         (d / "data").mkdir(parents=True)
         (d / "results.json").write_text(json.dumps(_results(shift, ot_sd, ent_sd)))
         (d / "stages.json").write_text(json.dumps({
-            "local:a": {"seconds": 60.0, "finished": f"2026-01-0{seed}T10:01:00"},
-            "distill:ot": {"seconds": 120.0, "finished": f"2026-01-0{seed}T10:03:00", "summary": {"students": {
-                "ot": {"initial_val": {"loss": 0.5}, "best_metrics": {"loss": 0.4 + 0.2 * (seed - 1)}}}}},
+            "local:a": {"seconds": 60.0, "finished": f"2026-01-0{seed % 9 + 1}T10:01:00"},
+            "distill:ot": {"seconds": 120.0, "finished": f"2026-01-0{seed % 9 + 1}T10:03:00", "summary": {"students": {
+                "ot": {"initial_val": {"loss": 0.5}, "best_metrics": {"loss": 0.4 + 0.2 * (seed % 2 == 0)}}}}},
         }))
         (d / "data" / "manifest.json").write_text(json.dumps({"domains": {
             n: {"role": r, "counts": {"train": 7, "val": 1, "test": 2}, "label_counts": {"train": {"1": 7}}}
             for n, r in (("a", "local"), ("b", "local"), ("t", "transfer"))
         }}))
+    return run
+
+
+def test_page_from_run_dirs(mr, tmp_path):
+    run = _toy_run(tmp_path)
     out = tmp_path / "docs" / "results.md"
     assert mr.main([str(run), "--out", str(out)]) == 0
     page = out.read_text()
-    # OT - entropy SD: (-0.10 + -0.06) / 2 = -0.080, lower on both seeds; two seeds resample to
-    # means -0.10, -0.08, -0.06 only, so the interval is [-0.10, -0.06]; Wilcoxon n = 2: p = 2 / 2**2
-    assert "SD -0.080 [-0.100, -0.060] (OT lower on 2/2 seeds, Wilcoxon p = 0.5)" in page
-    assert "The 95 % interval of the SD difference lies below 0" in page
+    # OT - entropy SD: (-0.10 + -0.06) / 2 = -0.080, s = 0.0283, se = 0.02, t_{1, 0.975} = 12.706:
+    # [-0.334, +0.174]; t = -4 on 1 df: p = 0.156; Wilcoxon n = 2: p = 2 / 2**2
+    assert "SD -0.080 [-0.334, +0.174] (OT lower on 2/2 seeds; t-test p = 0.16; Wilcoxon p = 0.5)" in page
+    assert "No SD difference is shown" in page
+    # no study declared: said so, and the software versions come from this interpreter
+    assert "These runs declare no `study:` section" in page
+    assert "Software (the runs recorded none; read from the interpreter that wrote this page)" in page
+    assert "](results/paired_toy-study.png)" in page and (tmp_path / "docs" / "results" / "paired_toy-study.png").is_file()
     # union macro-F1: teachers 0.41 (a) / 0.41 (b) -> weakest is the first; students 0.41 too: not above
     assert "above the weakest teacher's (`teacher:a`): 0 of 2." in page
     assert "compute time 6.0 min summed over seeds and stages (local 2.0, distill 4.0 min)" in page
@@ -224,7 +237,7 @@ def test_gold_metrics_are_compared_where_every_union_row_has_them(mr):
     assert "w1_gold" in [k for k, _, _ in mr.metrics_of([r1, r2])]
     p = mr.paired([r1, r2], "student:ot", "student:entropy", "union", metrics=mr.metrics_of([r1, r2]))
     assert p["w1_gold"]["mean"] == pytest.approx(-0.10) and p["w1_gold"]["better"] == 2
-    assert "W1 to humans better (2 better, 0 worse of 2;" in mr.verdict(p)
+    assert "W1 to humans no difference shown (2 better, 0 worse of 2;" in mr.verdict(p)  # 2 seeds: t on 1 df
 
 
 def test_a_metric_missing_on_one_seed_drops_that_metric_not_the_comparison(mr):

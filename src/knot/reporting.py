@@ -31,7 +31,8 @@ from knot.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["aggregate_rows", "baselines_over_runs", "write_report", "format_cell", "per_set_table", "gold_table"]
+__all__ = ["aggregate_rows", "baselines_over_runs", "write_report", "format_cell", "per_set_table", "gold_table",
+           "plot_paired"]
 
 METRICS = ["accuracy", "macro_f1", "semantic_distance", "expected_cost"]
 TITLES = {
@@ -151,6 +152,10 @@ def per_set_table(
     return lines
 
 
+def _row_of(res: Mapping[str, Any], model: str, test_set: str) -> Mapping[str, Any] | None:
+    return next((r for r in res["rows"] if r["model"] == model and r["test_set"] == test_set), None)
+
+
 def _model_label(model: Mapping[str, Any], baselines: Mapping[str, Any]) -> str:
     mid = model["id"]
     if model["kind"] == "student":
@@ -183,6 +188,8 @@ def _headline_set(first: Mapping[str, Any]) -> str:
 
 
 def _plot_metric(agg, models, sets, metric: str, path: Path) -> None:
+    """Mean ± std over runs per (test set, model) as dots with whiskers (not bars from 0,
+    which hide differences of 1-2 %)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,15 +206,59 @@ def _plot_metric(agg, models, sets, metric: str, path: Path) -> None:
             v = agg.get((mid, t), {}).get(metric)
             means.append(v[0] if v else np.nan)
             errs.append(v[1] if v else 0.0)
-        ax.bar(x + (i - (len(ids) - 1) / 2) * width, means, width, yerr=errs, capsize=2, label=mid)
+        ax.errorbar(x + (i - (len(ids) - 1) / 2) * width, means, yerr=errs, fmt="o", ms=4, capsize=2, label=mid)
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=20, ha="right")
     ax.set_ylabel(TITLES[metric] + (" (lower is better)" if metric == "semantic_distance" else ""))
-    ax.set_title(f"{TITLES[metric]} per test set")
+    ax.set_title(f"{TITLES[metric]} per test set (mean ± std over runs)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def plot_paired(
+    comparisons: Mapping[Any, Mapping[str, Mapping[str, Any]]],
+    path: str | Path,
+    *,
+    metrics: Sequence[str] = ("semantic_distance", "macro_f1"),
+    title: str = "paired differences",
+) -> bool:
+    """Dot-and-whisker plot of paired differences a − b with their intervals and a zero line,
+    one panel per metric, one row per comparison (``{(a, b): {metric: {"mean", "ci_low",
+    "ci_high"}}}``, e.g. from :func:`knot.stats.paired_comparison`). Returns False (and writes
+    nothing) when there is nothing to plot."""
+    rows = [(k, v) for k, v in comparisons.items() if any(m in v for m in metrics)]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 2.5, 0.45 * len(rows) + 1.4),
+                             sharey=True, squeeze=False)
+    y = np.arange(len(rows))[::-1]
+    labels = [f"{k[0]} − {k[1]}" if isinstance(k, tuple) else str(k) for k, _ in rows]
+    for ax, metric in zip(axes[0], metrics):
+        for yi, (_, comp) in zip(y, rows):
+            d = comp.get(metric)
+            if d is None:
+                continue
+            lo, hi = d["ci_low"], d["ci_high"]
+            lo = lo if np.isfinite(lo) else d["mean"]
+            hi = hi if np.isfinite(hi) else d["mean"]
+            color = {"better": "tab:green", "worse": "tab:red"}.get(d.get("reading"), "tab:gray")
+            ax.errorbar([d["mean"]], [yi], xerr=[[d["mean"] - lo], [hi - d["mean"]]], fmt="o", color=color, capsize=3)
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_title(f"Δ {TITLES.get(metric, metric)}", fontsize=9)
+    axes[0][0].set_yticks(y)
+    axes[0][0].set_yticklabels(labels, fontsize=7)
+    fig.suptitle(title + " (green: better, red: worse, grey: no difference shown)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, Path(path))
+    plt.close(fig)
+    return True
 
 
 def _save(fig, path: Path) -> None:
@@ -364,6 +415,24 @@ def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = 
         p = plots / f"{metric}.png"
         _plot_metric(agg, models, sets, metric, p)
         lines.append(f"![{TITLES[metric]}](plots/{metric}.png)")
+    if n_runs > 1 and baselines.get("global_alone"):
+        from knot.stats import paired_comparison
+
+        ref = baselines["global_alone"]
+        comps = {}
+        for m in models:
+            if m["kind"] != "student":
+                continue
+            per = {}
+            for metric, sign in (("semantic_distance", -1), ("macro_f1", +1)):
+                pairs = [(_row_of(r, m["id"], headline), _row_of(r, ref, headline)) for r in results]
+                if all(a and b and a.get(metric) is not None and b.get(metric) is not None for a, b in pairs):
+                    per[metric] = paired_comparison([a[metric] - b[metric] for a, b in pairs], sign=sign)
+            if per:
+                comps[(m["id"], ref)] = per
+        if plot_paired(comps, plots / "paired_vs_global.png",
+                       title=f"students − {ref} on {headline}, paired over runs (95 % t interval)"):
+            lines.append("![paired differences vs the global model](plots/paired_vs_global.png)")
     conf_written = []
     for m in models:
         if m["kind"] != "student":
