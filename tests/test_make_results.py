@@ -10,6 +10,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from knot.config import ExperimentConfig
@@ -251,3 +252,105 @@ def test_a_metric_missing_on_one_seed_drops_that_metric_not_the_comparison(mr):
     lines, found = mr._paired_table([r1, r2], "union", best="teacher:a")
     assert ("student:ot", "student:entropy") in found and ("student:ot", mr.BEST) in found
     assert any("`student:ot` − `teacher:a`" in line for line in lines)
+
+
+STUDY = {"primary": {"metric": "semantic_distance", "a": "student:ot", "b": "student:entropy", "tasks": ["toy-study"]},
+         "families": [{"name": "geometry controls", "comparisons": [["student:ot", "student:ot-permuted"]],
+                       "metrics": ["semantic_distance"]}],
+         "sensitivity_rule": {"name": "sd_better_f1_not_worse"},
+         "confirmation": {"seeds": [11, 12, 13], "students": ["ot", "entropy"]}}
+
+
+def test_declared_rule_is_applied_and_both_rules_shown(mr):
+    same = {"mean": 0.0, "reading": "no difference shown"}
+    comps = {"x": {"semantic_distance": {"mean": -0.02, "reading": "better"}, "macro_f1": same, "accuracy": same},
+             "v": {"semantic_distance": {"mean": -0.04, "reading": "better"}, "macro_f1": same,
+                   "accuracy": {"mean": -0.02, "reading": "worse"}}}
+    # the last study's case: the earlier rule takes the accuracy-worse variant, the published one does not
+    assert mr.apply_rule("sd_better_f1_not_worse", comps) == "v"
+    assert mr.apply_rule("sd_better_acc_f1_w1_not_worse", comps) == "x"
+    with pytest.raises(SystemExit, match="expected one of"):
+        mr.apply_rule("best_on_test", comps)
+
+
+def test_study_declaration_hash_families_predictions_and_confirmation(mr, tmp_path):
+    from knot.evaluation import save_predictions
+    from knot.layout import RunLayout
+
+    run = _toy_run(tmp_path, study=STUDY, seeds=(1, 2, 3), sds=((0.0, 0.70, 0.80), (0.0, 0.66, 0.72), (0.0, 0.6, 0.71)))
+    from knot.config import load_config
+
+    cfg = load_config(run / "config.yaml")
+    sha = cfg.study.sha256()
+    np_random = np.random.default_rng(0)
+    for seed in (1, 2, 3):
+        lay = RunLayout(run / f"seed-{seed}")
+        res = json.loads(lay.results_json.read_text())
+        res["study_sha256"] = sha
+        res["environment"] = {"knot_commit": "abc1234", "torch": "2.13", "numpy": "2.4", "scipy": "1.17",
+                              "transformers": "5.25", "threads": 1}
+        lay.results_json.write_text(json.dumps(res))
+        y = {"a": [0, 1, 2, 0, 1, 2, 0, 1, 2, 0], "b": [2, 1, 0, 2, 1, 0, 2, 1, 0, 1]}
+        for mid in ("student:ot", "student:entropy"):
+            probs = {d: np_random.dirichlet([1, 1, 1], size=10) for d in y}
+            save_predictions(lay.predictions(mid), mid, ["1", "2", "3"], {"test": probs}, {"test": y})
+    out = tmp_path / "docs" / "results.md"
+    assert mr.main([str(run), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert f"sha256 `{sha}`" in page and "name: sd_better_f1_not_worse" in page
+    assert "Families (Holm within each" in page and "primary (1 comparisons)" in page
+    assert "Rule change in the last study" in page and "`ot-bias` on ERC and VADER" in page
+    assert "Software (recorded by the runs in results.json `environment`, first seed): knot_commit abc1234" in page
+    primary = next(line for line in page.splitlines() if line.startswith("| toy-study |"))
+    assert "no per-item predictions" not in primary and primary.count("[") == 2  # t interval and two-level
+    # a changed declaration after the run is refused
+    res = json.loads((run / "seed-1" / "results.json").read_text())
+    res["study_sha256"] = "0" * 64
+    (run / "seed-1" / "results.json").write_text(json.dumps(res))
+    with pytest.raises(SystemExit, match="the declaration changed after the run"):
+        mr.main([str(run), "--out", str(out)])
+
+
+def test_confirmation_configs_and_table(mr, tmp_path):
+    sens_cfg = ExperimentConfig.from_dict({
+        "name": "study-vader-sensitivity", "seeds": [2021, 2022], "study": STUDY,
+        "task": {"geometry": "uniform", "labels": ["1", "2", "3"]},
+        "data": {"domains": [{"name": n, "role": r, "sources": [{"reader": "csv", "path": f"{n}.csv", "text": "text", "label": "label"}]}
+                             for n, r in (("a", "local"), ("b", "local"), ("t", "transfer"))]},
+        "distill": {"methods": [{"name": "ot", "loss": "ot"}, {"name": "ot-t2", "loss": "ot", "temperature": 2.0}]}})
+    sens = [{"cfg": sens_cfg, "chosen": "ot-t2"}]
+    dicts = mr.confirm_config_dicts(sens, sens_cfg.study)
+    d = dicts["study-vader-confirm"]
+    assert d["seeds"] == [11, 12, 13] and d["seed"] == 11
+    # entropy comes from the task's comparison config (configs/study/vader.yaml)
+    assert [m["name"] for m in d["distill"]["methods"]] == ["ot", "entropy", "ot-t2"]
+    paths = mr.write_confirm_configs(sens, sens_cfg.study, tmp_path / "confirm")
+    assert [p.name for p in paths] == ["study-vader-confirm.yaml"]
+    from knot.config import load_config
+
+    assert load_config(paths[0]).seeds == [11, 12, 13]
+    # the confirmation table from a (toy) confirmation run: ot vs entropy on its fresh seeds
+    run = _toy_run(tmp_path, name="toy-confirm", seeds=(11, 12, 13),
+                   sds=((0.0, 0.70, 0.80), (0.0, 0.66, 0.75), (0.0, 0.6, 0.71)))
+    lines = "\n".join(mr.confirmation_lines([run], sens_cfg.study))
+    assert "## Confirmation on fresh seeds" in lines
+    assert "| toy-confirm | `student:ot` − `student:entropy` | -0.100 [" in lines and "| better |" in lines
+
+
+def test_geometry_controls_are_compared(mr):
+    r = [_results(0.0, 0.7, 0.8) for _ in range(3)]
+    for i, res in enumerate(r):
+        res["models"].append({"id": "student:ot-permuted", "kind": "student", "name": "ot-permuted",
+                              "path": "students/ot-permuted", "best_epoch": 1})
+        res["rows"] += [{**row, "model": "student:ot-permuted", "semantic_distance": 0.75 + 0.001 * i,
+                         "mean_entropy": 0.9}
+                        for row in res["rows"] if row["model"] == "student:ot"]
+        for row in res["rows"]:
+            row.setdefault("mean_entropy", 0.8)
+    found = mr.compare_all(r, "union")
+    p = found[("student:ot", "student:ot-permuted")]
+    assert p["semantic_distance"]["mean"] == pytest.approx(-0.051) and p["semantic_distance"]["reading"] == "better"
+    assert p["mean_entropy"]["mean"] == pytest.approx(-0.1)
+    lines, _ = mr._paired_table(r, "union", found=found)
+    assert any("geometry control" in line and "Δ" not in line for line in lines)
+    assert "mean entropy" in lines[0]
