@@ -28,7 +28,7 @@ def _setup(tmp_path: Path, fail: str = "") -> tuple[Path, dict]:
     fake.chmod(0o755)
     page = tmp_path / "page.txt"
     fake_py = tmp_path / "fake-python"
-    fake_py.write_text(f'#!/usr/bin/env bash\necho "$*" > {page}\n')
+    fake_py.write_text(f'#!/usr/bin/env bash\necho "$*" > {page}\necho "$*" >> {page}.all\n')
     fake_py.chmod(0o755)
     env = {**os.environ, "KNOT": str(fake), "PYTHON": str(fake_py)}
     env.pop("OMP_NUM_THREADS", None)
@@ -44,13 +44,21 @@ def test_every_task_runs_once_then_the_page(tmp_path, lanes):
     lines = sorted(calls.read_text().splitlines())
     threads = "1" if lanes == "2" else ""
     tasks = ("sentiment", "erc", "goemotions", "vader")
-    assert lines == sorted(f"{threads} run configs/study/{t}{kind}.yaml --data-root /data"
-                           for t in tasks for kind in ("", "-sensitivity"))
-    page = (tmp_path / "page.txt").read_text()
-    assert page.split()[:12] == ["bench/make_results.py", *(f"runs/study-{t}" for t in tasks), "--sensitivity",
-                                 *(f"runs/study-{t}-sensitivity" for t in tasks), "--out", "docs/results.md"]
-    wall = page.split()[12:15]  # the stand-ins finish within a minute
-    assert wall[0] == "--wall" and wall[1] in ("0", "1") and wall[2] == "min"
+    assert lines == sorted([f"{threads} run configs/study/{t}{kind}.yaml --data-root /data"
+                            for t in tasks for kind in ("", "-sensitivity")]
+                           + [f"{threads} run runs/confirm-configs/study-{t}-confirm.yaml --data-root /data" for t in tasks])
+    calls_py = (tmp_path / "page.txt.all").read_text().splitlines()
+    assert len(calls_py) == 2  # the confirmation configs are written after the sensitivity runs, then the page
+    runs = [f"runs/study-{t}" for t in ("sentiment", "erc", "goemotions", "vader")]
+    sens = [f"{r}-sensitivity" for r in runs]
+    assert calls_py[0].split() == ["bench/make_results.py", *runs, "--sensitivity", *sens,
+                                   "--write-confirm-configs", "runs/confirm-configs"]
+    page = (tmp_path / "page.txt").read_text().split()
+    assert page[:16] == ["bench/make_results.py", *runs, "--sensitivity", *sens, "--confirm",
+                         *(f"{r}-confirm" for r in runs), "--out", "docs/results.md"][:16]
+    assert page[page.index("--out") + 1] == "docs/results.md"
+    wall = page[page.index("--wall"):][:3]  # the stand-ins finish within a minute
+    assert wall[1] in ("0", "1") and wall[2] == "min"
 
 
 def test_a_failed_task_stops_before_the_page(tmp_path):
