@@ -959,22 +959,23 @@ def confirmation_lines(runs: Sequence[Path], study: Any) -> list[str]:
     prim = [(t, paired(t["results"], pa, pb, t["union"], metrics=metrics_of(t["results"]))) for t in tasks]
     prim = [(t, p) for t, p in prim if p is not None and metric in p]
     for (t, p), adj in zip(prim, adjust_family([p[metric] for _, p in prim])):
-        rows.append((t["cfg"].name, f"`{pa}` − `{pb}`", adj, p))
+        rows.append((t, f"`{pa}` − `{pb}`", adj, p))
     for t in tasks:
         for m in t["cfg"].distill.methods:
             if m.name.startswith("ot-"):
                 p = paired(t["results"], f"student:{m.name}", "student:ot", t["union"], metrics=metrics_of(t["results"]))
                 if p is not None and metric in p:
-                    rows.append((t["cfg"].name, f"`student:{m.name}` − `student:ot` (chosen on validation)", p[metric], p))
+                    rows.append((t, f"`student:{m.name}` − `student:ot` (chosen on validation)", p[metric], p))
     lines = ["## Confirmation on fresh seeds", "",
              "The settings chosen on validation, rerun on the declared confirmation seeds (never used before); "
              f"Δ {metric}, mean [95 % t interval]; the primary claim is Holm-adjusted over the tasks. Only what "
              "this table shows should go into the README.", "",
              "| run | comparison | Δ [95 % t interval] | t-test p, Holm p | Wilcoxon p | seeds | reading | other metrics |",
              "|---|---|---|---|---|---|---|---|"]
-    for name, q, d, p in rows:
-        lines.append(f"| {name} | {q} | {_cell(d)} | {d['p_t']:.2g}, {d['p_holm']:.2g} | {d['p_wilcoxon']:.2g} | "
-                     f"{', '.join(str(x) for x in (tasks[0]['cfg'].seeds or []))[:40]} | {d['reading']} | {verdict(p)} |")
+    for t, q, d, p in rows:
+        seeds = t["cfg"].seeds or [t["cfg"].seed]
+        lines.append(f"| {t['cfg'].name} | {q} | {_cell(d)} | {d['p_t']:.2g}, {d['p_holm']:.2g} | {d['p_wilcoxon']:.2g} | "
+                     f"{len(seeds)} ({min(seeds)}-{max(seeds)}) | {d['reading']} | {verdict(p)} |")
     return lines + [""]
 
 
