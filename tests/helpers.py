@@ -1,4 +1,5 @@
-"""Test-only data: a tiny separable polarity corpus written as JSON lines."""
+"""Test-only data: a tiny separable polarity corpus written as JSON lines, and the tiny
+pipeline config that reads it."""
 
 from __future__ import annotations
 
@@ -33,3 +34,29 @@ def write_pipeline_corpus(root: Path) -> None:
     """One two-word polarity file per domain of :data:`PIPELINE_DOMAINS` under ``root``."""
     for name, n, seed in PIPELINE_DOMAINS:
         write_polarity_corpus(Path(root) / f"{name}.jsonl", n, seed, words=2)
+
+
+#: The pipeline tests' experiment: the corpus of :func:`write_pipeline_corpus`, the random
+#: ``tiny`` encoder, a few epochs (the whole run takes seconds on CPU).
+PIPELINE_CONFIG = """\
+name: tiny-pipeline
+seed: 3
+device: cpu
+task:
+  geometry: {neg: [-1.0], pos: [1.0]}
+data:
+  domains:
+    - {name: books, role: local, sources: [{reader: jsonl, path: books.jsonl, text: text, label: label}]}
+    - {name: films, role: local, sources: [{reader: jsonl, path: films.jsonl, text: text, label: label}]}
+    - {name: mixed, role: global, sources: [{reader: jsonl, path: mixed.jsonl, text: text, label: label}]}
+    - {name: public, role: transfer, sources: [{reader: jsonl, path: public.jsonl, text: text, label: label}]}
+model: {encoder: tiny, max_length: 16, dropout: 0.0}
+local: {epochs: 2, batch_size: 8, lr: 2.0e-3}
+global_model: {epochs: 1, batch_size: 8, lr: 2.0e-3}
+bias: {n_samples: 16, length: 8}
+distill:
+  train: {epochs: 1, batch_size: 8, lr: 1.0e-3}
+  methods:
+    - {name: ot, loss: ot}
+    - {name: entropy, loss: entropy}
+"""

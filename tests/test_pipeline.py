@@ -12,6 +12,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from helpers import PIPELINE_CONFIG as CONFIG
 from helpers import write_pipeline_corpus
 from knot.cli import app
 from knot.config import load_config
@@ -21,28 +22,6 @@ from knot.pipeline import STAGE_NAMES, read_stage_log, run_pipeline
 runner = CliRunner()
 
 
-CONFIG = """\
-name: tiny-pipeline
-seed: 3
-device: cpu
-task:
-  geometry: {neg: [-1.0], pos: [1.0]}
-data:
-  domains:
-    - {name: books, role: local, sources: [{reader: jsonl, path: books.jsonl, text: text, label: label}]}
-    - {name: films, role: local, sources: [{reader: jsonl, path: films.jsonl, text: text, label: label}]}
-    - {name: mixed, role: global, sources: [{reader: jsonl, path: mixed.jsonl, text: text, label: label}]}
-    - {name: public, role: transfer, sources: [{reader: jsonl, path: public.jsonl, text: text, label: label}]}
-model: {encoder: tiny, max_length: 16, dropout: 0.0}
-local: {epochs: 2, batch_size: 8, lr: 2.0e-3}
-global_model: {epochs: 1, batch_size: 8, lr: 2.0e-3}
-bias: {n_samples: 16, length: 8}
-distill:
-  train: {epochs: 1, batch_size: 8, lr: 1.0e-3}
-  methods:
-    - {name: ot, loss: ot}
-    - {name: entropy, loss: entropy}
-"""
 
 
 @pytest.fixture(scope="module")
