@@ -60,3 +60,35 @@ distill:
     - {name: ot, loss: ot}
     - {name: entropy, loss: entropy}
 """
+
+
+def write_pipeline_case(base: Path) -> tuple[Path, Path]:
+    """Write :data:`PIPELINE_CONFIG` to ``base/tiny.yaml`` and its corpus to ``base/data``;
+    returns ``(config path, data root)``."""
+    root = Path(base) / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    write_pipeline_corpus(root)
+    cfg_path = Path(base) / "tiny.yaml"
+    cfg_path.write_text(PIPELINE_CONFIG)
+    return cfg_path, root
+
+
+def two_teacher_results(f1_a: float, f1_b: float) -> dict:
+    """A minimal ``results.json`` body: teachers ``a`` and ``b`` on one ``union`` test set,
+    with macro-F1 (and accuracy) ``f1_a`` and ``f1_b``."""
+    from knot.evaluation import RESULTS_FORMAT
+
+    models = [{"id": "teacher:a", "kind": "teacher", "name": "a"}, {"id": "teacher:b", "kind": "teacher", "name": "b"}]
+    rows = [
+        {"model": m["id"], "test_set": "union", "n": 10, "accuracy": f1, "macro_f1": f1,
+         "semantic_distance": 1 - f1, "expected_cost": 1 - f1}
+        for m, f1 in zip(models, (f1_a, f1_b))
+    ]
+    return {
+        "format": RESULTS_FORMAT, "version": 1, "name": "x", "label_names": ["neg", "pos"],
+        "test_sets": [{"name": "union", "kind": "union", "domains": ["a", "b"], "n": 10}],
+        "models": models, "rows": rows, "baseline_selection_set": "union",
+        # each run names its own seed's best teacher
+        "baselines": {"global_alone": None, "feddf": None,
+                      "best_single_teacher": "teacher:a" if f1_a > f1_b else "teacher:b"},
+    }

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from helpers import PIPELINE_CONFIG, write_pipeline_corpus
+from helpers import write_pipeline_case
 from knot.config import ModelConfig, TrainConfig, load_config
 from knot.encoders import load_pretrained, load_tokenizer, minilm_path
 from knot.geometry import LabelGeometry
@@ -91,9 +91,7 @@ def hostile_checkpoint(checkpoint, tmp_path):
 
 def tiny_experiment(tmp_path: Path) -> None:
     """The pipeline tests' corpus in ``tmp_path/data`` and config in ``tmp_path/tiny.yaml``."""
-    (tmp_path / "data").mkdir()
-    write_pipeline_corpus(tmp_path / "data")
-    (tmp_path / "tiny.yaml").write_text(PIPELINE_CONFIG)
+    write_pipeline_case(tmp_path)
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:

@@ -12,8 +12,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from helpers import PIPELINE_CONFIG as CONFIG
-from helpers import write_pipeline_corpus
+from helpers import write_pipeline_case
 from knot.cli import app
 from knot.config import load_config
 from knot.layout import RunLayout
@@ -22,17 +21,10 @@ from knot.pipeline import STAGE_NAMES, read_stage_log, run_pipeline
 runner = CliRunner()
 
 
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline")
-    root = base / "data"
-    root.mkdir()
-    write_pipeline_corpus(root)
-    cfg_path = base / "tiny.yaml"
-    cfg_path.write_text(CONFIG)
-    return cfg_path, root, base
+    return (*write_pipeline_case(base), base)
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +80,11 @@ def test_killed_run_resumes_after_the_last_finished_stage(tiny, monkeypatch):
     real = knot.teachers.train_teacher
     calls = []
 
-    def dies_on_films(cfg, layout, role="local", domain=None, resume=False):
+    def dies_on_films(cfg, layout, role="local", domain=None, resume=False, data_root=None):
         calls.append(domain or role)
         if domain == "films":
             raise KeyboardInterrupt  # the run is killed during the second teacher
-        return real(cfg, layout, role=role, domain=domain, resume=resume)
+        return real(cfg, layout, role=role, domain=domain, resume=resume, data_root=data_root)
 
     monkeypatch.setattr(knot.teachers, "train_teacher", dies_on_films)
     with pytest.raises(KeyboardInterrupt):
@@ -181,6 +173,10 @@ def test_seeds_aggregate_into_one_report(tiny):
     assert "2 run(s)" in report and "±" in report
     for seed in (1, 2):
         assert (out / f"seed-{seed}" / "results.json").is_file()
+    # `knot report` on the run folder aggregates the same seeds
+    res = runner.invoke(app, ["report", str(out), "--out", str(base / "seeds-report")])
+    assert res.exit_code == 0, res.output
+    assert "2 run(s)" in (base / "seeds-report" / "report.md").read_text()
 
 
 @pytest.mark.realdata

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-from knot.evaluation import RESULTS_FORMAT
+from helpers import two_teacher_results
 from knot.layout import RunLayout
 from knot.reporting import write_report
 from knot.utils import atomic_write_json
-
-
-def _results(f1_a: float, f1_b: float) -> dict:
-    models = [{"id": "teacher:a", "kind": "teacher", "name": "a"}, {"id": "teacher:b", "kind": "teacher", "name": "b"}]
-    rows = [
-        {"model": m["id"], "test_set": "union", "n": 10, "accuracy": f1, "macro_f1": f1,
-         "semantic_distance": 1 - f1, "expected_cost": 1 - f1}
-        for m, f1 in zip(models, (f1_a, f1_b))
-    ]
-    return {
-        "format": RESULTS_FORMAT, "version": 1, "name": "x", "label_names": ["neg", "pos"],
-        "test_sets": [{"name": "union", "kind": "union", "domains": ["a", "b"], "n": 10}],
-        "models": models, "rows": rows, "baseline_selection_set": "union",
-        # each run names its own seed's best teacher
-        "baselines": {"global_alone": None, "feddf": None,
-                      "best_single_teacher": "teacher:a" if f1_a > f1_b else "teacher:b"},
-    }
 
 
 def test_best_single_teacher_over_seeds_is_the_best_mean(tmp_path):
@@ -30,7 +13,7 @@ def test_best_single_teacher_over_seeds_is_the_best_mean(tmp_path):
     layouts = []
     for seed, (fa, fb) in enumerate([(0.60, 0.50), (0.30, 0.70)]):
         layout = RunLayout(tmp_path / f"seed-{seed}")
-        atomic_write_json(layout.results_json, _results(fa, fb))
+        atomic_write_json(layout.results_json, two_teacher_results(fa, fb))
         layouts.append(layout)
 
     # Act

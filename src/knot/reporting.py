@@ -31,7 +31,7 @@ from knot.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["aggregate_rows", "baselines_over_runs", "write_report", "format_cell", "per_set_table", "gold_table"]
+__all__ = ["aggregate_rows", "baselines_over_runs", "report_runs", "write_report", "format_cell", "per_set_table", "gold_table"]
 
 METRICS = ["accuracy", "macro_f1", "semantic_distance", "expected_cost"]
 TITLES = {
@@ -307,6 +307,31 @@ def gold_table(
             "Spearman of the expected coordinate with the gold score: higher is better.", "",
             "| test set | model | " + " | ".join(TITLES[k] for k in keys) + " |",
             "|---|---|" + "---|" * len(keys), *body]
+
+
+def report_runs(run_dirs: Sequence[str | Path]) -> list[RunLayout]:
+    """The runs a report over ``run_dirs`` aggregates: each folder itself, or, for a
+    multi-seed run folder (``seed-<s>/`` inside, no ``results.json`` of its own), its seeds
+    that have results, as ``knot run`` aggregated them (unfinished seeds are logged and left
+    out)."""
+    layouts = []
+    for d in run_dirs:
+        layout = RunLayout(d)
+        seeds = [] if layout.results_json.is_file() else layout.seed_runs()
+        if not seeds:
+            layouts.append(layout)  # load_results says what is missing
+            continue
+        done = [s for s in seeds if s.results_json.is_file()]
+        if not done:
+            raise FileNotFoundError(
+                f"{layout.root}: no seed has results yet ({', '.join(s.root.name for s in seeds)}); "
+                f"finish them with `knot run CONFIG --out {layout.root}`"
+            )
+        for s in seeds:
+            if s not in done:
+                log.warning("%s: no results.json (unfinished seed), left out of the report", s.root)
+        layouts += done
+    return layouts
 
 
 def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = "knot run") -> Path:
