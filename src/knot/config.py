@@ -604,6 +604,10 @@ class EvalConfig(ConfigBase):
         return out
 
 
+#: Default bound on a federated client's claimed number of private examples.
+MAX_CLIENT_EXAMPLES = 10_000_000
+
+
 @dataclass
 class FederatedConfig(ConfigBase):
     """Federated teachers (``knot federated run``, :mod:`knot.federated`).
@@ -617,6 +621,12 @@ class FederatedConfig(ConfigBase):
     also prepares the local domains from its own data root to score the global model and
     the students on their test sets (simulation, benchmarks); set false when the server
     has no local data (results then cover the global and test domains only).
+
+    What the server trusts of a client's claimed number of private examples (its ``size``
+    teacher weight): ``max_client_examples`` bounds every claim (a larger one excludes the
+    reply), and ``client_examples`` (client -> size, optional) declares sizes the operator
+    knows; a claim that differs from its declared size excludes the reply. Declared sizes
+    stay on the server (the request sent to the clients leaves them out).
     """
 
     min_clients: Union[int, None] = None
@@ -624,9 +634,17 @@ class FederatedConfig(ConfigBase):
     connect_timeout: float = 300.0
     client_cpus: float = 1.0
     evaluate_local: bool = True
+    max_client_examples: int = MAX_CLIENT_EXAMPLES
+    client_examples: Union[dict[str, int], None] = None
 
     def __post_init__(self) -> None:
         _check(self.min_clients is None or self.min_clients >= 1, "min_clients: expected >= 1 or null")
+        _check(self.max_client_examples >= 1, "max_client_examples: expected >= 1")
+        for name, n in (self.client_examples or {}).items():
+            _check(
+                1 <= n <= self.max_client_examples,
+                f"client_examples.{name}: expected 1 to max_client_examples ({self.max_client_examples}), got {n}",
+            )
         _check(self.timeout is None or self.timeout > 0, "timeout: expected > 0 seconds or null")
         _check(self.connect_timeout > 0, "connect_timeout: expected > 0 seconds")
         _check(self.client_cpus > 0, "client_cpus: expected > 0")

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from knot.evaluation import kept_start_note, load_results, pick_baselines
+from knot.evaluation import environment_line, kept_start_note, load_results, pick_baselines
 from knot.layout import RunLayout
 from knot.run import RunModel
 from knot.metrics import GOLD_METRICS, GOLD_TITLES
@@ -403,7 +403,26 @@ def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = 
         lines.append("![training curves](plots/training_curves.png)")
     if n_runs > 1:
         lines += ["", "Runs: " + ", ".join(f"`{l.root}`" for l in layouts)]
+    lines += environment_lines(results)
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     log.info("report written to %s", report)
     return report
+
+
+def environment_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's environment lines: one when every run's ``environment`` is the same,
+    else one per distinct environment with the runs (1-based, in the order given) it covers.
+
+    >>> env = {"python": "3.11.9", "torch": "2.5.1", "torch_threads": 1}
+    >>> environment_lines([{"environment": env}, {"environment": env}])[1]
+    'Environment: knot –, Python 3.11.9, torch 2.5.1, numpy –, scipy –, transformers –; 1 torch thread(s).'
+    """
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(results, 1):
+        groups.setdefault(environment_line(r.get("environment")), []).append(i)
+    if len(groups) == 1:
+        return ["", f"Environment: {next(iter(groups))}."]
+    lines = ["", "Environment (differs between runs):", ""]
+    lines += [f"- run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}: {line}" for line, runs in groups.items()]
+    return lines
