@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +13,12 @@ from typer.testing import CliRunner
 
 from knot.cli import app
 from knot.config import ConfigError, ExperimentConfig, load_config
+from knot.data import load_split, prepare_data
+from knot.data.prepare import data_status, format_summary
 from knot.errors import parse_finite
-from knot.soft_labels import SoftLabels, load_bias
-from knot.utils import atomic_write_json
+from knot.layout import RunLayout
+from knot.data.readers import validate_source
+from knot.soft_labels import BIAS_FORMAT, SoftLabels, load_bias
 from test_data_readers import read, write
 from test_data_vader import GOOD_RATINGS, GOOD_TRUTH, write_pair
 
@@ -69,8 +73,6 @@ def test_vader_ratings_must_be_integers(tmp_path, bad):
 
 @pytest.mark.parametrize("edge", [float("nan"), float("inf"), "1e999"])
 def test_vader_edges_must_be_finite(edge):
-    from knot.data.readers import validate_source
-
     with pytest.raises(ConfigError, match=r"src\.edges\[1\]: expected a finite number|src\.edges: expected increasing"):
         validate_source({"reader": "vader", "path": "x_GroundTruth.txt", "edges": [-1.0, edge]}, "src")
 
@@ -194,12 +196,7 @@ def test_soft_label_schema_read_back_must_hold_finite_teacher_sizes(tmp_path, ba
 
 @pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
 def test_bias_file_read_back_must_hold_finite_probabilities(tmp_path, bad):
-    atomic_write_json(tmp_path / "bias.json", {"format": "knot-bias", "distribution": {"a": [0.5, bad]}})
-    from knot.soft_labels import BIAS_FORMAT
-
-    data = json.loads((tmp_path / "bias.json").read_text())
-    data["format"] = BIAS_FORMAT
-    (tmp_path / "bias.json").write_text(json.dumps(data))
+    (tmp_path / "bias.json").write_text(json.dumps({"format": BIAS_FORMAT, "distribution": {"a": [0.5, bad]}}))
     with pytest.raises(ValueError, match=r"bias\.json: distribution\.a\[1\]: expected a finite number"):
         load_bias(tmp_path, ["a"])
 
@@ -247,3 +244,89 @@ def test_plain_run_names_pass(name):
 def test_student_names_are_folders_too(name):
     with pytest.raises(ConfigError, match=r"distill\.methods\[0\]\.name: expected one plain folder name"):
         ExperimentConfig.from_dict({"distill": {"methods": [{"name": name}]}})
+
+
+# ---------------------------------------------------------------------------
+# duplicate texts
+# ---------------------------------------------------------------------------
+
+
+def _write_jsonl(path: Path, rows: list[tuple[str, str]]) -> None:
+    path.write_text("".join(json.dumps({"t": t, "y": y}) + "\n" for t, y in rows))
+
+
+def _dup_corpus(root: Path) -> None:
+    """Domain a: 40 distinct texts, then 4 exact copies of a's texts (2 with the other
+    label); domain b: 30 distinct texts, 3 of them also in a."""
+    a = [(f"a text {i}", "pos" if i % 2 else "neg") for i in range(40)]
+    a += [("a text 0", "neg"), ("a text 1", "pos"), ("a text 2", "pos"), ("a text 3", "neg")]
+    b = [(f"b text {i}", "pos" if i % 2 else "neg") for i in range(27)]
+    b += [("a text 10", "neg"), ("a text 11", "pos"), ("a text 12", "neg")]
+    _write_jsonl(root / "a.jsonl", a)
+    _write_jsonl(root / "b.jsonl", b)
+
+
+def _dup_config(**data) -> ExperimentConfig:
+    src = {"reader": "jsonl", "text": "t", "label": "y"}
+    return ExperimentConfig.from_dict({
+        "name": "dups", "task": {"geometry": "uniform", "labels": ["neg", "pos"]},
+        "data": {**data, "domains": [
+            {"name": "a", "role": "local", "sources": [{**src, "path": "a.jsonl"}]},
+            {"name": "b", "role": "transfer", "sources": [{**src, "path": "b.jsonl"}]}]},
+    })
+
+
+def _texts(layout, domain: str) -> dict[str, list[str]]:
+    return {s: [e.text for e in load_split(layout.data, domain, s)] for s in ("train", "val", "test")}
+
+
+def test_duplicate_texts_in_a_domain_are_kept_once_before_splitting(tmp_path, caplog):
+    _dup_corpus(tmp_path)
+    layout = RunLayout(tmp_path / "run")
+    with caplog.at_level("WARNING", logger="knot.data.prepare"):
+        m = prepare_data(_dup_config(), layout, tmp_path)
+    a = m["domains"]["a"]
+    assert a["duplicates"] == {"found": 4, "dropped": 4, "label_conflicts": 2}
+    assert sum(a["counts"].values()) == 40
+    texts = _texts(layout, "a")
+    everything = [t for split in texts.values() for t in split]
+    assert len(everything) == len(set(everything)) == 40  # no text twice, none in two splits
+    labels = {e.text: e.label for s in ("train", "val", "test") for e in load_split(layout.data, "a", s)}
+    assert (labels["a text 0"], labels["a text 1"], labels["a text 2"], labels["a text 3"]) == ("neg", "pos", "neg", "pos")  # the first copy's label
+    assert m["domains"]["b"]["duplicates"] == {"found": 0, "dropped": 0, "label_conflicts": 0}
+    # across domains: counted, reported, kept in both
+    (entry,) = m["cross_domain_duplicates"]
+    assert entry["domains"] == ["a", "b"] and entry["texts"] == 3 and sum(entry["splits"].values()) == 3
+    assert sum(m["domains"]["b"]["counts"].values()) == 30
+    assert any("domains 'a' and 'b' share 3 text(s)" in r.getMessage() for r in caplog.records)
+    summary = format_summary(m)
+    assert "a: 4 dropped, 2 with another label" in summary and "a & b: 3 shared text(s)" in summary
+
+
+def test_dedup_false_keeps_every_copy_and_still_counts_them(tmp_path):
+    _dup_corpus(tmp_path)
+    layout = RunLayout(tmp_path / "run")
+    m = prepare_data(_dup_config(dedup=False), layout, tmp_path)
+    assert m["dedup"] is False
+    assert m["domains"]["a"]["duplicates"] == {"found": 4, "dropped": 0, "label_conflicts": 2}
+    assert sum(m["domains"]["a"]["counts"].values()) == 44
+    assert m["cross_domain_duplicates"][0]["texts"] == 3
+
+
+def test_dedup_changes_nothing_on_a_corpus_without_duplicates_and_is_part_of_the_data_hash(tmp_path):
+    rows = [(f"text {i}", "pos" if i % 2 else "neg") for i in range(40)]
+    _write_jsonl(tmp_path / "a.jsonl", rows)
+    _write_jsonl(tmp_path / "b.jsonl", [(f"other {i}", y) for i, (_, y) in enumerate(rows)])
+    on = prepare_data(_dup_config(), RunLayout(tmp_path / "on"), tmp_path)
+    off_layout = RunLayout(tmp_path / "off")
+    off = prepare_data(_dup_config(dedup=False), off_layout, tmp_path)
+    assert on["data_hash"] == off["data_hash"] and on["cross_domain_duplicates"] == []
+    # switching it is a change of the data section: the prepared data is stale
+    assert data_status(_dup_config(), off_layout, tmp_path) == ["the data section of the config changed"]
+
+
+def test_dedup_is_left_out_of_the_config_dict_at_its_default():
+    assert "dedup" not in _dup_config().to_dict()["data"]
+    assert _dup_config(dedup=False).to_dict()["data"]["dedup"] is False
+    with pytest.raises(ConfigError, match=r"data\.dedup: expected true or false"):
+        _dup_config(dedup="yes")

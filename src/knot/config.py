@@ -313,6 +313,12 @@ class DataConfig(ConfigBase):
     ``seed`` drives partitions, splits and subsets. ``context_turns`` previous
     utterances follow each utterance of a dialogue corpus, joined by
     ``context_separator`` (``" [SEP] "``: a BERT tokenizer reads it as its ``[SEP]``).
+    ``dedup`` (default true) keeps one copy of each exact duplicate text of a domain (the
+    first; after context and label mapping, before splitting), so no text is in two
+    splits; false keeps every copy, as knot did before (byte-exact older splits). Both
+    count the duplicates and the texts shared across domains in the manifest. At its
+    default it is left out of :meth:`to_dict`, so configs that do not set it keep their
+    stage inputs.
     """
 
     root: Union[str, None] = None
@@ -321,6 +327,7 @@ class DataConfig(ConfigBase):
     context_turns: int = 8
     context_separator: str = " [SEP] "
     domains: list[DomainConfig] = field(default_factory=list)
+    dedup: bool = True
 
     def __post_init__(self) -> None:
         _check(len(self.split_ratios) == 3, "split_ratios: expected [train, val, test]")
@@ -339,6 +346,13 @@ class DataConfig(ConfigBase):
             f"domains: name {bad[0] if bad else ''!r} must be letters, digits, '-', '_' or '.' "
             "(it names a folder)",
         )
+
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if out.get("dedup") is True:
+            out.pop("dedup")  # at the default: same dict as before the key
+        return out
 
 
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
