@@ -38,7 +38,7 @@ import numpy as np
 from knot import __version__
 from knot.config import load_config
 from knot.data import read_manifest
-from knot.evaluation import load_results
+from knot.evaluation import environment_line, load_results, run_environment
 from knot.layout import RunLayout
 from knot.pipeline import read_stage_log
 from knot.reporting import aggregate_rows, baselines_over_runs, format_cell, per_set_table, plot_paired, write_report
@@ -984,28 +984,11 @@ def environment_lines(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
     recorded it, else from this interpreter (and the page says which)."""
     envs = [r.get("environment") for t in tasks for r in t["results"] if r.get("environment")]
     if envs:
-        env = envs[0]
-        keys = ("knot_commit", "knot", "python", "torch", "numpy", "scipy", "transformers", "threads")
-        shown = {k: env[k] for k in keys if k in env} or env
         return ["Software (recorded by the runs in results.json `environment`, first seed): "
-                + ", ".join(f"{k} {v}" for k, v in shown.items()) + ".", ""]
-    import importlib
-
-    vers = {}
-    for mod in ("torch", "numpy", "scipy", "transformers"):
-        try:
-            vers[mod] = importlib.import_module(mod).__version__
-        except ImportError:  # pragma: no cover
-            vers[mod] = "not installed"
-    try:
-        import torch
-
-        threads = torch.get_num_threads()
-    except ImportError:  # pragma: no cover
-        threads = "?"
-    return ["Software (the runs recorded none; read from the interpreter that wrote this page): knot commit "
-            f"{_git_commit()}, " + ", ".join(f"{k} {v}" for k, v in vers.items())
-            + f", torch threads {threads} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}).", ""]
+                + environment_line(envs[0]) + ".", ""]
+    return ["Software (the runs recorded none; read from the interpreter that wrote this page): "
+            + environment_line(run_environment())
+            + f" (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}).", ""]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

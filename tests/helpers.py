@@ -1,4 +1,5 @@
-"""Test-only data: a tiny separable polarity corpus written as JSON lines."""
+"""Test-only data: a tiny separable polarity corpus written as JSON lines, and the tiny
+pipeline config that reads it."""
 
 from __future__ import annotations
 
@@ -33,3 +34,61 @@ def write_pipeline_corpus(root: Path) -> None:
     """One two-word polarity file per domain of :data:`PIPELINE_DOMAINS` under ``root``."""
     for name, n, seed in PIPELINE_DOMAINS:
         write_polarity_corpus(Path(root) / f"{name}.jsonl", n, seed, words=2)
+
+
+#: The pipeline tests' experiment: the corpus of :func:`write_pipeline_corpus`, the random
+#: ``tiny`` encoder, a few epochs (the whole run takes seconds on CPU).
+PIPELINE_CONFIG = """\
+name: tiny-pipeline
+seed: 3
+device: cpu
+task:
+  geometry: {neg: [-1.0], pos: [1.0]}
+data:
+  domains:
+    - {name: books, role: local, sources: [{reader: jsonl, path: books.jsonl, text: text, label: label}]}
+    - {name: films, role: local, sources: [{reader: jsonl, path: films.jsonl, text: text, label: label}]}
+    - {name: mixed, role: global, sources: [{reader: jsonl, path: mixed.jsonl, text: text, label: label}]}
+    - {name: public, role: transfer, sources: [{reader: jsonl, path: public.jsonl, text: text, label: label}]}
+model: {encoder: tiny, max_length: 16, dropout: 0.0}
+local: {epochs: 2, batch_size: 8, lr: 2.0e-3}
+global_model: {epochs: 1, batch_size: 8, lr: 2.0e-3}
+bias: {n_samples: 16, length: 8}
+distill:
+  train: {epochs: 1, batch_size: 8, lr: 1.0e-3}
+  methods:
+    - {name: ot, loss: ot}
+    - {name: entropy, loss: entropy}
+"""
+
+
+def write_pipeline_case(base: Path) -> tuple[Path, Path]:
+    """Write :data:`PIPELINE_CONFIG` to ``base/tiny.yaml`` and its corpus to ``base/data``;
+    returns ``(config path, data root)``."""
+    root = Path(base) / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    write_pipeline_corpus(root)
+    cfg_path = Path(base) / "tiny.yaml"
+    cfg_path.write_text(PIPELINE_CONFIG)
+    return cfg_path, root
+
+
+def two_teacher_results(f1_a: float, f1_b: float) -> dict:
+    """A minimal ``results.json`` body: teachers ``a`` and ``b`` on one ``union`` test set,
+    with macro-F1 (and accuracy) ``f1_a`` and ``f1_b``."""
+    from knot.evaluation import RESULTS_FORMAT
+
+    models = [{"id": "teacher:a", "kind": "teacher", "name": "a"}, {"id": "teacher:b", "kind": "teacher", "name": "b"}]
+    rows = [
+        {"model": m["id"], "test_set": "union", "n": 10, "accuracy": f1, "macro_f1": f1,
+         "semantic_distance": 1 - f1, "expected_cost": 1 - f1}
+        for m, f1 in zip(models, (f1_a, f1_b))
+    ]
+    return {
+        "format": RESULTS_FORMAT, "version": 1, "name": "x", "label_names": ["neg", "pos"],
+        "test_sets": [{"name": "union", "kind": "union", "domains": ["a", "b"], "n": 10}],
+        "models": models, "rows": rows, "baseline_selection_set": "union",
+        # each run names its own seed's best teacher
+        "baselines": {"global_alone": None, "feddf": None,
+                      "best_single_teacher": "teacher:a" if f1_a > f1_b else "teacher:b"},
+    }

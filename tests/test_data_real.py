@@ -115,9 +115,13 @@ def test_erc_config_prepares_disjoint_dailydialog_parts(data_root, tmp_path):
     m = prepare_data(cfg, layout, data_root)
     meld = m["domains"]["meld"]
     assert meld["split"] == "official"
-    assert meld["counts"] == {"train": 9989 - 271 - 268, "val": 1109 - 22 - 40, "test": 2610 - 68 - 50}
+    # rows less fear and disgust (9989 - 271 - 268, 1109 - 22 - 40, 2610 - 68 - 50), less the 129
+    # utterances whose text (with its context) repeats an earlier one, 85 / 8 / 36 per split
+    assert meld["duplicates"] == {"found": 129, "dropped": 129, "label_conflicts": 46}
+    assert meld["counts"] == {"train": 9450 - 85, "val": 1047 - 8, "test": 2492 - 36}
     assert m["domains"]["emorynlp"]["label_counts"]["train"] == {
-        "anger": 785, "joy": 1677, "neutral": 2485, "sadness": 474, "surprise": 0}
+        "anger": 784, "joy": 1660, "neutral": 2442, "sadness": 474, "surprise": 0}
+    assert m["domains"]["emorynlp"]["duplicates"]["dropped"] == 91
     owner: dict[str, str] = {}
     total = 0
     for k in range(4):
@@ -132,8 +136,12 @@ def test_erc_config_prepares_disjoint_dailydialog_parts(data_root, tmp_path):
             assert {e.label for e in examples} == {"anger", "joy", "neutral", "sadness", "surprise"}
             for e in examples:
                 assert owner.setdefault(e.group, f"{name}/{split}") == f"{name}/{split}"
-    assert len(owner) == 2000  # every dialogue in exactly one part and split
-    assert total == 8069 + 7740 - (11 + 3) - (17 + 47)  # all but fear and disgust
+    # every dialogue in exactly one part and split, but 3 whose every utterance (with its
+    # context) repeats an earlier dialogue word for word: de-duplication leaves nothing of them
+    assert len(owner) == 2000 - 3
+    dropped = sum(m["domains"][f"dailydialog-{k}"]["duplicates"]["dropped"] for k in range(4))
+    assert dropped == 72
+    assert total == 8069 + 7740 - (11 + 3) - (17 + 47) - dropped  # all but fear, disgust and repeats
     first = load_split(layout.data, "dailydialog-0", "train")[5]
     assert first.text.count(" [SEP] ") <= 8
 
@@ -142,9 +150,12 @@ def test_sentiment_config_prepares_every_review(data_root, tmp_path):
     cfg = load_config(REPO / "configs" / "sentiment.yaml")
     m = prepare_data(cfg, RunLayout(tmp_path / "s"), data_root)
     totals = {name: sum(d["counts"].values()) for name, d in m["domains"].items()}
-    assert totals == {"apparel": 4186, "toy": 9203, "wireless": 4115, "grocery": 4950, "sports": 8719}
+    # every review but the exact repeats of an earlier one: 1 apparel, 11 toy, 5 sports
+    assert totals == {"apparel": 4186 - 1, "toy": 9203 - 11, "wireless": 4115, "grocery": 4950, "sports": 8719 - 5}
+    assert [d["duplicates"]["dropped"] for d in m["domains"].values()] == [1, 11, 0, 0, 5]
     toy = m["domains"]["toy"]
-    assert toy["counts"] == {"train": 6442, "val": 920, "test": 1841}
+    assert toy["counts"] == {"train": 6435, "val": 919, "test": 1838}
+    stars = {star: sum(toy["label_counts"][s][star] for s in ("train", "val", "test")) for star in "12345"}
     for split, target in (("train", 0.7), ("val", 0.1), ("test", 0.2)):
-        for star, n in {"1": 1962, "2": 1830, "3": 1830, "4": 1714, "5": 1867}.items():
+        for star, n in stars.items():
             assert abs(toy["label_counts"][split][star] - n * target) < 1

@@ -214,7 +214,7 @@ def test_generic_gold_column(tmp_path, reader, cell):
     [('"[1, 0, 0]"', r"a.csv:3: gold distribution has 3 weights, the task has 5 labels"),
      ('"[1, 0, -1, 0, 0]"', r"a.csv:3: field 'dist': weight '-1' is negative"),
      ('"[0, 0, 0, 0, 0]"', r"a.csv:3: field 'dist': gold distribution is all zero"),
-     ('"[1, x, 0, 0, 0]"', r"a.csv:3: field 'dist': 'x' is not a number")],
+     ('"[1, x, 0, 0, 0]"', r"a.csv:3: field 'dist': weight 1: expected a finite number, got 'x'")],
 )
 def test_bad_generic_gold_names_file_and_line(tmp_path, cell, message):
     rows = ["text,label,dist", 't0,1,"[1, 0, 0, 0, 0]"', f"t1,2,{cell}"]

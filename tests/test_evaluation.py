@@ -117,6 +117,54 @@ def test_results_json_and_markdown(rows, tmp_path):
     assert "Not evaluated (no checkpoint): `student:ot`." in lines
 
 
+def test_the_environment_is_recorded_and_printed(rows, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from knot import evaluation
+
+    env = evaluation.run_environment()
+    assert env["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert env["torch"].split("+")[0] == torch.__version__.split("+")[0] and env["numpy"] == np.__version__
+    assert env["knot"] == evaluation.__version__ and set(env) >= {"scipy", "transformers"}
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert evaluation.run_environment()["torch_threads"] == 1
+    finally:
+        torch.set_num_threads(saved)
+    src = evaluation.__file__
+    try:
+        head = subprocess.run(["git", "-C", str(Path(src).parent), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except OSError:
+        head = None
+    assert env["knot_commit"] == head  # None outside a git checkout
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    evaluation._knot_commit.cache_clear()
+    monkeypatch.setattr(evaluation.subprocess, "run", no_git)
+    try:
+        assert evaluation.run_environment()["knot_commit"] is None  # no git: null, no failure
+    finally:
+        evaluation._knot_commit.cache_clear()
+
+    results = build_results(name="demo", geometry=None, label_names=GEOMETRY.labels, models=MODELS,
+                            test_sets=TEST_SETS, rows=rows, environment=env)
+    path = tmp_path / "results.json"
+    atomic_write_json(path, results)
+    back = load_results(path)
+    assert back["version"] == 1 and back["environment"] == env
+    assert f"Environment: knot {env['knot']}" in render_markdown(back)
+    assert f"torch {env['torch']}" in render_markdown(back)
+    assert "Environment: not recorded." in render_markdown({k: v for k, v in back.items() if k != "environment"})
+
+
 def test_load_results_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `knot evaluate"):
         load_results(tmp_path / "results.json")
@@ -147,6 +195,8 @@ def _rows(n: int, seed: int) -> list[dict]:
 
 @pytest.mark.slow
 def test_stages_end_to_end(tmp_path):
+    import torch
+
     from knot.config import ExperimentConfig
     from knot.data import load_split, prepare_data
     from knot.distill import distill
@@ -217,7 +267,9 @@ def test_stages_end_to_end(tmp_path):
                                                                      students["feddf"]["best_epoch"]]
     assert ids == ["teacher:l1", "teacher:l2", "global", "student:ot", "student:feddf"]
     assert [m.get("init") for m in results["models"]][3:] == ["global", "global"]
+    assert results["environment"]["torch_threads"] == torch.get_num_threads()
     md = layout.results_md.read_text()
+    assert "Environment: knot " in md
     for name, s in students.items():  # a kept start is said in words, not only by equal scores
         note = f"student:{name} kept its starting weights (global model): no trained epoch beat it on validation"
         assert (note in md) is (s["best_epoch"] == 0)

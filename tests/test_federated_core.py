@@ -128,6 +128,11 @@ def with_nan(a):
     return a
 
 
+def with_inf(a):
+    a[0, 2] = np.inf
+    return a
+
+
 # ---------------------------------------------------------------------------
 # validation
 # ---------------------------------------------------------------------------
@@ -150,6 +155,13 @@ def test_a_good_reply_is_valid():
          "soft labels for splits ['train'], expected ['train', 'val']"),
         (good_reply("shop"), "client id 'shop' is not a local domain"),
         (good_reply("books", n=0), "number of private examples 0"),
+        (good_reply("books", n=-3), "number of private examples -3"),
+        (good_reply("books", n=True), "number of private examples True"),
+        (good_reply("books", n=20.0), "number of private examples 20.0"),
+        (good_reply("books", n=float("inf")), "number of private examples inf"),
+        (good_reply("books", n=np.float64("nan")), "expected a positive integer"),
+        (good_reply("books", n=10**12), "claims 1000000000000 private examples, above federated.max_client_examples"),
+        (spoiled("books", "val", with_inf), "contains NaN or inf"),
         (TeacherReply("books", 20, good_reply("b").soft_labels, bias=None), "no distribution bias"),
         (TeacherReply("books", 20, good_reply("b").soft_labels, bias={"distribution": np.ones(3) / 3}),
          "without 'mean_probs'"),
@@ -160,6 +172,18 @@ def test_a_good_reply_is_valid():
 def test_bad_replies_say_why(reply, reason):
     why = validate_reply(reply, fake_request(), K)
     assert why is not None and reason in why
+
+
+def test_a_claimed_size_is_bounded_and_must_match_the_declared_one():
+    request = fake_request()
+    assert validate_reply(good_reply("books", n=500), request, K, max_examples=500) is None
+    assert "above federated.max_client_examples (499)" in validate_reply(good_reply("books", n=500), request, K,
+                                                                         max_examples=499)
+    declared = {"books": 20}
+    assert validate_reply(good_reply("books", n=20), request, K, declared=declared) is None
+    assert validate_reply(good_reply("games", n=99), request, K, declared=declared) is None  # undeclared: bound only
+    why = validate_reply(good_reply("books", n=21), request, K, declared=declared)
+    assert why == "claims 21 private examples, federated.client_examples declares 20 for client books"
 
 
 # ---------------------------------------------------------------------------
@@ -225,6 +249,29 @@ def test_too_few_valid_replies_fail_with_every_reason():
     assert "duplicate client id 'books' (already answered by node n1)" in msg
 
 
+def test_a_hostile_size_claim_is_excluded_and_the_weights_recorded():
+    handlers = {
+        "n1": lambda r: good_reply("books", n=30),
+        "n2": lambda r: good_reply("games", n=10**12),  # would take almost all the size weight
+        "n3": lambda r: good_reply("tools", n=10),
+    }
+    result = run_round(fake_request(), InProcessTransport(handlers), local_domains=["books", "games", "tools"],
+                       num_labels=K, min_clients=2, max_examples=1000)
+    record = result.to_dict()
+    assert list(result.valid) == ["books", "tools"]
+    assert record["excluded"][0]["client"] == "games" and "max_client_examples (1000)" in record["excluded"][0]["reason"]
+    assert {c: v["size_weight"] for c, v in record["clients"].items()} == {"books": 0.75, "tools": 0.25}
+
+
+def test_a_size_differing_from_the_declared_one_fails_a_round_left_too_small():
+    handlers = {"n1": lambda r: good_reply("books", n=30), "n2": lambda r: good_reply("games", n=31)}
+    with pytest.raises(FederatedError) as info:
+        run_round(fake_request(), InProcessTransport(handlers), local_domains=["books", "games", "tools"],
+                  num_labels=K, min_clients=2, declared={"books": 30, "games": 40})
+    assert "1 valid reply (books), federated.min_clients is 2" in str(info.value)
+    assert "games: claims 31 private examples, federated.client_examples declares 40 for client games" in str(info.value)
+
+
 def test_no_client_at_all_fails():
     with pytest.raises(FederatedError, match="no client connected"):
         run_round(fake_request(), InProcessTransport({}), local_domains=["books"], num_labels=K, min_clients=1)
@@ -243,6 +290,14 @@ def test_client_domain_by_name_or_partition():
         client_domain(cfg, domain="shop")
     with pytest.raises(ValueError, match="partition 3 has no local domain"):
         client_domain(cfg, partition_id=3)
+
+
+def test_declared_sizes_are_checked_against_the_bound():
+    assert tiny_config(client_examples={"books": 30}).federated.client_examples == {"books": 30}
+    with pytest.raises(ValueError, match=r"federated\.client_examples\.books: expected 1 to max_client_examples \(50\)"):
+        tiny_config(client_examples={"books": 60}, max_client_examples=50)
+    with pytest.raises(ValueError, match=r"federated\.client_examples: expected dict\[str, int\] or null"):
+        tiny_config(client_examples={"books": 3.5})
 
 
 def test_effective_config_drops_missing_teachers_and_their_explicit_weights():
@@ -272,18 +327,26 @@ def test_a_failed_round_is_recorded_as_failed(tmp_path):
     assert not (layout.root / "students").exists()
 
 
+def test_declared_sizes_must_name_local_domains(tmp_path):
+    layout = RunLayout(tmp_path / "run")
+    with pytest.raises(ValueError, match="federated.client_examples: 'shop' not a local domain"):
+        run_in_process(tiny_config(client_examples={"shop": 5}), layout, handlers={})
+    assert read_status(layout.root)["status"] == "failed"
+
+
 def test_a_request_carries_references_not_texts(tmp_path):
     from knot.data import load_split, prepare_data
     from knot.federated.core import make_request
 
     write_data(tmp_path / "data")
-    cfg = tiny_config()
+    cfg = tiny_config(client_examples={"books": 17})
     layout = RunLayout(tmp_path / "run")
     prepare_data(cfg, layout, tmp_path / "data")
     request = make_request(cfg, layout)
     texts = [e.text for s in ("train", "val") for e in load_split(layout.data, "public", s)]
     blob = json.dumps({"config": request.config, "transfer": request.transfer.to_dict()})
     assert request.protocol == PROTOCOL
+    assert "client_examples" not in request.config["federated"]  # the operator's declared sizes stay on the server
     assert request.transfer.num_examples == [len(load_split(layout.data, "public", s)) for s in ("train", "val")]
     assert not any(t in blob for t in texts)
 
@@ -413,6 +476,9 @@ def test_server_without_local_data_distils_from_the_valid_clients_only(tmp_path,
     assert [t["name"] for t in results["test_sets"]] == ["shop"]
     assert {m["id"] for m in results["models"]} == {"global", "student:ot"}
     assert out["distill"]["students"]["ot"]["method"]["explicit_weights"] == [1.0, 3.0, 4.0]
+    record = json.loads(layout.federated_round(1).read_text())
+    assert record["teacher_weights"] == {"ot": {"books": 0.125, "tools": 0.375, "global": 0.5}}
+    assert read_status(layout.root)["size_weights"] == {"books": round(11 / 24, 6), "tools": round(13 / 24, 6)}
 
 
 def spoiled_reply(reply: TeacherReply) -> TeacherReply:

@@ -369,3 +369,44 @@ def test_ot_loss_trains_after_a_first_use_under_inference_mode(name):
     logits = torch.zeros(4, 5, requires_grad=True)
     distillation_loss("ot", logits, teachers, torch.ones(3), g).backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+# --- reproducibility: the losses do not depend on torch's thread count ---------------------------
+
+
+def _k28_plane() -> LabelGeometry:
+    """28 labels at random points of the plane (GoEmotions-sized): the exact per-pair LP."""
+    rng = np.random.default_rng(28)
+    return LabelGeometry([f"l{i}" for i in range(28)], rng.normal(size=(28, 2)).tolist())
+
+
+@pytest.mark.parametrize(
+    "geometry, batch",
+    [(LabelGeometry.preset("sentiment5"), 1024), (LabelGeometry.preset("emotion5"), 1024), (_k28_plane(), 64)],
+    ids=["1d", "exact-2d", "lp-k28"],
+)
+@pytest.mark.parametrize("name", ["ot", "entropy", "kl"])
+def test_loss_and_gradient_are_bitwise_equal_for_one_and_two_threads(geometry, batch, name):
+    # Arrange: fixed random logits and peaked teachers, T = 4, per-example weights
+    k = geometry.num_labels
+    g = torch.Generator().manual_seed(batch + k)
+    logits = torch.randn(batch, k, generator=g)
+    y = torch.randint(0, k, (batch, 4), generator=g)
+    teachers = torch.softmax(2 * torch.randn(batch, 4, k, generator=g) + 3 * F.one_hot(y, k), -1)
+    weights = torch.rand(batch, 4, generator=g)
+
+    # Act: the same loss and gradient under 1 and 2 intra-op threads, in this process
+    saved, out = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            x = logits.clone().requires_grad_(True)
+            loss = distillation_loss(name, x, teachers, weights, geometry)
+            loss.backward()
+            out.append((loss.detach(), x.grad))
+    finally:
+        torch.set_num_threads(saved)
+
+    # Assert: bit for bit (the thread dependence of a training run is elsewhere: README)
+    (l1, g1), (l2, g2) = out
+    assert torch.equal(l1, l2) and torch.equal(g1, g2)

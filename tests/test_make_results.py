@@ -287,8 +287,8 @@ def test_study_declaration_hash_families_predictions_and_confirmation(mr, tmp_pa
         lay = RunLayout(run / f"seed-{seed}")
         res = json.loads(lay.results_json.read_text())
         res["study_sha256"] = sha
-        res["environment"] = {"knot_commit": "abc1234", "torch": "2.13", "numpy": "2.4", "scipy": "1.17",
-                              "transformers": "5.25", "threads": 1}
+        res["environment"] = {"knot": "0.1", "knot_commit": "abc1234", "python": "3.11", "torch": "2.13",
+                              "numpy": "2.4", "scipy": "1.17", "transformers": "5.25", "torch_threads": 1}
         lay.results_json.write_text(json.dumps(res))
         y = {"a": [0, 1, 2, 0, 1, 2, 0, 1, 2, 0], "b": [2, 1, 0, 2, 1, 0, 2, 1, 0, 1]}
         for mid in ("student:ot", "student:entropy"):
@@ -300,7 +300,7 @@ def test_study_declaration_hash_families_predictions_and_confirmation(mr, tmp_pa
     assert f"sha256 `{sha}`" in page and "name: sd_better_f1_not_worse" in page
     assert "Families (Holm within each" in page and "primary (1 comparisons)" in page
     assert "Rule change in the last study" in page and "`ot-bias` on ERC and VADER" in page
-    assert "Software (recorded by the runs in results.json `environment`, first seed): knot_commit abc1234" in page
+    assert "Software (recorded by the runs in results.json `environment`, first seed): knot 0.1 (commit abc1234)" in page
     primary = next(line for line in page.splitlines() if line.startswith("| toy-study |"))
     assert "no per-item predictions" not in primary and primary.count("[") == 2  # t interval and two-level
     # a changed declaration after the run is refused

@@ -12,7 +12,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from helpers import write_pipeline_corpus
+from helpers import write_pipeline_case
 from knot.cli import app
 from knot.config import load_config
 from knot.layout import RunLayout
@@ -21,39 +21,10 @@ from knot.pipeline import STAGE_NAMES, read_stage_log, run_pipeline
 runner = CliRunner()
 
 
-CONFIG = """\
-name: tiny-pipeline
-seed: 3
-device: cpu
-task:
-  geometry: {neg: [-1.0], pos: [1.0]}
-data:
-  domains:
-    - {name: books, role: local, sources: [{reader: jsonl, path: books.jsonl, text: text, label: label}]}
-    - {name: films, role: local, sources: [{reader: jsonl, path: films.jsonl, text: text, label: label}]}
-    - {name: mixed, role: global, sources: [{reader: jsonl, path: mixed.jsonl, text: text, label: label}]}
-    - {name: public, role: transfer, sources: [{reader: jsonl, path: public.jsonl, text: text, label: label}]}
-model: {encoder: tiny, max_length: 16, dropout: 0.0}
-local: {epochs: 2, batch_size: 8, lr: 2.0e-3}
-global_model: {epochs: 1, batch_size: 8, lr: 2.0e-3}
-bias: {n_samples: 16, length: 8}
-distill:
-  train: {epochs: 1, batch_size: 8, lr: 1.0e-3}
-  methods:
-    - {name: ot, loss: ot}
-    - {name: entropy, loss: entropy}
-"""
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline")
-    root = base / "data"
-    root.mkdir()
-    write_pipeline_corpus(root)
-    cfg_path = base / "tiny.yaml"
-    cfg_path.write_text(CONFIG)
-    return cfg_path, root, base
+    return (*write_pipeline_case(base), base)
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +80,11 @@ def test_killed_run_resumes_after_the_last_finished_stage(tiny, monkeypatch):
     real = knot.teachers.train_teacher
     calls = []
 
-    def dies_on_films(cfg, layout, role="local", domain=None, resume=False):
+    def dies_on_films(cfg, layout, role="local", domain=None, resume=False, data_root=None):
         calls.append(domain or role)
         if domain == "films":
             raise KeyboardInterrupt  # the run is killed during the second teacher
-        return real(cfg, layout, role=role, domain=domain, resume=resume)
+        return real(cfg, layout, role=role, domain=domain, resume=resume, data_root=data_root)
 
     monkeypatch.setattr(knot.teachers, "train_teacher", dies_on_films)
     with pytest.raises(KeyboardInterrupt):
@@ -202,6 +173,10 @@ def test_seeds_aggregate_into_one_report(tiny):
     assert "2 run(s)" in report and "±" in report
     for seed in (1, 2):
         assert (out / f"seed-{seed}" / "results.json").is_file()
+    # `knot report` on the run folder aggregates the same seeds
+    res = runner.invoke(app, ["report", str(out), "--out", str(base / "seeds-report")])
+    assert res.exit_code == 0, res.output
+    assert "2 run(s)" in (base / "seeds-report" / "report.md").read_text()
 
 
 @pytest.mark.realdata

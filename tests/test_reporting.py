@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-from knot.evaluation import RESULTS_FORMAT
+from helpers import two_teacher_results
 from knot.layout import RunLayout
 from knot.reporting import write_report
 from knot.utils import atomic_write_json
-
-
-def _results(f1_a: float, f1_b: float) -> dict:
-    models = [{"id": "teacher:a", "kind": "teacher", "name": "a"}, {"id": "teacher:b", "kind": "teacher", "name": "b"}]
-    rows = [
-        {"model": m["id"], "test_set": "union", "n": 10, "accuracy": f1, "macro_f1": f1,
-         "semantic_distance": 1 - f1, "expected_cost": 1 - f1}
-        for m, f1 in zip(models, (f1_a, f1_b))
-    ]
-    return {
-        "format": RESULTS_FORMAT, "version": 1, "name": "x", "label_names": ["neg", "pos"],
-        "test_sets": [{"name": "union", "kind": "union", "domains": ["a", "b"], "n": 10}],
-        "models": models, "rows": rows, "baseline_selection_set": "union",
-        # each run names its own seed's best teacher
-        "baselines": {"global_alone": None, "feddf": None,
-                      "best_single_teacher": "teacher:a" if f1_a > f1_b else "teacher:b"},
-    }
 
 
 def test_best_single_teacher_over_seeds_is_the_best_mean(tmp_path):
@@ -30,7 +13,7 @@ def test_best_single_teacher_over_seeds_is_the_best_mean(tmp_path):
     layouts = []
     for seed, (fa, fb) in enumerate([(0.60, 0.50), (0.30, 0.70)]):
         layout = RunLayout(tmp_path / f"seed-{seed}")
-        atomic_write_json(layout.results_json, _results(fa, fb))
+        atomic_write_json(layout.results_json, two_teacher_results(fa, fb))
         layouts.append(layout)
 
     # Act
@@ -39,3 +22,21 @@ def test_best_single_teacher_over_seeds_is_the_best_mean(tmp_path):
     # Assert
     assert "teacher `b` — baseline: best single teacher" in report
     assert "teacher `a` — baseline" not in report
+
+
+def test_the_report_prints_each_runs_environment(tmp_path):
+    env = {"python": "3.11.9", "torch": "2.5.1", "numpy": "2.1.0", "scipy": "1.14.1", "transformers": "4.46.0",
+           "knot": "0.1.0", "knot_commit": None, "torch_threads": 2}
+    layouts = []
+    for seed, threads in enumerate([2, 2, 1]):
+        layout = RunLayout(tmp_path / f"seed-{seed}")
+        atomic_write_json(layout.results_json, _results(0.6, 0.5) | {"environment": env | {"torch_threads": threads}})
+        layouts.append(layout)
+
+    one = write_report(layouts[:2], tmp_path / "one").read_text()
+    mixed = write_report(layouts, tmp_path / "mixed").read_text()
+
+    line = "knot 0.1.0, Python 3.11.9, torch 2.5.1, numpy 2.1.0, scipy 1.14.1, transformers 4.46.0"
+    assert f"Environment: {line}; 2 torch thread(s)." in one
+    assert "Environment (differs between runs):" in mixed
+    assert f"- runs 1, 2: {line}; 2 torch thread(s)" in mixed and f"- run 3: {line}; 1 torch thread(s)" in mixed

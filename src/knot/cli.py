@@ -7,6 +7,7 @@ are printed as one ``error:`` line and exit with status 2, never as a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import List, Optional
@@ -51,6 +52,10 @@ DataRootOpt = typer.Option(
     "--data-root",
     help="Folder the config's data paths are relative to (default: $KNOT_DATA, then data.root).",
 )
+WaitOpt = typer.Option(
+    False, "--wait", help="If another knot command holds the run folder, wait for it to finish "
+    "(default: fail at once, naming it)."
+)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -78,6 +83,22 @@ def load(config: Path, sets: Optional[List[str]]):
 
 def run_dir(cfg, out: Optional[Path]) -> Path:
     return Path(out) if out is not None else Path("runs") / cfg.name
+
+
+@contextlib.contextmanager
+def locked(folder: Path, wait: bool):
+    """Hold the run folder's lock (:func:`knot.locking.run_lock`) for the ``with`` block, or
+    exit 2 naming the command that holds it."""
+    from knot.locking import RunLockedError, run_lock
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(run_lock(folder, wait=wait))
+        except RunLockedError as exc:
+            _fail(f"{exc}; pass --wait to wait for it")
+        except OSError as exc:
+            _fail(f"{folder}: cannot lock the run folder ({exc})")
+        yield
 
 
 def guarded(fn, *args, **kwargs):
@@ -109,6 +130,7 @@ def data_prepare_cmd(
     sets: Optional[List[str]] = SetOpt,
     data_root: Optional[Path] = DataRootOpt,
     force: bool = typer.Option(False, "--force", help="Redo even if the prepared data is up to date."),
+    wait: bool = WaitOpt,
 ) -> None:
     """Read, label-map, split and write the config's datasets to RUN_DIR/data.
 
@@ -119,7 +141,8 @@ def data_prepare_cmd(
 
     cfg = load(config, sets)
     layout = RunLayout(run_dir(cfg, out))
-    manifest, reasons = guarded(run_prepare, cfg, layout, data_root, force=force)
+    with locked(layout.root, wait):
+        manifest, reasons = guarded(run_prepare, cfg, layout, data_root, force=force)
     if reasons:
         typer.echo(f"prepared {layout.data} ({'; '.join(reasons)})")
     else:
@@ -184,6 +207,7 @@ def train_cmd(
         False, "--resume", help="Continue each model after its last completed epoch."
     ),
     data_root: Optional[Path] = DataRootOpt,
+    wait: bool = WaitOpt,
 ) -> None:
     """Train the local teachers or the global model (data is prepared first if needed)."""
     from knot.layout import RunLayout
@@ -194,10 +218,11 @@ def train_cmd(
         _fail(f"--role: expected local or global, got {role!r}")
     cfg = load(config, sets)
     layout = RunLayout(run_dir(cfg, out))
-    guarded(atomic_write_text, layout.config, cfg.to_yaml())
-    result = guarded(
-        train_teacher, cfg, layout, role=role, domain=domain, resume=resume, data_root=data_root
-    )
+    with locked(layout.root, wait):
+        guarded(atomic_write_text, layout.config, cfg.to_yaml())
+        result = guarded(
+            train_teacher, cfg, layout, role=role, domain=domain, resume=resume, data_root=data_root
+        )
     for name, info in result["models"].items():
         m = info["best_metrics"]
         shown = ", ".join(
@@ -213,7 +238,7 @@ def predict_cmd(
     checkpoint: Path = typer.Argument(
         ..., help="A checkpoint folder (or a training folder such as RUN/teachers/<domain>)."
     ),
-    texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify."),
+    texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify (none may be empty)."),
     file: Optional[Path] = typer.Option(
         None, "--file", help="A UTF-8 text file, one text per line (blank lines skipped)."
     ),
@@ -230,12 +255,18 @@ def predict_cmd(
     from knot.utils import resolve_device
 
     items = list(texts or [])
+    for i, text in enumerate(items, 1):
+        if not text.strip():
+            _fail(f"text {i} is empty{' (only whitespace)' if text else ''}: give a text to classify")
     if file is not None:
         try:
             lines = file.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             _fail(f"{file}: cannot read ({exc})")
-        items += [line for line in lines if line.strip()]
+        kept = [line for line in lines if line.strip()]
+        if len(kept) < len(lines):
+            log.info("%s: skipped %d blank line(s)", file, len(lines) - len(kept))
+        items += kept
     if not items:
         _fail("nothing to predict: give texts or --file")
     model = guarded(load_model, checkpoint, device=resolve_device(device))
@@ -351,6 +382,7 @@ def soft_labels_cmd(
     config: Path = ConfigArg,
     out: Optional[Path] = OutOpt,
     sets: Optional[List[str]] = SetOpt,
+    wait: bool = WaitOpt,
 ) -> None:
     """Teachers label the transfer set: soft labels for its train and val splits.
 
@@ -360,7 +392,8 @@ def soft_labels_cmd(
     from knot.soft_labels import produce_soft_labels
 
     cfg, layout = _stage_layout(config, out, sets)
-    summary = guarded(produce_soft_labels, cfg, layout)
+    with locked(layout.root, wait):
+        summary = guarded(produce_soft_labels, cfg, layout)
     for split, info in summary["splits"].items():
         typer.echo(f"{split}: {info['n']} texts x {len(summary['teachers'])} teachers -> {layout.soft_labels}")
         for name, m in (info.get("teacher_metrics") or {}).items():
@@ -373,6 +406,7 @@ def bias_cmd(
     config: Path = ConfigArg,
     out: Optional[Path] = OutOpt,
     sets: Optional[List[str]] = SetOpt,
+    wait: bool = WaitOpt,
 ) -> None:
     """Measure each teacher's distribution bias on random-token inputs.
 
@@ -382,7 +416,8 @@ def bias_cmd(
     from knot.soft_labels import bias_table, distribution_bias
 
     cfg, layout = _stage_layout(config, out, sets)
-    result = guarded(distribution_bias, cfg, layout)
+    with locked(layout.root, wait):
+        result = guarded(distribution_bias, cfg, layout)
     typer.echo(bias_table(result))
 
 
@@ -399,6 +434,7 @@ def distill_cmd(
     out: Optional[Path] = OutOpt,
     sets: Optional[List[str]] = SetOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue each student after its last completed epoch."),
+    wait: bool = WaitOpt,
 ) -> None:
     """Distil students from the soft labels, one per distill.methods entry.
 
@@ -410,7 +446,8 @@ def distill_cmd(
     if loss is not None and loss not in ("ot", "entropy", "kl", "ce"):
         _fail(f"--loss: expected ot, entropy, kl or ce, got {loss!r}")
     cfg, layout = _stage_layout(config, out, sets)
-    result = guarded(distill, cfg, layout, method=method or None, loss=loss, resume=resume)
+    with locked(layout.root, wait):
+        result = guarded(distill, cfg, layout, method=method or None, loss=loss, resume=resume)
     for name, info in result["students"].items():
         best = info["best_metrics"]
         before = info["initial_val"].get("loss")
@@ -424,6 +461,7 @@ def evaluate_cmd(
     config: Path = ConfigArg,
     out: Optional[Path] = OutOpt,
     sets: Optional[List[str]] = SetOpt,
+    wait: bool = WaitOpt,
 ) -> None:
     """Evaluate every model of the run on every test set.
 
@@ -433,7 +471,8 @@ def evaluate_cmd(
     from knot.evaluation import evaluate_run, render_markdown
 
     cfg, layout = _stage_layout(config, out, sets)
-    results = guarded(evaluate_run, cfg, layout)
+    with locked(layout.root, wait):
+        results = guarded(evaluate_run, cfg, layout)
     typer.echo(render_markdown(results))
 
 
@@ -454,6 +493,7 @@ def run_cmd(
         "evaluate, report (default: all). Finished stages are skipped either way.",
     ),
     force: bool = typer.Option(False, "--force", help="Rerun the selected stages even if up to date."),
+    wait: bool = WaitOpt,
 ) -> None:
     """Run the whole experiment (or resume it): prepare -> teachers -> soft labels -> bias ->
     distillation -> evaluation -> report. Rerunning skips the stages whose inputs did not change."""
@@ -462,7 +502,8 @@ def run_cmd(
     cfg = load(config, sets)
     out_dir = run_dir(cfg, out)
     selected = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
-    guarded(run_pipeline, cfg, out_dir, data_root=data_root, stages=selected, force=force)
+    with locked(out_dir, wait):  # the top folder: a multi-seed run's seed-*/ are inside
+        guarded(run_pipeline, cfg, out_dir, data_root=data_root, stages=selected, force=force)
     report = out_dir / "report.md"
     typer.echo(f"run directory: {out_dir}")
     if report.is_file():
@@ -476,14 +517,21 @@ def run_cmd(
 def report_cmd(
     run_dirs: List[Path] = typer.Argument(..., help="Run directories (several: aggregated as seeds)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where report.md and plots/ go (default: the first run directory)."),
+    wait: bool = WaitOpt,
 ) -> None:
-    """Write report.md with the results table and plots for one run, or mean +- std over several."""
-    from knot.layout import RunLayout
-    from knot.reporting import write_report
+    """Write report.md with the results table and plots for one run, or mean +- std over several.
 
-    layouts = [RunLayout(d) for d in run_dirs]
+    A multi-seed run directory (the one `knot run` made, with seed-*/ inside) counts as its seeds.
+    """
+    from knot.reporting import report_runs, write_report
+
+    layouts = guarded(report_runs, run_dirs)
     target = out or run_dirs[0]
-    path = guarded(write_report, layouts, target, title=run_dirs[0].name)
+    title = run_dirs[0].name
+    if len(run_dirs) == 1 and len(layouts) > 1:
+        title += f" ({len(layouts)} seeds)"
+    with locked(target, wait):
+        path = guarded(write_report, layouts, target, title=title)
     typer.echo(f"report: {path}")
 
 
@@ -538,6 +586,7 @@ def federated_run_cmd(
         "extra nodes own no domain, answer with an error and are excluded)."
     ),
     verbose_flower: bool = typer.Option(False, "--flower-debug", help="Flower's debug logging."),
+    wait: bool = WaitOpt,
 ) -> None:
     """Run the experiment federated, on Flower's simulation engine (one client per local domain).
 
@@ -550,20 +599,24 @@ def federated_run_cmd(
 
     cfg = load(config, sets)
     out_dir = run_dir(cfg, out)
-    try:
-        if in_process:
-            if clients is not None:
-                _fail("--clients is for the Flower simulation, not --in-process")
-            guarded(run_in_process, cfg, RunLayout(out_dir), data_root=data_root)
-        else:
-            _need_flower()
-            from knot.federated.flower import run_simulation
+    if in_process and clients is not None:
+        _fail("--clients is for the Flower simulation, not --in-process")
+    if not in_process:
+        _need_flower()
+    # held for the whole run; the simulation's ServerApp runs in a thread of this process
+    # and takes the same (re-entrant) lock
+    with locked(out_dir, wait):
+        try:
+            if in_process:
+                guarded(run_in_process, cfg, RunLayout(out_dir), data_root=data_root)
+            else:
+                from knot.federated.flower import run_simulation
 
-            guarded(run_simulation, cfg, out_dir, data_root=data_root, num_clients=clients,
-                    verbose=verbose_flower)
-    except FederatedError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=1)
+                guarded(run_simulation, cfg, out_dir, data_root=data_root, num_clients=clients,
+                        verbose=verbose_flower)
+        except FederatedError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=1)
     _federated_summary(out_dir)
 
 

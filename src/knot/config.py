@@ -27,7 +27,7 @@ from typing import Any, Union
 
 import yaml
 
-from knot.errors import ConfigError  # re-exported: defined there so data.readers need not import config
+from knot.errors import ConfigError, parse_finite  # ConfigError re-exported: defined there so data.readers need not import config
 
 __all__ = [
     "ConfigError",
@@ -69,8 +69,14 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the type hint ``tp`` and convert nested dataclasses."""
+    """Check ``value`` against the type hint ``tp`` and convert nested dataclasses.
+
+    Every number must be finite (YAML's ``.nan`` and ``.inf``, ``"1e999"``): a float key
+    through :func:`~knot.errors.parse_finite`, a float anywhere inside a free-form value
+    (``options``, ``sources``, a geometry mapping) by :func:`_check_finite`.
+    """
     if tp is Any:
+        _check_finite(value, where)
         return value
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -84,7 +90,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             try:
                 return _coerce(value, arg, where)
             except ConfigError as exc:  # try the next alternative
-                errors.append(str(exc))
+                errors.append((arg, exc))
+        # the one alternative, or the one of the value's shape (a list for list[float]),
+        # says what exactly is wrong (a NaN inside the list, a non-finite float)
+        same = [exc for arg, exc in errors if isinstance(value, (typing.get_origin(arg) or arg))]
+        if len(errors) == 1 or (len(same) == 1 and isinstance(value, (list, tuple, dict))):
+            raise (errors[0][1] if len(errors) == 1 else same[0])
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -113,15 +124,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is float:  # a string too: YAML reads 5e-4 (no dot) as a string
+        return parse_finite(value, where, error=ConfigError)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -133,6 +137,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Raise :class:`ConfigError` at the first non-finite float inside ``value``."""
+    if isinstance(value, float):
+        parse_finite(value, where, error=ConfigError)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
 
 
 class ConfigBase:
@@ -181,6 +197,19 @@ def _plain(value: Any) -> Any:
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
+
+
+#: A name that becomes a folder: one path component (``.`` and ``..`` are rejected apart).
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_folder_name(value: str, key: str, folder: str) -> None:
+    """A name that becomes a folder (``folder`` says which) must be one plain path component."""
+    _check(
+        bool(_FOLDER_NAME.fullmatch(value)) and value not in (".", ".."),
+        f"{key}: expected one plain folder name (letters, digits, '-', '_', '.'; not '.' or '..'), "
+        f"got {value!r} (it names the folder {folder})",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -284,6 +313,12 @@ class DataConfig(ConfigBase):
     ``seed`` drives partitions, splits and subsets. ``context_turns`` previous
     utterances follow each utterance of a dialogue corpus, joined by
     ``context_separator`` (``" [SEP] "``: a BERT tokenizer reads it as its ``[SEP]``).
+    ``dedup`` (default true) keeps one copy of each exact duplicate text of a domain (the
+    first; after context and label mapping, before splitting), so no text is in two
+    splits; false keeps every copy, as knot did before (byte-exact older splits). Both
+    count the duplicates and the texts shared across domains in the manifest. At its
+    default it is left out of :meth:`to_dict`, so configs that do not set it keep their
+    stage inputs.
     """
 
     root: Union[str, None] = None
@@ -292,6 +327,7 @@ class DataConfig(ConfigBase):
     context_turns: int = 8
     context_separator: str = " [SEP] "
     domains: list[DomainConfig] = field(default_factory=list)
+    dedup: bool = True
 
     def __post_init__(self) -> None:
         _check(len(self.split_ratios) == 3, "split_ratios: expected [train, val, test]")
@@ -310,6 +346,13 @@ class DataConfig(ConfigBase):
             f"domains: name {bad[0] if bad else ''!r} must be letters, digits, '-', '_' or '.' "
             "(it names a folder)",
         )
+
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if out.get("dedup") is True:
+            out.pop("dedup")  # at the default: same dict as before the key
+        return out
 
 
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -495,6 +538,7 @@ class DistillMethod(ConfigBase):
     teachers: Union[str, None] = None
 
     def __post_init__(self) -> None:
+        _check_folder_name(self.name, "name", "students/<name> of the run")
         _check(self.init in (None, "global", "scratch"), f"init: expected global or scratch, got {self.init!r}")
         _check(self.lr is None or self.lr > 0, "lr: expected > 0")
         _check(self.cost_power in (None, 1, 2), f"cost_power: expected 1 or 2, got {self.cost_power!r}")
@@ -607,6 +651,10 @@ class EvalConfig(ConfigBase):
         return out
 
 
+#: Default bound on a federated client's claimed number of private examples.
+MAX_CLIENT_EXAMPLES = 10_000_000
+
+
 @dataclass
 class FederatedConfig(ConfigBase):
     """Federated teachers (``knot federated run``, :mod:`knot.federated`).
@@ -620,6 +668,12 @@ class FederatedConfig(ConfigBase):
     also prepares the local domains from its own data root to score the global model and
     the students on their test sets (simulation, benchmarks); set false when the server
     has no local data (results then cover the global and test domains only).
+
+    What the server trusts of a client's claimed number of private examples (its ``size``
+    teacher weight): ``max_client_examples`` bounds every claim (a larger one excludes the
+    reply), and ``client_examples`` (client -> size, optional) declares sizes the operator
+    knows; a claim that differs from its declared size excludes the reply. Declared sizes
+    stay on the server (the request sent to the clients leaves them out).
     """
 
     min_clients: Union[int, None] = None
@@ -627,9 +681,17 @@ class FederatedConfig(ConfigBase):
     connect_timeout: float = 300.0
     client_cpus: float = 1.0
     evaluate_local: bool = True
+    max_client_examples: int = MAX_CLIENT_EXAMPLES
+    client_examples: Union[dict[str, int], None] = None
 
     def __post_init__(self) -> None:
         _check(self.min_clients is None or self.min_clients >= 1, "min_clients: expected >= 1 or null")
+        _check(self.max_client_examples >= 1, "max_client_examples: expected >= 1")
+        for name, n in (self.client_examples or {}).items():
+            _check(
+                1 <= n <= self.max_client_examples,
+                f"client_examples.{name}: expected 1 to max_client_examples ({self.max_client_examples}), got {n}",
+            )
         _check(self.timeout is None or self.timeout > 0, "timeout: expected > 0 seconds or null")
         _check(self.connect_timeout > 0, "connect_timeout: expected > 0 seconds")
         _check(self.client_cpus > 0, "client_cpus: expected > 0")
@@ -709,7 +771,12 @@ class StudyConfig(ConfigBase):
 
 @dataclass
 class ExperimentConfig(ConfigBase):
-    """A whole KNOT experiment (see ``configs/`` for documented examples)."""
+    """A whole KNOT experiment (see ``configs/`` for documented examples).
+
+    ``name`` names the run folder ``runs/<name>``, so it is one plain path component:
+    letters, digits, ``-``, ``_`` and ``.``, not ``.`` or ``..`` (``../x``, ``/abs`` and
+    ``a/b`` are config errors, from YAML and from ``--set name=...`` alike).
+    """
 
     name: str = "experiment"
     seed: int = 2021
@@ -730,7 +797,7 @@ class ExperimentConfig(ConfigBase):
     study: Union[StudyConfig, None] = None
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "name: expected a non-empty string")
+        _check_folder_name(self.name, "name", "runs/<name>")
         _check(
             self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
             f"device: expected auto, cpu, cuda[:N] or mps, got {self.device!r}",

@@ -10,6 +10,8 @@ text with a frozen encoder):
 - :func:`offline`, :func:`quiet_loading`: load without network, without progress bars;
 - :func:`minilm_path`, :func:`encoder_folder`: the local folder of an encoder name;
 - :func:`load_tokenizer`, :func:`load_pretrained`: tokenizer and weights of a folder;
+- :func:`check_no_remote_code`, :func:`check_safetensors_weights`: refuse a folder that
+  asks transformers to run its code, or whose weights are not safetensors;
 - :func:`sentence_encoder`, :func:`embed_texts`: mean-pooled, unit-norm sentence embeddings.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 from pathlib import Path
@@ -28,6 +31,8 @@ __all__ = [
     "quiet_loading",
     "minilm_path",
     "encoder_folder",
+    "check_no_remote_code",
+    "check_safetensors_weights",
     "load_tokenizer",
     "load_pretrained",
     "sentence_encoder",
@@ -108,24 +113,115 @@ def encoder_folder(source: str, *, pretrained: bool = False, where: str = "model
     return path
 
 
+_NEVER_RUN = "knot never runs code from a model folder"
+
+
+def check_no_remote_code(folder: str | os.PathLike) -> Path:
+    """Refuse a folder that asks transformers to run code from it, before anything in it is read.
+
+    A Hugging Face folder asks for its own code with an ``auto_map`` key in
+    ``config.json`` or a ``*_config.json`` (``tokenizer_config.json``, ...) beside a
+    ``.py`` file; transformers then imports that file (after asking "Do you wish to run
+    the custom code?" on a terminal). knot refuses both signs, so no prompt ever appears
+    and no file of the folder is executed. :func:`load_tokenizer` and
+    :func:`load_pretrained` call this first; every folder knot loads goes through them.
+
+    Returns
+    -------
+    Path
+        ``folder``.
+
+    Raises
+    ------
+    ValueError
+        One line naming the folder and the offending file.
+    """
+    folder = Path(folder)
+    for file in sorted(folder.rglob("*.py")):
+        raise ValueError(
+            f"{folder}: refused: {file.relative_to(folder)} is Python code; {_NEVER_RUN} "
+            "(remove the file to load the folder)"
+        )
+    for file in sorted(folder.glob("*config.json")):
+        if file.name != "config.json" and not file.name.endswith("_config.json"):
+            continue
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # unreadable: transformers reports it (and runs nothing)
+        if isinstance(data, dict) and "auto_map" in data:
+            raise ValueError(
+                f"{folder}: refused: {file.name} asks for custom code (auto_map); {_NEVER_RUN}"
+            )
+    return folder
+
+
+#: Weight files knot never reads: each of them is a pickle (or framework-specific).
+_UNSAFE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+def check_safetensors_weights(folder: str | os.PathLike) -> Path:
+    """The folder's ``model.safetensors`` (or its shard index); refuse anything else.
+
+    knot never unpickles a weights file: a folder with only ``pytorch_model.bin`` (a
+    pickle, which can run code when loaded) is refused with a message naming it.
+
+    Raises
+    ------
+    ValueError
+        No safetensors weights (one line naming the file found, or the folder).
+    """
+    folder = Path(folder)
+    for name in ("model.safetensors", "model.safetensors.index.json"):
+        if (folder / name).is_file():
+            return folder / name
+    found = [folder / name for name in _UNSAFE_WEIGHTS if (folder / name).is_file()]
+    if found:
+        raise ValueError(
+            f"{found[0]}: refused: knot loads only safetensors weights (model.safetensors) and never "
+            "unpickles a weights file; convert it to safetensors"
+        )
+    raise ValueError(f"{folder}: no model.safetensors (knot loads only safetensors weights)")
+
+
 def load_tokenizer(folder: str | os.PathLike) -> Any:
-    """The tokenizer of a local model folder (offline; warns when it is not a fast one)."""
+    """The tokenizer of a local model folder (offline, no custom code; warns when it is
+    not a fast one).
+
+    Raises
+    ------
+    ValueError
+        The folder asks for custom code (:func:`check_no_remote_code`).
+    """
     from transformers import AutoTokenizer
 
+    check_no_remote_code(folder)
     offline()
-    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     if not getattr(tok, "is_fast", False):
         log.warning("%s: no fast tokenizer; tokenisation will be slow", folder)
     return tok
 
 
 def load_pretrained(folder: str | os.PathLike) -> Any:
-    """The pretrained encoder (``AutoModel``) of a local model folder, loaded offline and quietly."""
+    """The pretrained encoder (``AutoModel``) of a local model folder, loaded offline and
+    quietly, from safetensors only, without custom code.
+
+    Raises
+    ------
+    ValueError
+        The folder asks for custom code (:func:`check_no_remote_code`) or has no
+        safetensors weights (:func:`check_safetensors_weights`).
+    """
     from transformers import AutoModel
 
+    check_no_remote_code(folder)
+    check_safetensors_weights(folder)
     offline()
     with quiet_loading():
-        return AutoModel.from_pretrained(str(folder), local_files_only=True)
+        return AutoModel.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=False, use_safetensors=True
+        )
 
 
 @functools.lru_cache(maxsize=1)

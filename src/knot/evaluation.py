@@ -31,7 +31,10 @@ The table also names three baselines:
      "gold_baselines": {test set: {"w1_gold", "tv_gold", "js_gold"}},  # majority vote vs raters
      "confusion": {model id: {test set: K x K counts, rows gold, columns predicted}},
      "missing": [{"id", "path"}],
-     "study_sha256"?: sha256 of the config's ``study`` declaration, when it has one}
+     "study_sha256"?: sha256 of the config's ``study`` declaration, when it has one,
+     "environment": {"python", "torch", "numpy", "scipy", "transformers", "knot",
+                     "knot_commit", "torch_threads"}  # see run_environment; absent in older files
+     }
 
 Per-item predictions (issue 20: test-item uncertainty): each evaluated model's predicted
 distributions are saved to ``RUN/predictions/<model>.npz`` (``student:ot`` ->
@@ -46,8 +49,11 @@ Model ids are ``teacher:<domain>``, ``global`` and ``student:<method>``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import platform
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -85,6 +91,8 @@ __all__ = [
     "save_predictions",
     "load_predictions",
     "evaluate_run",
+    "run_environment",
+    "environment_line",
 ]
 
 RESULTS_FORMAT = "knot.results"
@@ -297,8 +305,10 @@ def build_results(
     root: Path | None = None,
     confusion: Mapping[str, Any] | None = None,
     gold_baseline: Mapping[str, Any] | None = None,
+    environment: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the ``results.json`` object (see the module docstring)."""
+    """Assemble the ``results.json`` object (see the module docstring); ``environment``
+    (:func:`run_environment`) is stored when given."""
     n_by_set = {}
     for r in rows:
         n_by_set.setdefault(r["test_set"], r["n"])
@@ -319,7 +329,69 @@ def build_results(
         "confusion": dict(confusion or {}),
         "gold_baselines": dict(gold_baseline or {}),
         "missing": [dict(m) for m in missing],
+    } | ({"environment": dict(environment)} if environment is not None else {})
+
+
+def _package_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _knot_commit() -> str | None:
+    """``git rev-parse HEAD`` of the checkout knot is imported from, or None (not a git
+    checkout, e.g. an installed wheel, or no git)."""
+    here = Path(__file__).resolve().parent
+    try:
+        # only a checkout that tracks this very file: never the HEAD of a repository
+        # that merely contains an installed copy (a virtualenv inside a project)
+        git = ["git", "-C", str(here)]
+        subprocess.run(git + ["ls-files", "--error-unmatch", Path(__file__).name], check=True,
+                       capture_output=True, timeout=10)
+        out = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_environment() -> dict[str, Any]:
+    """What the numbers were computed with: Python, torch, numpy, scipy, transformers and
+    knot versions (None when a package is absent), knot's git commit (None outside a git
+    checkout) and torch's intra-op thread count, which changes float rounding (see the
+    README's reproducibility note)."""
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        **{name: _package_version(name) for name in ("torch", "numpy", "scipy", "transformers")},
+        "knot": __version__,
+        "knot_commit": _knot_commit(),
+        "torch_threads": torch.get_num_threads(),
     }
+
+
+def environment_line(env: Mapping[str, Any] | None) -> str:
+    """One line naming an :func:`run_environment` record (for results.md and the report).
+
+    >>> environment_line({"python": "3.11.9", "torch": "2.5.1", "numpy": "2.1.0", "scipy": None,
+    ...                   "transformers": "4.46.0", "knot": "0.1.0", "knot_commit": "0123456789abcdef",
+    ...                   "torch_threads": 2})
+    'knot 0.1.0 (commit 0123456789ab), Python 3.11.9, torch 2.5.1, numpy 2.1.0, scipy –, transformers 4.46.0; 2 torch thread(s)'
+    >>> environment_line(None)
+    'not recorded'
+    """
+    if not env:
+        return "not recorded"
+    commit = env.get("knot_commit")
+    knot = f"knot {env.get('knot') or '–'}" + (f" (commit {commit[:12]})" if commit else "")
+    libs = ", ".join(f"{name} {env.get(key) or '–'}" for name, key in
+                     (("Python", "python"), ("torch", "torch"), ("numpy", "numpy"), ("scipy", "scipy"),
+                      ("transformers", "transformers")))
+    return f"{knot}, {libs}; {env.get('torch_threads', '–')} torch thread(s)"
 
 
 def _describe(model: Mapping[str, Any], baselines: Mapping[str, Any]) -> str:
@@ -441,6 +513,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                        f"{_fmt(b.get('tv_gold'))} (TV) from their distribution.")
     if results.get("missing"):
         out += ["", "Not evaluated (no checkpoint): " + ", ".join(f"`{m['id']}`" for m in results["missing"]) + "."]
+    out += ["", f"Environment: {environment_line(results.get('environment'))}."]
     return "\n".join(out) + "\n"
 
 
@@ -531,8 +604,6 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
     Writes ``layout.results_json`` and ``layout.results_md`` and returns the results dict.
     Models without a checkpoint are listed under ``missing`` (an error if there is none at all).
     """
-    import functools
-
     device = resolve_device(cfg.device)
     geometry = LabelGeometry.from_task(cfg.task)
     models, missing = run_models(cfg, layout)
@@ -583,6 +654,7 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
         root=layout.root,
         confusion=confusion,
         gold_baseline=gold_baselines(gold, test_sets, gold_fn),
+        environment=run_environment(),
     )
     if cfg.evaluate.val:
         _, val_labels, val_gold = sets["val"]

@@ -45,7 +45,6 @@ the misconfiguration; complete entries in a read-only folder are still read.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -63,6 +62,7 @@ import torch
 from torch import nn
 
 from knot.batching import pad_batch, pad_rows
+from knot.locking import file_lock
 from knot.progress import progress as progress_bar
 from knot.utils import atomic_path, atomic_write_json, sha256_file, sha256_json
 
@@ -610,7 +610,7 @@ class FeatureCache:
             _STATS["cache_hits"] += 1
             return entry
         self._check_writable()
-        with _build_lock(self.root / f".{key}.lock"):
+        with file_lock(self.root / f".{key}.lock"):
             try:  # another process may have finished it while we waited
                 entry = self.open(key)
             except ValueError as exc:
@@ -705,22 +705,6 @@ class FeatureCache:
     def clear(self, keys: Sequence[str] | None = None) -> int:
         """Delete all entries (or those in ``keys``); returns the number deleted."""
         return cache_clear(self.root, keys)
-
-
-@contextlib.contextmanager
-def _build_lock(lock: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``lock`` (a no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(lock, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _part_ok(path: Path, start: int, stop: int, kind: str) -> bool:

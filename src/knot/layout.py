@@ -18,6 +18,10 @@ from here and writes its outputs here, so stages can run on their own (``knot tr
       students/<method>/     student checkpoints
       predictions/<model>.npz per-item predicted distributions of every evaluated model
       results.json results.md report.md plots/
+      .lock                  held by the command writing here (knot.locking.run_lock)
+
+With ``seeds: [...]`` the run directory holds one such folder per seed, ``seed-<s>/``,
+beside the aggregated report.md and plots/ and the shared ``features/``.
 """
 
 from __future__ import annotations
@@ -115,3 +119,16 @@ class RunLayout:
     @property
     def plots(self) -> Path:
         return self.root / "plots"
+
+    def seed_run(self, seed: int) -> "RunLayout":
+        """One seed's run of a multi-seed experiment: ``ROOT/seed-<s>``, sharing the
+        experiment's feature cache (same texts, one encoding)."""
+        return RunLayout(self.root / f"seed-{seed}", features_dir=self.features)
+
+    def seed_runs(self) -> list["RunLayout"]:
+        """The seed runs present in ``ROOT`` (``seed-<s>`` folders), in seed order."""
+        seeds = sorted(
+            int(p.name[len("seed-"):]) for p in self.root.glob("seed-*")
+            if p.is_dir() and p.name[len("seed-"):].lstrip("-").isdigit()
+        )
+        return [self.seed_run(s) for s in seeds]

@@ -41,7 +41,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -53,12 +52,19 @@ from torch import nn
 
 from knot import __version__
 from knot.batching import TextDataset, make_loader
-from knot.encoders import NAMED_ENCODERS, encoder_folder, load_pretrained, load_tokenizer, minilm_path  # noqa: F401 (minilm_path: re-export)
+from knot.encoders import (  # noqa: F401 (minilm_path: re-export)
+    NAMED_ENCODERS,
+    check_no_remote_code,
+    encoder_folder,
+    load_pretrained,
+    load_tokenizer,
+    minilm_path,
+)
 from knot.features import FeatureCache, FeatureDataset, FeatureEntry, encoder_fingerprint
 from knot.geometry import LabelGeometry
 from knot.heads import PooledHead, TokenHead, knot_head_layers
 from knot.progress import progress as progress_bar
-from knot.utils import atomic_write_json, default_file_mode, sha256_file
+from knot.utils import atomic_dir, atomic_write_json, sha256_file  # atomic_dir: re-export
 
 __all__ = [
     "KnotClassifier",
@@ -154,7 +160,7 @@ def build_encoder(source: str, layers: int | None = None) -> tuple[nn.Module, An
             pad_token_id=tokenizer.pad_token_id or 0,
             **TINY,
         )
-        encoder = AutoModel.from_config(config)
+        encoder = AutoModel.from_config(config, trust_remote_code=False)
     else:
         encoder = load_pretrained(folder)
     _truncate(encoder, layers)
@@ -179,7 +185,7 @@ def _encoder_from_config(hf_config: dict) -> nn.Module:
     if d.get("auto_map"):
         raise ValueError("encoder config asks for remote code (auto_map); refusing to load it")
     config = AutoConfig.for_model(model_type, **d)
-    encoder = AutoModel.from_config(config)
+    encoder = AutoModel.from_config(config, trust_remote_code=False)
     _drop_pooler(encoder)
     return encoder
 
@@ -661,33 +667,6 @@ def _state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-@contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target``.
-
-    On an exception the temporary folder is removed and ``target`` is untouched. If the
-    process dies between the two renames, the previous folder survives as
-    ``.<name>.old`` beside ``target``.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    os.chmod(tmp, default_file_mode(directory=True))  # mkdtemp makes 0700; keep mkdir's mode
-    try:
-        yield tmp
-        old = target.parent / f".{target.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old.exists():
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def save_checkpoint(model: nn.Module, dir: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Write ``model`` to the folder ``dir`` atomically.
 
@@ -782,7 +761,9 @@ def load(
 ) -> nn.Module:
     """Load a checkpoint written by :func:`save_checkpoint` (or a training folder's best).
 
-    Only JSON and safetensors are read: no code from the checkpoint runs. The model is
+    Only JSON and safetensors are read: no code from the checkpoint runs (a folder that
+    asks for custom code is refused first, see :func:`knot.encoders.check_no_remote_code`,
+    and nothing is unpickled). The model is
     returned in eval mode; ``model.metadata`` holds the stored metadata. A frozen-mode
     checkpoint gives a :class:`FrozenClassifier` using ``feature_cache``; its encoder is
     rebuilt (and its fingerprint checked) when it first encodes texts.
@@ -797,7 +778,7 @@ def load(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = resolve_checkpoint(dir)
+    path = check_no_remote_code(resolve_checkpoint(dir))
     cfg = _read_config(path)
     weights_file = path / WEIGHTS
     if not weights_file.is_file():

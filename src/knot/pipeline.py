@@ -72,6 +72,13 @@ def plan_stages(cfg: ExperimentConfig, layout: RunLayout, data_root: Path | None
     if not cfg.domains("transfer"):
         raise ValueError("data.domains: the config has no domain with role 'transfer'")
     has_global = bool(cfg.domains("global"))
+
+    def unprepared() -> Path | None:
+        # A teacher prepares the data itself when it is missing (--stages without prepare),
+        # from the data root passed here; once prepared (the prepare stage runs first when
+        # selected), None: no second check of the sources per teacher.
+        return None if layout.manifest.is_file() else data_root
+
     common = {"seed": cfg.seed, "device": cfg.device}
     stages: list[Stage] = [
         Stage(
@@ -94,7 +101,8 @@ def plan_stages(cfg: ExperimentConfig, layout: RunLayout, data_root: Path | None
                 "local",
                 {**_sections(cfg, "model", "local", "task"), **common, "domain": name},
                 ["prepare"],
-                (lambda n=name: train_teacher(cfg, layout, role="local", domain=n, resume=True)),
+                (lambda n=name: train_teacher(cfg, layout, role="local", domain=n, resume=True,
+                                              data_root=unprepared())),
                 (lambda n=name: has_checkpoint(layout.teacher(n))),
             )
         )
@@ -106,7 +114,7 @@ def plan_stages(cfg: ExperimentConfig, layout: RunLayout, data_root: Path | None
                 "global",
                 {**_sections(cfg, "model", "global_model", "task"), **common},
                 ["prepare"],
-                lambda: train_teacher(cfg, layout, role="global", resume=True),
+                lambda: train_teacher(cfg, layout, role="global", resume=True, data_root=unprepared()),
                 lambda: has_checkpoint(layout.global_model),
             )
         )
@@ -309,10 +317,11 @@ def run_pipeline(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", cfg.to_yaml())
     logs, layouts = {}, []
+    top = RunLayout(out)
     for seed in cfg.seeds:
         seed_cfg = dataclasses.replace(cfg, seed=seed, seeds=None)
         # frozen mode: the seeds read the same texts, so they share one feature cache
-        layout = RunLayout(out / f"seed-{seed}", features_dir=out / "features")
+        layout = top.seed_run(seed)
         log.info("=== seed %d -> %s", seed, layout.root)
         logs[f"seed-{seed}"] = _run_one_seed(seed_cfg, layout, data_root, groups, force)
         layouts.append(layout)

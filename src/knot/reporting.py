@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from knot.evaluation import kept_start_note, load_results, pick_baselines
+from knot.evaluation import environment_line, kept_start_note, load_results, pick_baselines
 from knot.layout import RunLayout
 from knot.run import RunModel
 from knot.metrics import GOLD_METRICS, GOLD_TITLES
@@ -31,8 +31,8 @@ from knot.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["aggregate_rows", "baselines_over_runs", "write_report", "format_cell", "per_set_table", "gold_table",
-           "plot_paired"]
+__all__ = ["aggregate_rows", "baselines_over_runs", "report_runs", "write_report", "format_cell", "per_set_table",
+           "gold_table", "plot_paired"]
 
 METRICS = ["accuracy", "macro_f1", "semantic_distance", "expected_cost"]
 TITLES = {
@@ -363,6 +363,31 @@ def gold_table(
             "|---|---|" + "---|" * len(keys), *body]
 
 
+def report_runs(run_dirs: Sequence[str | Path]) -> list[RunLayout]:
+    """The runs a report over ``run_dirs`` aggregates: each folder itself, or, for a
+    multi-seed run folder (``seed-<s>/`` inside, no ``results.json`` of its own), its seeds
+    that have results, as ``knot run`` aggregated them (unfinished seeds are logged and left
+    out)."""
+    layouts = []
+    for d in run_dirs:
+        layout = RunLayout(d)
+        seeds = [] if layout.results_json.is_file() else layout.seed_runs()
+        if not seeds:
+            layouts.append(layout)  # load_results says what is missing
+            continue
+        done = [s for s in seeds if s.results_json.is_file()]
+        if not done:
+            raise FileNotFoundError(
+                f"{layout.root}: no seed has results yet ({', '.join(s.root.name for s in seeds)}); "
+                f"finish them with `knot run CONFIG --out {layout.root}`"
+            )
+        for s in seeds:
+            if s not in done:
+                log.warning("%s: no results.json (unfinished seed), left out of the report", s.root)
+        layouts += done
+    return layouts
+
+
 def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = "knot run") -> Path:
     """Write ``report.md`` and ``plots/`` into ``out`` from the runs' ``results.json``.
 
@@ -450,7 +475,26 @@ def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = 
         lines.append("![training curves](plots/training_curves.png)")
     if n_runs > 1:
         lines += ["", "Runs: " + ", ".join(f"`{l.root}`" for l in layouts)]
+    lines += environment_lines(results)
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     log.info("report written to %s", report)
     return report
+
+
+def environment_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's environment lines: one when every run's ``environment`` is the same,
+    else one per distinct environment with the runs (1-based, in the order given) it covers.
+
+    >>> env = {"python": "3.11.9", "torch": "2.5.1", "torch_threads": 1}
+    >>> environment_lines([{"environment": env}, {"environment": env}])[1]
+    'Environment: knot –, Python 3.11.9, torch 2.5.1, numpy –, scipy –, transformers –; 1 torch thread(s).'
+    """
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(results, 1):
+        groups.setdefault(environment_line(r.get("environment")), []).append(i)
+    if len(groups) == 1:
+        return ["", f"Environment: {next(iter(groups))}."]
+    lines = ["", "Environment (differs between runs):", ""]
+    lines += [f"- run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}: {line}" for line, runs in groups.items()]
+    return lines

@@ -54,6 +54,7 @@ from knot.run import (  # noqa: F401 (run_teachers, transfer_domain, has_checkpo
     transfer_domain,
     transfer_hash,
 )
+from knot.errors import parse_finite
 from knot.utils import atomic_path, atomic_write_json, read_json, resolve_device, sha256_file
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,13 @@ class SoftLabels:
             if values is not None and len(values) != t:
                 raise ValueError(f"{source}: {name} has {len(values)} entries for {t} teachers")
         if self.teacher_sizes is not None:
-            self.teacher_sizes = [int(s) for s in self.teacher_sizes]
+            sizes = [parse_finite(s, f"{source}: teacher_sizes[{j}]") for j, s in enumerate(self.teacher_sizes)]
+            bad = [j for j, s in enumerate(sizes) if s < 0 or not s.is_integer()]
+            if bad:
+                raise ValueError(
+                    f"{source}: teacher_sizes[{bad[0]}]: expected a count >= 0, got {self.teacher_sizes[bad[0]]!r}"
+                )
+            self.teacher_sizes = [int(s) for s in sizes]
         if n == 0:
             return
         bad_finite = ~np.isfinite(p).all(axis=2)  # (N, T)
@@ -709,6 +716,12 @@ def load_bias(directory: str | Path, teacher_names: Sequence[str] | None = None)
         missing = [t for t in teacher_names if t not in data.get("distribution", {})]
         if missing:
             raise ValueError(f"{path}: no distribution bias for teacher(s) {missing}; rerun `knot bias`")
+    for key in ("distribution", "mean_probs"):
+        for name, values in (data.get(key) or {}).items():
+            if not isinstance(values, list):
+                raise ValueError(f"{path}: {key}.{name}: expected a list of probabilities, got {values!r}")
+            for k, v in enumerate(values):
+                parse_finite(v, f"{path}: {key}.{name}[{k}]")
     return data
 
 

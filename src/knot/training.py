@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,9 +36,9 @@ import numpy as np
 import torch
 
 from knot.metrics import evaluate_probs
-from knot.models import atomic_dir, save_checkpoint
+from knot.models import save_checkpoint
 from knot.progress import progress as progress_bar
-from knot.utils import atomic_write_text, read_json, set_seed, sha256_json
+from knot.utils import atomic_dir, atomic_write_text, read_json, set_seed, sha256_json
 
 __all__ = [
     "TrainResult",
@@ -314,10 +315,18 @@ def _load_last(out_dir: Path, model, optimizer, scheduler) -> dict:
         weights = load_file(str(last / "model.safetensors"))
     except Exception as exc:
         raise ValueError(f"{last / 'model.safetensors'}: corrupt resume weights ({exc})") from None
-    try:
-        trainer = torch.load(last / "trainer.pt", map_location="cpu", weights_only=True)
+    trainer_file = last / "trainer.pt"
+    try:  # weights_only: tensors and plain data only, never an arbitrary pickled object
+        trainer = torch.load(trainer_file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message is many lines and suggests weights_only=False: unsafe here
+        raise ValueError(
+            f"{trainer_file}: refused: holds more than tensors and plain data (knot never "
+            f"unpickles other objects; delete {last} to train from the start)"
+        ) from None
     except Exception as exc:
-        raise ValueError(f"{last / 'trainer.pt'}: corrupt resume state ({exc})") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{trainer_file}: corrupt resume state ({reason})") from None
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -1,9 +1,13 @@
 """Small shared helpers: atomic writes, hashing, seeding, device choice.
 
 Everything that writes a file in knot goes through :func:`atomic_write_text`,
-:func:`atomic_write_json` or :func:`atomic_path`, so an interrupted run never leaves a
-half-written artefact behind: data is written to a temporary file in the same folder
-and renamed over the target.
+:func:`atomic_write_json`, :func:`atomic_path` or :func:`atomic_dir`, so an interrupted
+run never leaves a half-written artefact behind: data is written to a temporary file (or
+folder) beside the target and renamed over it. A failed write (a full disk, ...) removes
+the temporary and raises :class:`knot.errors.WriteError`, one line naming the target. What
+they write gets the modes ``open()``/``mkdir()`` would give under the umask
+(:func:`follow_umask`), whatever the writer inside did (``tempfile`` and safetensors
+create 0600 files).
 """
 
 from __future__ import annotations
@@ -13,12 +17,18 @@ import hashlib
 import json
 import os
 import random
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from knot.errors import WriteError
+
 __all__ = [
     "atomic_path",
+    "atomic_dir",
+    "follow_umask",
     "atomic_write_text",
     "atomic_write_json",
     "read_json",
@@ -30,9 +40,29 @@ __all__ = [
 ]
 
 
+def _write_error(target: Path, exc: Exception) -> WriteError | None:
+    """``exc`` as a :class:`WriteError` naming ``target``; None when it is no I/O error.
+
+    safetensors reports a full disk as ``SafetensorError: Error while serializing:
+    IoError(Os { code: 28, ... })``, not as an ``OSError``: its code is read back.
+    """
+    if isinstance(exc, OSError):
+        return WriteError(exc.errno, exc.strerror or str(exc), str(target))
+    found = re.search(r"IoError\(Os \{ code: (\d+)", str(exc))
+    if type(exc).__name__ == "SafetensorError" and found:
+        code = int(found.group(1))
+        return WriteError(code, os.strerror(code), str(target))
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it over ``target`` on success.
+
+    The file gets the mode ``open()`` would give (:func:`follow_umask`). On any error the
+    temporary is removed and ``target`` is untouched; an I/O error (a full disk, ...:
+    an ``OSError``, or safetensors' report of one) becomes a
+    :class:`~knot.errors.WriteError` naming ``target``.
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -42,17 +72,81 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     'hello'
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _write_error(target, exc) from None
     tmp = Path(name)
-    os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; keep what open() would give
     try:
         yield tmp
+        follow_umask(tmp)
         os.replace(tmp, target)
+    except Exception as exc:
+        error = _write_error(target, exc)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target``.
+
+    Everything in it gets the modes ``open()``/``mkdir()`` would give
+    (:func:`follow_umask`). On an exception the temporary folder is removed and
+    ``target`` is untouched (an I/O error becomes a :class:`~knot.errors.WriteError`
+    naming ``target``). If the process dies between the two renames, the previous folder
+    survives as ``.<name>.old`` beside ``target``.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise _write_error(target, exc) from None
+    try:
+        yield tmp
+        follow_umask(tmp)
+        old = target.parent / f".{target.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+    except Exception as exc:
+        error = _write_error(target, exc)
+        if error is None:
+            raise
+        raise error from None
     finally:
         if tmp.exists():
-            tmp.unlink()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the mode ``open()`` or
+    ``mkdir()`` would have given it under the current umask (:func:`default_file_mode`).
+
+    The one place knot sets modes: ``tempfile`` makes 0600 files and 0700 folders, and
+    writers such as safetensors' ``save_file`` create their file afresh (0600), so the
+    atomic writers call this on what was written before renaming it into place.
+    """
+    path = Path(path)
+    file_mode, dir_mode = default_file_mode(), default_file_mode(directory=True)
+    if not path.is_dir():
+        os.chmod(path, file_mode)
+        return
+    for root, dirs, files in os.walk(path):
+        os.chmod(root, dir_mode)
+        for name in files:
+            os.chmod(os.path.join(root, name), file_mode)
 
 
 def _umask() -> int:
@@ -65,8 +159,9 @@ def default_file_mode(directory: bool = False) -> int:
     """The mode ``open()`` (``directory=False``) or ``mkdir()`` would give a new file or
     folder under the current umask: 0o666 or 0o777 minus the umask.
 
-    ``tempfile`` creates private files (0600) and folders (0700); atomic writes chmod their
-    temporary to this mode so that results stay as readable as an ordinary write makes them.
+    ``tempfile`` creates private files (0600) and folders (0700); the atomic writers give
+    what they wrote this mode (:func:`follow_umask`) so that results stay as readable as an
+    ordinary write makes them.
     """
     return (0o777 if directory else 0o666) & ~_umask()
 

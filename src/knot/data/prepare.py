@@ -17,9 +17,15 @@ For each domain, in order:
 2. keep one part if the domain has a ``partition`` (whole dialogues, seeded, stratified);
 3. map raw labels to task labels (:mod:`knot.data.labels`), counting per source file
    how many rows each raw label had and how many were dropped or unmapped;
+   then, with ``data.dedup`` (the default), keep only the first copy of each exact
+   duplicate text, counting the copies dropped and those whose label differed;
 4. split: per-file official splits, or seeded stratified ``data.split_ratios`` by
    dialogue (:mod:`knot.data.splits`); then the optional ``max_*`` subsets;
 5. check that no split is empty and every required label is in every split.
+
+Last, texts that two domains share (a transfer text also in a teacher's test set, ...)
+are counted per pair of domains and splits, recorded in the manifest
+(``cross_domain_duplicates``) and logged as a warning; they are not dropped.
 """
 
 from __future__ import annotations
@@ -39,7 +45,14 @@ from knot.data.context import add_context
 from knot.data.example import Example
 from knot.data.labels import LabelMapper
 from knot.data.readers import SPLITS, Record, read_source, source_files, validate_source
-from knot.data.splits import assign_splits, derive_rng, partition, stratified_subsample
+from knot.data.splits import (
+    assign_splits,
+    derive_rng,
+    first_occurrences,
+    partition,
+    shared_texts,
+    stratified_subsample,
+)
 from knot.geometry import LabelGeometry
 from knot.layout import RunLayout
 from knot.progress import progress
@@ -58,8 +71,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Bumped when the meaning of prepared files changes, so old ones are redone.
-DATA_FORMAT = 1
+#: Bumped when the meaning of prepared files changes, so old ones are redone
+#: (2: exact duplicate texts dropped within a domain, see ``data.dedup``).
+DATA_FORMAT = 2
 
 NOT_PREPARED = "run `knot data prepare CONFIG` first"
 
@@ -114,6 +128,7 @@ def _config_hash(cfg: ExperimentConfig, specs: list[list[dict]], labels: list[st
             "split_ratios": d.split_ratios,
             "context_turns": d.context_turns,
             "context_separator": d.context_separator,
+            "dedup": d.dedup,
             "labels": labels,
             "domains": domains,
         }
@@ -232,8 +247,10 @@ def prepare_data(
         The manifest (also in ``layout.data / "manifest.json"``): ``domains[name]`` has
         ``role``, ``split`` (the method used), ``counts`` ``{split: n}``,
         ``label_counts`` ``{split: {label: n}}``, ``groups`` ``{split: dialogues}``,
-        ``files`` and per source file ``read`` (rows, raw label counts, ``dropped`` and
-        ``unmapped`` per raw label).
+        ``files``, per source file ``read`` (rows, raw label counts, ``dropped`` and
+        ``unmapped`` per raw label) and ``duplicates`` (``found`` exact duplicate texts,
+        how many were ``dropped``, ``label_conflicts``); ``cross_domain_duplicates``
+        lists the texts each pair of domains shares, per pair of splits.
 
     Raises
     ------
@@ -281,10 +298,12 @@ def run_prepare(
 
     cache: dict[str, tuple[list[Record], dict]] = {}
     domains: dict[str, dict] = {}
+    texts: dict[str, dict[str, set[str]]] = {}
     with progress(total=len(cfg.data.domains), desc="prepare data", unit="domain") as bar:
         for i, (dom, dspecs) in enumerate(zip(cfg.data.domains, specs)):
-            domains[dom.name] = _prepare_domain(cfg, i, dom, dspecs, labels, resolve, cache, data_dir)
+            domains[dom.name] = _prepare_domain(cfg, i, dom, dspecs, labels, resolve, cache, data_dir, texts)
             bar.update()
+    across = _cross_domain_duplicates(texts)
 
     for name in (old or {}).get("domains", {}):
         if name not in domains:
@@ -297,6 +316,7 @@ def run_prepare(
         "split_ratios": cfg.data.split_ratios,
         "context_turns": cfg.data.context_turns,
         "context_separator": cfg.data.context_separator,
+        "dedup": cfg.data.dedup,
         "labels": labels,
         "config_hash": config_hash,
         "data_hash": sha256_json(
@@ -304,10 +324,34 @@ def run_prepare(
         ),
         "sources": sources,
         "domains": domains,
+        "cross_domain_duplicates": across,
     }
     atomic_write_json(layout.manifest, manifest)
     log.info("wrote %s", layout.manifest)
     return manifest, reasons
+
+
+def _cross_domain_duplicates(texts: dict[str, dict[str, set[str]]]) -> list[dict]:
+    """Texts each pair of domains shares (in config order), as manifest entries; a warning
+    is logged for each pair that shares any.
+
+    >>> _cross_domain_duplicates({"a": {"train": {"x"}, "test": {"y"}}, "b": {"test": {"x", "z"}}})
+    [{'domains': ['a', 'b'], 'texts': 1, 'splits': {'a/train & b/test': 1}}]
+    """
+    out = []
+    names = list(texts)
+    for k, a in enumerate(names):
+        for b in names[k + 1:]:
+            n, pairs = shared_texts(texts[a], texts[b])
+            if not n:
+                continue
+            splits = {f"{a}/{sa} & {b}/{sb}": m for (sa, sb), m in pairs.items()}
+            out.append({"domains": [a, b], "texts": n, "splits": splits})
+            log.warning(
+                "domains %r and %r share %d text(s) (%s); they are kept in both",
+                a, b, n, ", ".join(f"{k_}: {m}" for k_, m in splits.items()),
+            )
+    return out
 
 
 def _normalised(weights: tuple[float, ...] | None) -> list[float] | None:
@@ -345,6 +389,7 @@ def _prepare_domain(
     resolve: Callable[[str], Path],
     cache: dict,
     data_dir: Path,
+    texts: dict[str, dict[str, set[str]]],
 ) -> dict:
     data = cfg.data
     where = f"domain {dom.name!r}"
@@ -405,6 +450,19 @@ def _prepare_domain(
                 f"{resolve(dspecs[j]['path'])}:{rec.line}: gold distribution has {len(rec.gold)} "
                 f"weights, the task has {len(labels)} labels ({', '.join(labels)})"
             )
+
+    # duplicates: the first copy of each text stays (so no text is in two splits)
+    keep, conflicts = first_occurrences([rec.text for rec, _, _ in kept], [lab for _, _, lab in kept])
+    duplicates = {"found": len(kept) - len(keep), "dropped": 0, "label_conflicts": conflicts}
+    if duplicates["found"]:
+        if data.dedup:
+            kept = [kept[k] for k in keep]
+            duplicates["dropped"] = duplicates["found"]
+            log.info("%s: dropped %d duplicate text(s) (%d with another label than the copy kept)",
+                     where, duplicates["found"], conflicts)
+        else:
+            log.warning("%s: %d duplicate text(s) kept (data.dedup is false): a text may be in two splits",
+                        where, duplicates["found"])
 
     # 4. split
     method = dom.split
@@ -485,6 +543,7 @@ def _prepare_domain(
         keys_sorted = order + sorted((k for k in c if k not in order), key=lambda k: (k is None, str(k)))
         label_counts[s] = {str(k): c.get(k, 0) for k in keys_sorted if labelled or k is None}
         groups[s] = len({rec.group for rec, _, _ in items if rec.group is not None})
+    texts[dom.name] = {s: {rec.text for rec, _, _ in by_split[s]} for s in SPLITS}
     log.info("%s: %s", dom.name, ", ".join(f"{s} {counts[s]}" for s in SPLITS))
     return {
         "role": dom.role,
@@ -495,6 +554,7 @@ def _prepare_domain(
         "label_counts": label_counts,
         "groups": groups,
         "subsampled_from": subsampled,
+        "duplicates": duplicates,
         "gold": gold,
         "files": files,
         "read": read_stats,
@@ -617,4 +677,16 @@ def format_summary(manifest: dict) -> str:
                 notes.append(f"  {name}  {src}: {'; '.join(parts)}")
     if notes:
         lines += ["", "dropped by the label map:", *notes]
+    dups = []
+    for name, dom in manifest["domains"].items():
+        d = dom.get("duplicates") or {}
+        if d.get("found"):
+            verb = "dropped" if d.get("dropped") else "kept (data.dedup: false)"
+            dups.append(f"  {name}: {d['found']} {verb}, {d.get('label_conflicts', 0)} with another label")
+    for entry in manifest.get("cross_domain_duplicates") or []:
+        a, b = entry["domains"]
+        where = ", ".join(f"{k} {n}" for k, n in entry["splits"].items())
+        dups.append(f"  {a} & {b}: {entry['texts']} shared text(s) ({where})")
+    if dups:
+        lines += ["", "duplicate texts:", *dups]
     return "\n".join(lines)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from knot.errors import ConfigError
+from knot.errors import ConfigError, parse_finite
 
 __all__ = [
     "Record",
@@ -60,6 +60,7 @@ __all__ = [
     "source_files",
     "read_source",
     "parse_gold",
+    "parse_finite",
     "vader_bin",
     "VADER_EDGES",
 ]
@@ -218,12 +219,18 @@ def iter_csv(
 # ---------------------------------------------------------------------------
 
 
-def _label_str(value: Any) -> str | None:
-    """Raw label -> string: ``5`` and ``5.0`` -> ``"5"``; strings are stripped."""
+def _label_str(value: Any, where: str) -> str | None:
+    """Raw label -> string: ``5`` and ``5.0`` -> ``"5"``; strings are stripped.
+
+    A numeric label (a JSON star rating) must be finite: ``NaN``, ``Infinity`` and
+    ``1e999`` in a JSON file are an error naming ``where``.
+    """
     if value is None:
         return None
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, float):
+        parse_finite(value, where)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
@@ -243,11 +250,8 @@ def _text(value: Any, path: Path, lineno: int, key: str) -> str:
     return value.strip()
 
 
-def _number(value: str, path: Path, lineno: int, key: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}:{lineno}: column {key!r}: expected a number, got {value!r}") from None
+def _number(value: Any, path: Path, lineno: int, key: str) -> float:
+    return parse_finite(value, f"{path}:{lineno}: column {key!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -331,11 +335,11 @@ def read_amazon(path: Path, opts: dict, resolve: Callable[[str], Path], stats: d
         if "review_body" in obj or "stars" in obj:
             body = _text(_field(obj, "review_body", path, lineno), path, lineno, "review_body")
             title = _text(obj.get("review_title"), path, lineno, "review_title")
-            label = _label_str(_field(obj, "stars", path, lineno))
+            label = _label_str(_field(obj, "stars", path, lineno), f"{path}:{lineno}: field 'stars'")
         elif "reviewText" in obj or "overall" in obj:
             body = _text(obj.get("reviewText"), path, lineno, "reviewText")
             title = _text(obj.get("summary"), path, lineno, "summary")
-            label = _label_str(_field(obj, "overall", path, lineno))
+            label = _label_str(_field(obj, "overall", path, lineno), f"{path}:{lineno}: field 'overall'")
         else:
             raise ValueError(
                 f"{path}:{lineno}: not an Amazon review: expected MARC fields (review_body, "
@@ -367,7 +371,8 @@ def _csv_dialogue(
     for lineno, row in iter_csv(path, require=require):
         gid = group_fmt([row[c].strip() for c in group_cols])
         order = _number(row[order_col], path, lineno, order_col) if order_col else float(lineno)
-        yield Record(row[text_col].strip(), _label_str(row[label_col]), gid, lineno, order)
+        label = _label_str(row[label_col], f"{path}:{lineno}: column {label_col!r}")
+        yield Record(row[text_col].strip(), label, gid, lineno, order)
 
 
 @_register("meld", options={"label_column": ((str,), "Emotion")}, dialogue=True)
@@ -628,16 +633,15 @@ def parse_gold(value: Any, path: Path, lineno: int, key: str) -> tuple[float, ..
     if not isinstance(items, (list, tuple)) or not items:
         raise ValueError(f"{where}: expected a list of per-class weights, got {value!r}")
     out = []
-    for t in items:
-        try:
-            x = float(t)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: {t!r} is not a number") from None
-        if not math.isfinite(x) or x < 0:
-            raise ValueError(f"{where}: weight {t!r} is negative or not finite")
+    for k, t in enumerate(items):
+        x = parse_finite(t, f"{where}: weight {k}")
+        if x < 0:
+            raise ValueError(f"{where}: weight {t!r} is negative")
         out.append(x)
     if not any(out):
         raise ValueError(f"{where}: gold distribution is all zero")
+    if not math.isfinite(sum(out)):
+        raise ValueError(f"{where}: weights too large (their sum overflows)")
     return tuple(out)
 
 
@@ -668,7 +672,7 @@ def _generic_record(row: dict, opts: dict, path: Path, lineno: int) -> Record:
     raw_text = row[opts["text"]]
     text = _text(raw_text if raw_text is None or isinstance(raw_text, str) else str(raw_text),
                  path, lineno, opts["text"])
-    label = _label_str(row[opts["label"]]) if opts["label"] else None
+    label = _label_str(row[opts["label"]], f"{path}:{lineno}: field {opts['label']!r}") if opts["label"] else None
     group = str(row[opts["group"]]).strip() if opts["group"] else None
     order = _number(row[opts["order"]], path, lineno, opts["order"]) if opts["order"] else float(lineno)
     gold = parse_gold(row[opts["gold"]], path, lineno, opts["gold"]) if opts["gold"] else None
@@ -751,8 +755,11 @@ def validate_source(spec: Any, where: str = "source") -> dict:
                 )
             out["ratings"] = out["path"].replace("GroundTruth", "anonDataRatings")
         edges = out["edges"]
-        if (len(edges) < 1 or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in edges)
-                or list(edges) != sorted(edges)):
+        if len(edges) < 1 or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in edges):
+            raise ConfigError(f"{where}.edges: expected increasing bin edges, got {edges!r}")
+        for k, e in enumerate(edges):
+            parse_finite(e, f"{where}.edges[{k}]", error=ConfigError)
+        if list(edges) != sorted(edges):
             raise ConfigError(f"{where}.edges: expected increasing bin edges, got {edges!r}")
     if out["context"] is None:
         out["context"] = info.dialogue

@@ -14,6 +14,9 @@ touch files.
 * :func:`partition` cuts a corpus into equal parts the same way (DailyDialog into four
   domains); :func:`stratified_subsample` takes a seeded subset with the class
   proportions kept.
+* :func:`first_occurrences` finds exact duplicate texts (dropped before splitting, so one
+  text is never in two splits) and :func:`shared_texts` counts the texts two domains'
+  splits have in common.
 
 Randomness comes from :func:`derive_rng`, which turns ``(seed, tag, ...)`` into an
 independent NumPy generator, so the partition, the split and each subset use different
@@ -36,6 +39,8 @@ __all__ = [
     "assign_splits",
     "partition",
     "stratified_subsample",
+    "first_occurrences",
+    "shared_texts",
 ]
 
 _EPS = 1e-9
@@ -296,3 +301,42 @@ def stratified_subsample(labels: Sequence[Hashable], n: int, rng: np.random.Gene
         if alloc[c] > 0
     ]
     return np.sort(np.concatenate(chosen)) if chosen else np.arange(0)
+
+
+def first_occurrences(texts: Sequence[str], labels: Sequence[Hashable]) -> tuple[list[int], int]:
+    """Indices of the first occurrence of each distinct text, and the label conflicts.
+
+    Returns ``(keep, conflicts)``: ``keep`` lists, in order, the index of every text's
+    first occurrence; ``conflicts`` counts the later occurrences (dropped) whose label
+    differs from the kept one's.
+
+    >>> first_occurrences(["a", "b", "a", "a", "c"], [1, 2, 1, 3, 2])
+    ([0, 1, 4], 1)
+    """
+    first: dict[str, int] = {}
+    keep, conflicts = [], 0
+    for i, text in enumerate(texts):
+        j = first.setdefault(text, i)
+        if j == i:
+            keep.append(i)
+        elif labels[j] != labels[i]:
+            conflicts += 1
+    return keep, conflicts
+
+
+def shared_texts(a: dict[str, set[str]], b: dict[str, set[str]]) -> tuple[int, dict[tuple[str, str], int]]:
+    """Texts two domains share: the number of distinct shared texts and, per pair of
+    splits ``(split of a, split of b)``, how many (only pairs that share any).
+
+    >>> shared_texts({"train": {"x", "y"}, "test": {"z"}}, {"train": {"y", "z"}})
+    (2, {('train', 'train'): 1, ('test', 'train'): 1})
+    """
+    all_a = set().union(*a.values()) if a else set()
+    all_b = set().union(*b.values()) if b else set()
+    pairs = {}
+    for sa, ta in a.items():
+        for sb, tb in b.items():
+            n = len(ta & tb)
+            if n:
+                pairs[(sa, sb)] = n
+    return len(all_a & all_b), pairs

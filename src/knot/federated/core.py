@@ -13,7 +13,9 @@ data or parameters. One round goes like this:
    training examples, soft labels ``(N, K)`` float32 for each transfer split, its
    distribution bias ``(K,)`` and metrics. Never parameters, never texts;
 3. the server (:func:`run_round`) checks every reply (:func:`validate_reply`): a reply
-   with the wrong shape, NaN or rows not summing to 1 is excluded and named in the log,
+   with the wrong shape, NaN or rows not summing to 1, or a number of private examples
+   above ``federated.max_client_examples`` or other than the operator declared
+   (``federated.client_examples``), is excluded and named in the log,
    a client that does not answer before the timeout is skipped, and the round fails
    with :class:`FederatedError` only when fewer than ``federated.min_clients`` valid
    replies arrive;
@@ -28,7 +30,8 @@ Nothing here imports Flower. The transport is a small protocol (:class:`Transpor
 Files in the run directory besides the usual stage outputs::
 
     RUN/federated/status.json     running | ok | failed, with the error
-    RUN/federated/round-1.json    who answered, who was excluded or silent and why
+    RUN/federated/round-1.json    who answered, who was excluded or silent and why, the
+                                  clients' checked sizes and the teacher weights used
 """
 
 from __future__ import annotations
@@ -44,11 +47,11 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from knot.config import ExperimentConfig
+from knot.config import MAX_CLIENT_EXAMPLES, ExperimentConfig
 from knot.data import load_split, prepare_data, read_manifest
 from knot.data.prepare import run_prepare
 from knot.features import encoding_delta, encoding_stats, run_feature_cache
-from knot.distill import distill
+from knot.distill import distill, method_weights
 from knot.evaluation import evaluate_run
 from knot.layout import RunLayout
 from knot.metrics import evaluate_probs
@@ -56,10 +59,12 @@ from knot.models import checkpoint_hash, load
 from knot.run import require_checkpoint, run_teachers, teacher_size, transfer_domain, transfer_hash
 from knot.soft_labels import (
     SUM_TOL,
+    SoftLabels,
     TeacherOutput,
     add_bias,
     assemble_soft_labels,
     bias_record,
+    load_bias,
     predict_probs,
     teacher_bias,
     texts_hash,
@@ -82,6 +87,7 @@ __all__ = [
     "validate_reply",
     "run_round",
     "write_soft_labels",
+    "teacher_weight_record",
     "run_server",
     "local_handlers",
     "run_in_process",
@@ -393,7 +399,9 @@ def make_request(cfg, layout, round: int = 1) -> TeacherRequest:
         texts_sha256=hashes,
         data_hash=transfer_hash(manifest, transfer.name),
     )
-    return TeacherRequest(round=round, config=cfg.to_dict(), transfer=ref)
+    config = cfg.to_dict()
+    config["federated"].pop("client_examples", None)  # the operator's declared sizes stay on the server
+    return TeacherRequest(round=round, config=config, transfer=ref)
 
 
 def _check_distribution(a: Any, shape: tuple[int, ...], what: str) -> tuple[np.ndarray | None, str | None]:
@@ -423,13 +431,22 @@ def _check_distribution(a: Any, shape: tuple[int, ...], what: str) -> tuple[np.n
     return a, None
 
 
-def validate_reply(reply: Any, request: TeacherRequest, num_labels: int) -> str | None:
+def validate_reply(
+    reply: Any,
+    request: TeacherRequest,
+    num_labels: int,
+    *,
+    max_examples: int = MAX_CLIENT_EXAMPLES,
+    declared: Mapping[str, int] | None = None,
+) -> str | None:
     """Why ``reply`` cannot be used for ``request``, or None when it is valid.
 
     Checks the protocol, the client id (a local domain of the request's config), the
-    number of private examples, one ``(N_split, K)`` float array per requested split with
-    finite, non-negative rows summing to 1 (:data:`knot.soft_labels.SUM_TOL`), and the
-    distribution bias (``(K,)`` each).
+    number of private examples (an integer from 1 to ``max_examples``, and equal to
+    ``declared[client_id]`` when the operator declared that client's size), one
+    ``(N_split, K)`` float array per requested split with finite, non-negative rows
+    summing to 1 (:data:`knot.soft_labels.SUM_TOL`), and the distribution bias (``(K,)``
+    each).
 
     >>> ref = TransferRef("t", ["train"], [2], ["h"])
     >>> cfg = {"data": {"domains": [{"name": "a", "sources": [{"reader": "jsonl", "path": "a"}]}]}}
@@ -440,6 +457,10 @@ def validate_reply(reply: Any, request: TeacherRequest, num_labels: int) -> str 
     True
     >>> validate_reply(TeacherReply("a", 10, {"train": good * 2}, bias=bias), req, 2)
     "soft labels 'train': 2 row(s) do not sum to 1 (tolerance 0.001; first: row 0 sums to 2)"
+    >>> validate_reply(TeacherReply("a", 10**12, {"train": good}, bias=bias), req, 2)
+    'claims 1000000000000 private examples, above federated.max_client_examples (10000000)'
+    >>> validate_reply(TeacherReply("a", 10, {"train": good}, bias=bias), req, 2, declared={"a": 12})
+    'claims 10 private examples, federated.client_examples declares 12 for client a'
     """
     if not isinstance(reply, TeacherReply):
         return f"not a teacher reply ({type(reply).__name__})"
@@ -451,6 +472,11 @@ def validate_reply(reply: Any, request: TeacherRequest, num_labels: int) -> str 
     n = reply.num_examples
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         return f"number of private examples {n!r}, expected a positive integer"
+    if n > max_examples:
+        return f"claims {n} private examples, above federated.max_client_examples ({max_examples})"
+    if declared and reply.client_id in declared and n != declared[reply.client_id]:
+        return (f"claims {n} private examples, federated.client_examples declares "
+                f"{declared[reply.client_id]} for client {reply.client_id}")
     splits = list(request.transfer.splits)
     got = list(reply.soft_labels) if isinstance(reply.soft_labels, Mapping) else None
     if got is None or sorted(got) != sorted(splits):
@@ -489,7 +515,16 @@ class RoundResult:
     seconds: float
     node_of: dict[str, str] = field(default_factory=dict)
 
+    def size_weights(self) -> dict[str, float]:
+        """Each valid client's share of the clients' size weight (its checked number of
+        private examples over their sum): what ``size`` teacher weights give the clients
+        relative to one another."""
+        sizes = {cid: int(r.num_examples) for cid, r in self.valid.items()}
+        total = sum(sizes.values())
+        return {cid: n / total for cid, n in sizes.items()} if total else {}
+
     def to_dict(self) -> dict[str, Any]:
+        shares = self.size_weights()
         return {
             "round": self.round,
             "nodes": self.nodes,
@@ -497,6 +532,7 @@ class RoundResult:
                 cid: {
                     "node": self.node_of.get(cid),
                     "num_examples": int(r.num_examples),
+                    "size_weight": round(shares[cid], 6),
                     "checkpoint_sha256": r.checkpoint_sha256,
                     "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.metrics.items()},
                 }
@@ -527,6 +563,8 @@ def run_round(
     num_labels: int,
     min_clients: int,
     timeout: float | None = None,
+    max_examples: int = MAX_CLIENT_EXAMPLES,
+    declared: Mapping[str, int] | None = None,
 ) -> RoundResult:
     """Send the request, keep the valid replies, name the rest, enforce ``min_clients``.
 
@@ -542,6 +580,10 @@ def run_round(
         Fewest valid replies for the round to succeed.
     timeout : float, optional
         Seconds to wait for the replies (None: no limit).
+    max_examples, declared
+        Bound on, and operator-declared values of, the clients' numbers of private
+        examples (``federated.max_client_examples``, ``federated.client_examples``); see
+        :func:`validate_reply`.
 
     Returns
     -------
@@ -569,7 +611,7 @@ def run_round(
         if isinstance(answer, BaseException):
             reason = f"client failed: {answer}"
         else:
-            reason = validate_reply(answer, request, num_labels)
+            reason = validate_reply(answer, request, num_labels, max_examples=max_examples, declared=declared)
             if reason is None and client in valid:
                 reason = f"duplicate client id {client!r} (already answered by node {node_of[client]})"
         if reason is not None:
@@ -662,6 +704,22 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
     return summary
 
 
+def teacher_weight_record(cfg, layout) -> dict[str, dict[str, float]]:
+    """The teacher weights each distillation method of ``cfg`` uses on the transfer train
+    split (:func:`knot.distill.method_weights`), as ``{method: {teacher: weight}}``; for
+    per-example (``bias``) weights, their mean over the examples."""
+    sl = SoftLabels.load(layout.soft_labels, "train")
+    methods = cfg.distill.methods
+    bias = load_bias(layout.soft_labels, sl.teacher_names) if any(m.weights == "bias" for m in methods) else None
+    global_name = next((r.name for r in run_teachers(cfg, layout) if r.kind == "global"), None)
+    out = {}
+    for m in methods:
+        w = np.asarray(method_weights(m, sl, bias, global_name), dtype=np.float64)  # (T,) or (N, T)
+        w = w.reshape(-1, len(sl.teacher_names)).mean(axis=0)
+        out[m.name] = {t: round(float(x), 6) for t, x in zip(sl.teacher_names, w)}
+    return out
+
+
 def _effective_config(cfg, kept: Sequence[str]):
     """``cfg`` with only the local domains in ``kept``; explicit teacher weights follow."""
     locals_ = [d.name for d in cfg.domains("local")]
@@ -750,6 +808,12 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
             raise ValueError(
                 f"federated.min_clients: {min_clients} but the config has only {len(locals_)} local domain(s)"
             )
+        declared = dict(fed.client_examples or {})
+        unknown = [name for name in declared if name not in locals_]
+        if unknown:
+            raise ValueError(
+                f"federated.client_examples: {', '.join(map(repr, unknown))} not a local domain ({', '.join(locals_)})"
+            )
         atomic_write_text(layout.config, cfg.to_yaml())
         server_cfg = cfg if fed.evaluate_local else _only_domains(cfg, lambda d: d.role != "local")
         prepare_data(server_cfg, layout, data_root)
@@ -757,17 +821,20 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
         geometry = task_geometry(cfg)
         result = run_round(
             request, transport, local_domains=locals_, num_labels=geometry.num_labels,
-            min_clients=min_clients, timeout=fed.timeout,
+            min_clients=min_clients, timeout=fed.timeout, max_examples=fed.max_client_examples, declared=declared,
         )
         record = {"format": ROUND_FORMAT, "transfer": request.transfer.to_dict(),
                   "config_sha256": sha256_json(request.config), "min_clients": min_clients,
-                  "timeout": fed.timeout, **result.to_dict()}
+                  "timeout": fed.timeout, "max_client_examples": fed.max_client_examples,
+                  "client_examples": declared, **result.to_dict()}
         atomic_write_json(layout.federated_round(round), record)
 
         eff = _effective_config(cfg, list(result.valid))
         if cfg.domains("global"):
             train_teacher(server_cfg, layout, role="global")
         soft = write_soft_labels(eff, layout, request, result.valid)
+        weights = teacher_weight_record(eff, layout)
+        atomic_write_json(layout.federated_round(round), record | {"teacher_weights": weights})
         students = distill(eff, layout)
         eval_cfg = eff if fed.evaluate_local else _only_domains(eff, lambda d: d.role != "local")
         results = evaluate_run(eval_cfg, layout)
@@ -777,6 +844,7 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
     _write_status(
         layout, "ok", error=None, clients=list(result.valid),
         excluded=[e["client"] or e["node"] for e in result.excluded], silent=result.silent,
+        size_weights={cid: c["size_weight"] for cid, c in record["clients"].items()}, teacher_weights=weights,
     )
     return {"round": result.to_dict(), "soft_labels": soft, "distill": students, "results": results}
 

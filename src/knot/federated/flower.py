@@ -61,6 +61,7 @@ from knot.federated.core import (
     run_server,
 )
 from knot.layout import RunLayout
+from knot.locking import run_lock
 
 __all__ = [
     "MESSAGE_TYPE",
@@ -290,7 +291,10 @@ def make_server_app(
         expected = expected_clients if expected_clients is not None else len(config.domains("local"))
         transport = FlowerTransport(grid, expected=expected,
                                     connect_timeout=config.federated.connect_timeout)
-        run_server(config, RunLayout(Path(run_dir)), transport, data_root=root)
+        # the run folder's lock, for the server's whole life (re-entrant: in the simulation
+        # `knot federated run` holds it already in this process)
+        with run_lock(run_dir):
+            run_server(config, RunLayout(Path(run_dir)), transport, data_root=root)
 
     return app
 
