@@ -151,3 +151,23 @@ def test_bad_learned_specs(spec, match):
 def test_a_label_called_learned_is_still_a_coordinate():
     assert parse_learned_spec({"learned": [0.0], "other": [1.0]}) is None
     assert LabelGeometry.from_spec({"learned": [0.0], "other": [1.0]}).labels == ["learned", "other"]
+
+
+def test_the_report_shows_a_students_learned_cost(tmp_path):
+    from knot.config import DistillMethod
+    from knot.distill import _save_loss_geometry
+    from knot.layout import RunLayout
+    from knot.reporting import learned_cost_tables
+
+    layout = RunLayout(tmp_path / "run")
+    spec = {"learned": "head", "kappa": 2.0}
+    g = LabelGeometry.learned(["x", "y"], spec, head_rows=[[1.0, 0.0], [0.0, 1.0]])
+    for name, geometry, method_spec in (("wkd", g, spec), ("ot", LabelGeometry.preset("uniform", labels=["x", "y"]), None)):
+        layout.student(name).mkdir(parents=True)
+        _save_loss_geometry(DistillMethod(name=name, geometry=method_spec), geometry, "uniform", layout.student(name))
+    models = [{"kind": "student", "name": "wkd"}, {"kind": "student", "name": "ot"}, {"kind": "teacher", "name": "t"}]
+    lines = learned_cost_tables(layout, models)
+    text = "\n".join(lines)
+    assert "Student `wkd`: learned loss cost (learned head, kappa 2.0" in text and "`ot`" not in text
+    assert f"| x | 0.000 | {1 - math.exp(-2.0):.3f} |" in lines
+    assert learned_cost_tables(layout, models[1:]) == []
