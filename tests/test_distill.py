@@ -392,3 +392,16 @@ def test_newer_method_options_round_trip():
                       geometry={"learned": "head", "kappa": 3})
     assert DistillMethod.from_dict(m.to_dict()) == m
     assert {"sharpen", "schedule"}.isdisjoint(DistillMethod().to_dict())  # unset: the stage hash is unchanged
+
+
+def test_readme_examples_of_the_newer_methods_are_valid_methods():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    section = readme.read_text(encoding="utf-8").split("### Newer distillation methods", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    methods = [DistillMethod.from_dict(m) for block in blocks for m in yaml.safe_load(block)]
+    assert {m.loss for m in methods} == {"ot", "ot_kl", "kl", "sord", "uld"} and len(methods) == 6
