@@ -19,10 +19,17 @@ default) it measures the loss's share of a whole distillation step of a BERT-tin
 Synthetic data: student logits ~ N(0, 1); teachers are peaked soft labels
 softmax(3 z + 3 e_y) with a random class y per teacher and example.
 
+The newer losses of issue 21 (``ot_kl``, ``sord``, ``uld``, the sharpened ``kl`` mixture,
+``ot`` under a learned non-metric cost, and the Sinkhorn-smoothed ``ot`` with ``rel_eps``
+0.1 as the study ran it) are timed against the exact ``ot`` loss on the same geometry at
+B = 1024, K = 5 and K = 28, interleaved, and their ratios printed side by side (target: at
+most 2x; ``--only-new`` runs just this part).
+
 Run::
 
     python bench/ot_loss.py                 # ~1-2 minutes on 2 cores
     python bench/ot_loss.py --no-step --repeats 3
+    python bench/ot_loss.py --only-new --repeats 3
 
 It prints a table and writes JSON to bench/results/ (git-ignored); the path is printed.
 """
@@ -48,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
 
-from knot.geometry import LabelGeometry  # noqa: E402
+from knot.geometry import LabelGeometry, head_cost  # noqa: E402
 from knot.losses import distillation_loss  # noqa: E402
 from knot.ot import SinkhornConvergenceWarning, ot_cost, resolve_method, sinkhorn_cost  # noqa: E402
 from knot.utils import atomic_write_json  # noqa: E402
@@ -280,6 +287,76 @@ def bench_step(loss_rows: list[dict], steps: int) -> list[dict]:
     return out
 
 
+#: (label, loss, aggregate, options) of the newer losses timed against the exact ``ot`` loss.
+NEW_LOSSES = (
+    ("ot_kl", "ot_kl", "per_teacher", {"lam": 0.5}),
+    ("sord", "sord", "mixture", {"tau": 1.0}),
+    ("uld", "uld", "per_teacher", {}),
+    ("kl+sharpen", "kl", "mixture", {"sharpen": 0.5}),
+    ("ot learned", "ot", "per_teacher", {}),  # under a learned head cost (non-metric: exact LP)
+    ("ot sinkhorn", "ot", "per_teacher", {"method": "sinkhorn", "rel_eps": 0.1}),
+)
+NEW_B = 1024
+NEW_TARGET = 2.0
+
+
+def time_interleaved(fns: dict, logits, teachers, weights, repeats: int, min_seconds: float = 0.05) -> dict:
+    """Median forward+backward ms of each loss, measured in interleaved rounds (same load for all)."""
+    for fn in fns.values():
+        _one(fn, logits, teachers, weights)
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            spent, n = 0.0, 0
+            while spent < min_seconds or n == 0:
+                spent += _one(fn, logits, teachers, weights)[0]
+                n += 1
+            times[name].append(spent / n)
+    return {name: 1e3 * statistics.median(v) for name, v in times.items()}
+
+
+def bench_new_losses(repeats: int) -> list[dict]:
+    """Ratio of each newer loss's step time to the exact ``ot`` loss's, B = 1024, K = 5 and 28."""
+    rows = []
+    for k, geoms in geometries().items():
+        gen = torch.Generator().manual_seed(k)
+        learned = LabelGeometry.from_cost([f"c{i}" for i in range(k)], head_cost(torch.randn(k, 16, generator=gen)),
+                                          name="learned:head")
+        logits, teachers, w = make_data(NEW_B, k, seed=2000 + k)
+        for name, g in geoms:
+            fns = {"ot": knot_loss_fn(g)}
+            for label, loss, aggregate, options in NEW_LOSSES:
+                geometry = learned if label == "ot learned" else g
+
+                def fn(z, t, wt, loss=loss, aggregate=aggregate, options=options, geometry=geometry):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", SinkhornConvergenceWarning)
+                        return distillation_loss(loss, z, t, wt, geometry, aggregate=aggregate, **options)
+
+                fns[label] = fn
+            ms = time_interleaved(fns, logits, teachers, w, repeats)
+            rows.append({"B": NEW_B, "K": k, "geometry": name, "ot_method": resolve_method(g),
+                         "learned_method": resolve_method(learned), "ms": ms,
+                         "ratio": {label: ms[label] / ms["ot"] for label in ms if label != "ot"}})
+            log.info("new losses B=%d K=%d %s: %s", NEW_B, k, name,
+                     ", ".join(f"{a} {v:.2f}x" for a, v in rows[-1]["ratio"].items()))
+    return rows
+
+
+def fmt_new_table(rows) -> str:
+    labels = [label for label, *_ in NEW_LOSSES]
+    lines = [f"newer losses: step time (fwd+bwd) / exact ot on the same geometry, B={NEW_B}, T={T} "
+             f"(target <= {NEW_TARGET:g}x; 'ot learned' uses a learned non-metric cost, 'ot sinkhorn' rel_eps 0.1):",
+             f"{'K':>3} {'geometry':<18} {'ot ms':>8} " + " ".join(f"{label:>12}" for label in labels)]
+    for r in rows:
+        lines.append(f"{r['K']:>3} {r['geometry']:<18} {r['ms']['ot']:>8.3f} "
+                     + " ".join(f"{r['ratio'][label]:>11.2f}x" for label in labels))
+    for label in labels:
+        worst = max(r["ratio"][label] for r in rows)
+        lines.append(f"  {label:<12} worst {worst:.2f}x ({'met' if worst <= NEW_TARGET else 'NOT met'})")
+    return "\n".join(lines)
+
+
 def fmt_table(rows, sinkhorn_rows, step_rows) -> str:
     lines = [
         f"{'B':>5} {'K':>3} {'geometry':<18} {'knot method':<11} {'knot ms':>9} {'ref ms':>9} {'speedup':>8} "
@@ -332,14 +409,18 @@ def main(argv=None) -> int:
                     help="also measure the share in a BERT-tiny step")
     ap.add_argument("--step-iters", type=int, default=3, help="timed steps per loss")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/ot_loss-<time>.json)")
+    ap.add_argument("--only-new", action="store_true", help="only the newer losses against the exact ot loss")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    rows, sinkhorn_rows = bench_losses(args.repeats)
-    step_rows = bench_step(rows, args.step_iters) if args.step else []
-    table = fmt_table(rows, sinkhorn_rows, step_rows)
+    rows, sinkhorn_rows, step_rows = [], [], []
+    if not args.only_new:
+        rows, sinkhorn_rows = bench_losses(args.repeats)
+        step_rows = bench_step(rows, args.step_iters) if args.step else []
+    new_rows = bench_new_losses(args.repeats)
+    table = (fmt_table(rows, sinkhorn_rows, step_rows) + "\n\n" if rows else "") + fmt_new_table(new_rows)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average {load:.1f}")
     if load > (os.cpu_count() or 1):
@@ -363,6 +444,7 @@ def main(argv=None) -> int:
         "losses": rows,
         "sinkhorn": sinkhorn_rows,
         "step": step_rows,
+        "new_losses": new_rows,
         "wall_s": time.perf_counter() - started,
     })
     print(f"\nwall time {time.perf_counter() - started:.0f} s; JSON: {out}")

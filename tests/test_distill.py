@@ -299,3 +299,109 @@ def test_cost_power_applies_before_a_derived_geometry_is_scaled():
     g2 = loss_geometry(DistillMethod(geometry=spec, cost_power=2), task)
     assert (g1.p, g2.p) == (1, 2)
     assert float(g1.cost.max()) == pytest.approx(4.0) and float(g2.cost.max()) == pytest.approx(16.0)
+
+
+def test_newer_students_train_and_the_schedule_is_applied(transfer_run):
+    """ot_kl with a cosine schedule, sord, uld, sharpened mixture and a learned cost each
+    train; the lam of every epoch is recorded; the learned cost is stored with the run."""
+    import dataclasses
+
+    from knot.distill import GEOMETRY_LOSS_FILE, distill
+    from knot.geometry import LabelGeometry
+    from knot.models import read_checkpoint_config
+
+    cfg, layout, _ = transfer_run
+    methods = [
+        DistillMethod(name="wkl", loss="ot_kl", schedule={"kind": "cosine", "start": 1.0, "end": 0.0}),
+        DistillMethod(name="sord", loss="sord", aggregate="mixture", options={"tau": 0.5}),
+        DistillMethod(name="uld", loss="uld"),
+        DistillMethod(name="dsfl", loss="kl", aggregate="mixture", sharpen=0.5),
+        DistillMethod(name="learned", loss="ot", geometry={"learned": "soft_labels", "scale": "task"}),
+    ]
+    train = dataclasses.replace(cfg.distill.train, epochs=3)
+    cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, train=train, methods=methods))
+    out = distill(cfg, layout)["students"]
+
+    for m in methods:
+        info = out[m.name]
+        assert np.isfinite(info["best_metrics"]["loss"]) and info["epochs_completed"] == 3, m.name
+
+    def history(name):
+        return [json.loads(line) for line in (layout.student(name) / "metrics.jsonl").read_text().splitlines()]
+
+    assert [r.get("lam") for r in history("wkl")] == pytest.approx([1.0, 0.5, 0.0])
+    assert "lam" not in history("sord")[0]
+    stored = json.loads((layout.student("learned") / GEOMETRY_LOSS_FILE).read_text())
+    assert stored["origin"]["learned"] == "soft_labels" and stored["source"] == "method"
+    geo = LabelGeometry.from_dict(read_checkpoint_config(layout.student("learned"))["metadata"]["loss_geometry"])
+    assert geo.cost.tolist() == stored["cost"] and float(geo.cost.max()) == pytest.approx(2.0)  # task's largest
+
+
+def test_learned_head_geometry_reads_the_start_models_output_layer(transfer_run):
+    from knot.distill import learned_inputs, loss_geometry
+    from knot.geometry import LabelGeometry, head_cost
+    from knot.models import build_model, class_weight_rows
+
+    cfg, _, _ = transfer_run
+    task = LabelGeometry.from_task(cfg.task)
+    model = build_model(cfg.model, task)
+    m = DistillMethod(name="wkd", loss="ot", geometry={"learned": "head", "kappa": 2.0})
+    sl = SoftLabels(np.full((2, 2, 3), 1 / 3), ["a", "b"], LABELS)
+    inputs = learned_inputs(m, sl, model, None)
+    geo = loss_geometry(m, task, inputs)
+    assert torch.equal(geo.cost, head_cost(class_weight_rows(model), kappa=2.0))
+    assert geo.origin["kappa"] == 2.0 and not geo.has_coords
+    assert learned_inputs(DistillMethod(), sl, model, None) == {}
+
+
+def test_learned_head_geometry_needs_a_global_start(transfer_run):
+    import dataclasses
+
+    from knot.distill import distill
+
+    cfg, layout, _ = transfer_run
+    methods = [DistillMethod(name="wkd", loss="ot", geometry={"learned": "head"})]
+    cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, methods=methods))
+    with pytest.raises(ValueError, match="learned: head reads the global model's output layer"):
+        distill(cfg, layout)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"loss": "wasserstein"}, "loss: expected one of ce, entropy, kl, ot, ot_kl, sord, uld"),
+        ({"loss": "kl", "sharpen": 0.5}, "sharpen: only with aggregate: mixture"),
+        ({"loss": "kl", "aggregate": "mixture", "sharpen": 2.0}, "sharpen: expected a temperature"),
+        ({"loss": "kl", "schedule": {"kind": "linear"}}, "schedule: loss 'kl' has no lam option"),
+        ({"loss": "ot_kl", "schedule": {"kind": "step"}}, "schedule.kind: expected one of"),
+        ({"loss": "ot_kl", "schedule": {"start": 1.5}}, "schedule.start: expected a number in"),
+        ({"loss": "ot_kl", "schedule": {"every": 2}}, "schedule.every: unknown key"),
+        ({"geometry": {"learned": "gold"}}, "geometry.learned: expected soft_labels or head"),
+        ({"geometry": {"learned": "soft_labels", "kappa": 2}}, "kappa: only for learned: head"),
+    ],
+)
+def test_newer_method_options_are_checked(bad, match):
+    from knot.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        DistillMethod(**bad)
+
+
+def test_newer_method_options_round_trip():
+    m = DistillMethod(name="w", loss="ot_kl", options={"lam": 0.3}, schedule={"kind": "linear"},
+                      geometry={"learned": "head", "kappa": 3})
+    assert DistillMethod.from_dict(m.to_dict()) == m
+    assert {"sharpen", "schedule"}.isdisjoint(DistillMethod().to_dict())  # unset: the stage hash is unchanged
+
+
+def test_readme_examples_of_the_newer_methods_are_valid_methods():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    section = readme.read_text(encoding="utf-8").split("### Newer distillation methods", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    methods = [DistillMethod.from_dict(m) for block in blocks for m in yaml.safe_load(block)]
+    assert {m.loss for m in methods} == {"ot", "ot_kl", "kl", "sord", "uld"} and len(methods) == 6

@@ -9,6 +9,7 @@ rewritten only when ``KNOT_REGEN_GOLDEN=1`` is set (and then checked against POT
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -25,10 +26,14 @@ from knot.losses import (
     _REGISTRY,
     available_losses,
     distillation_loss,
+    lambda_schedule,
+    loss_options,
     ot_ce_loss,
     register_loss,
+    sord_targets,
     validate_teacher_probs,
 )
+from knot.ot import ot_cost
 
 LOSSES = ["ot", "entropy", "kl", "ce"]
 FIXTURE = Path(__file__).parent / "fixtures" / "losses_golden.json"
@@ -410,3 +415,100 @@ def test_loss_and_gradient_are_bitwise_equal_for_one_and_two_threads(geometry, b
     # Assert: bit for bit (the thread dependence of a training run is elsewhere: README)
     (l1, g1), (l2, g2) = out
     assert torch.equal(l1, l2) and torch.equal(g1, g2)
+# ---------------------------------------------------------------------------
+# newer losses (issue 21): ot_kl, sord, uld, sharpened mixture, schedules
+# ---------------------------------------------------------------------------
+
+TWO = LabelGeometry.preset("uniform", labels=["a", "b"])
+
+
+@pytest.mark.parametrize("name, options", [("ot_kl", {"lam": 0.3}), ("sord", {"tau": 0.7}), ("uld", {})])
+@pytest.mark.parametrize("geometry", ["sentiment5", "emotion5"])
+def test_newer_losses_pass_gradcheck(name, options, geometry):
+    logits, teachers, w = batch(b=3, t=2, seed=5, zeros=False)
+    logits = logits.clone().requires_grad_()
+    g = GEOMETRIES[geometry]
+    assert torch.autograd.gradcheck(lambda z: distillation_loss(name, z, teachers, w, g, **options), (logits,))
+
+
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+@pytest.mark.parametrize("aggregate", ["per_teacher", "mixture"])
+def test_ot_kl_interpolates_between_ot_and_kl(geometry, aggregate):
+    logits, teachers, w = batch(seed=3)
+    g = GEOMETRIES[geometry]
+
+    def loss(name, **kw):
+        return distillation_loss(name, logits, teachers, w, g, aggregate=aggregate, temperature=2.0, **kw)
+
+    assert loss("ot_kl", lam=1.0) == pytest.approx(loss("ot").item(), rel=1e-12)
+    assert loss("ot_kl", lam=0.0) == pytest.approx(loss("kl").item(), rel=1e-12)
+    assert loss("ot_kl", lam=0.25) == pytest.approx(0.25 * loss("ot").item() + 0.75 * loss("kl").item(), rel=1e-12)
+    with pytest.raises(ValueError, match="ot_kl: lam: expected a number in \\[0, 1\\]"):
+        loss("ot_kl", lam=1.5)
+
+
+def test_ot_kl_at_a_hand_computed_point():
+    # student 50/50, teacher (1, 0): OT under a 0/1 cost = TV = 0.5, KL(t || s) = log 2
+    got = distillation_loss("ot_kl", torch.zeros(1, 2), torch.tensor([[[1.0, 0.0]]]), [1.0], TWO, lam=0.25)
+    assert got.item() == pytest.approx(0.25 * 0.5 + 0.75 * math.log(2))
+
+
+def test_uld_is_the_l1_between_sorted_distributions():
+    s = torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64)
+    t = torch.tensor([[[0.1, 0.1, 0.8]]], dtype=torch.float64)
+    g = LabelGeometry.preset("uniform", labels=["x", "y", "z"])
+    got = distillation_loss("uld", s.log(), t, [1.0], g)
+    assert got.item() == pytest.approx(0.3 + 0.2 + 0.1)  # (0.5, 0.3, 0.2) vs (0.8, 0.1, 0.1)
+    # = twice the exact OT with a 0/1 cost (total variation) between the sorted vectors
+    sorted_ot = ot_cost(s.sort(-1, descending=True).values, t[:, 0].sort(-1, descending=True).values, g)
+    assert got.item() == pytest.approx(2 * sorted_ot.item())
+    # label order is ignored: permuting the teacher's labels changes nothing
+    assert distillation_loss("uld", s.log(), t[..., [2, 0, 1]], [1.0], g).item() == pytest.approx(got.item())
+
+
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+def test_sord_targets_sum_to_one_and_peak_at_the_label(geometry):
+    cost = GEOMETRIES[geometry].cost
+    q = sord_targets(torch.arange(5), cost, tau=0.5)
+    assert torch.allclose(q.sum(-1), torch.ones(5, dtype=q.dtype))
+    assert q.argmax(-1).tolist() == list(range(5))
+    c = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]])
+    e = math.exp(-1.0)
+    assert sord_targets(torch.tensor([1]), c)[0].tolist() == pytest.approx([e / (1 + 2 * e), 1 / (1 + 2 * e), e / (1 + 2 * e)])
+    with pytest.raises(ValueError, match="sord: tau: expected a positive number"):
+        sord_targets(torch.tensor([0]), c, tau=0)
+
+
+def test_sord_is_kl_to_the_consensus_label_target():
+    logits, teachers, w = batch(seed=9)
+    g = GEOMETRIES["sentiment5"]
+    mix = (w / w.sum())[None, :, None].mul(teachers).sum(1)  # (B, K)
+    q = sord_targets(mix.argmax(-1), g.cost, tau=2.0)
+    expect = distillation_loss("kl", logits, q[:, None, :], [1.0], g)
+    got = distillation_loss("sord", logits, teachers, w, g, aggregate="mixture", tau=2.0)
+    assert got.item() == pytest.approx(expect.item(), rel=1e-12)
+
+
+def test_sharpened_mixture_is_the_loss_to_the_sharpened_average():
+    teachers = torch.tensor([[[0.6, 0.4], [0.2, 0.8]]], dtype=torch.float64)  # average (0.4, 0.6)
+    sharpened = torch.tensor([[[0.16 / 0.52, 0.36 / 0.52]]], dtype=torch.float64)  # squared, renormalised
+    logits = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+    got = distillation_loss("kl", logits, teachers, [1, 1], TWO, aggregate="mixture", sharpen=0.5)
+    assert got.item() == pytest.approx(distillation_loss("kl", logits, sharpened, [1], TWO).item(), rel=1e-12)
+    plain = distillation_loss("kl", logits, teachers, [1, 1], TWO, aggregate="mixture")
+    assert distillation_loss("kl", logits, teachers, [1, 1], TWO, aggregate="mixture", sharpen=1.0) == plain
+    with pytest.raises(ValueError, match="sharpen: only with aggregate 'mixture'"):
+        distillation_loss("kl", logits, teachers, [1, 1], TWO, sharpen=0.5)
+    with pytest.raises(ValueError, match="sharpen: expected a temperature in \\(0, 1\\]"):
+        distillation_loss("kl", logits, teachers, [1, 1], TWO, aggregate="mixture", sharpen=0.0)
+
+
+def test_lambda_schedules():
+    assert [lambda_schedule("linear", 1.0, 0.0)(u) for u in (0, 0.5, 1)] == [1.0, 0.5, 0.0]
+    cos = lambda_schedule("cosine", 0.8, 0.2)
+    assert [cos(u) for u in (0, 1, 2)] == pytest.approx([0.8, 0.2, 0.2])  # clipped past the end
+    assert cos(0.25) == pytest.approx(0.2 + 0.6 * (1 + math.cos(math.pi / 4)) / 2)
+    assert lambda_schedule("constant", 0.4, 0.0)(0.9) == 0.4
+    with pytest.raises(ValueError, match="schedule.kind"):
+        lambda_schedule("step")
+    assert "lam" in loss_options("ot_kl") and "tau" in loss_options("sord")

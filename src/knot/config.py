@@ -490,7 +490,8 @@ class BiasConfig(ConfigBase):
 
 @dataclass
 class DistillMethod(ConfigBase):
-    """One student: a name, a loss (``ot``, ``entropy``, ``kl``, ``ce``) and its options.
+    """One student: a name, a loss (``ot``, ``entropy``, ``kl``, ``ce``, ``ot_kl``, ``sord``,
+    ``uld`` or any name registered with :func:`knot.losses.register_loss`) and its options.
 
     ``weights`` chooses the teacher weights (:func:`knot.soft_labels.teacher_weights`):
     ``uniform``, ``size`` (proportional to the teachers' training-set sizes, the
@@ -500,16 +501,24 @@ class DistillMethod(ConfigBase):
     its distribution bias, floored at ``bias_floor``, normalised per example).
     ``aggregate`` is ``per_teacher`` (weighted sum of per-teacher losses) or ``mixture``
     (loss to the weighted teacher average; with ``kl`` this is the FedDF baseline).
-    ``options`` are passed to the loss function (e.g. ``{"method": "sinkhorn"}``).
+    ``options`` are passed to the loss function (e.g. ``{"method": "sinkhorn"}``, ``{"lam":
+    0.5}`` for ``ot_kl``, ``{"tau": 1.0}`` for ``sord``).
+    ``sharpen`` (null: off; a temperature in (0, 1], only with ``aggregate: mixture``)
+    sharpens the weighted teacher average, DS-FL's entropy-reduction aggregation.
+    ``schedule`` (null: off; only for a loss with a ``lam`` option, i.e. ``ot_kl``) moves
+    ``lam`` over the epochs: ``{kind: cosine | linear | constant, start: 1.0, end: 0.0}``
+    (:func:`knot.losses.lambda_schedule`); the val loss uses the last epoch's weight.
     ``geometry`` (default null: the task geometry) is the label geometry of this student's
     loss only, in any form :meth:`knot.geometry.LabelGeometry.from_spec` accepts: a preset
     name, a mapping ``{label: [coords]}``, a YAML/JSON file, ``derived`` (coordinates from
-    all-MiniLM-L6-v2 embeddings of the label names) or ``{derived: {texts: {label:
+    all-MiniLM-L6-v2 embeddings of the label names), ``{derived: {texts: {label:
     description}, encoder: minilm, scale: task}}`` (``scale: task`` rescales it so its
-    largest cost equals the task geometry's), or a control built from the task geometry:
+    largest cost equals the task geometry's), a control built from the task geometry:
     ``{permuted: <seed>}`` (the label-to-coordinate assignment permuted, same costs, order
     destroyed) or ``{uniform: {scale: task_mean}}`` (all labels equally far, at the task's
-    mean off-diagonal cost; OT is then scaled total variation). Its labels must be the task's labels and it
+    mean off-diagonal cost; OT is then scaled total variation), or a cost learned at distill time,
+    ``{learned: soft_labels}`` or ``{learned: head, kappa: 4, scale: task}``
+    (:func:`knot.geometry.parse_learned_spec`). Its labels must be the task's labels and it
     takes ``task.cost_power``; the model, the evaluation and Semantic Distance keep the task
     geometry.
 
@@ -536,21 +545,34 @@ class DistillMethod(ConfigBase):
     lr: Union[float, None] = None
     cost_power: Union[int, None] = None
     teachers: Union[str, None] = None
+    sharpen: Union[float, None] = None
+    schedule: Union[dict[str, Any], None] = None
 
     def __post_init__(self) -> None:
         _check_folder_name(self.name, "name", "students/<name> of the run")
+        from knot.losses import available_losses, lambda_schedule, loss_options
+
         _check(self.init in (None, "global", "scratch"), f"init: expected global or scratch, got {self.init!r}")
         _check(self.lr is None or self.lr > 0, "lr: expected > 0")
         _check(self.cost_power in (None, 1, 2), f"cost_power: expected 1 or 2, got {self.cost_power!r}")
         _check(self.teachers in (None, "all", "local"), f"teachers: expected all or local, got {self.teachers!r}")
-        _check(
-            self.loss in ("ot", "entropy", "kl", "ce"),
-            f"loss: expected ot, entropy, kl or ce, got {self.loss!r}",
-        )
+        losses = available_losses()
+        _check(self.loss in losses, f"loss: expected one of {', '.join(losses)}, got {self.loss!r}")
         _check(
             self.aggregate in ("per_teacher", "mixture"),
             f"aggregate: expected per_teacher or mixture, got {self.aggregate!r}",
         )
+        if self.sharpen is not None:
+            _check(0.0 < self.sharpen <= 1.0, f"sharpen: expected a temperature in (0, 1], got {self.sharpen!r}")
+            _check(self.aggregate == "mixture", "sharpen: only with aggregate: mixture")
+        if self.schedule is not None:
+            _check("lam" in loss_options(self.loss), f"schedule: loss {self.loss!r} has no lam option (use ot_kl)")
+            extra = sorted(set(self.schedule) - {"kind", "start", "end"})
+            _check(not extra, f"schedule.{extra[0] if extra else ''}: unknown key (expected kind, start, end)")
+            try:
+                lambda_schedule(**self.schedule)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         _check(
             self.weights in ("uniform", "size", "explicit", "bias"),
             f"weights: expected uniform, size, explicit or bias, got {self.weights!r}",
@@ -571,10 +593,11 @@ class DistillMethod(ConfigBase):
         _check(self.temperature > 0, "temperature: expected > 0")
         if isinstance(self.geometry, dict):
             # checked here without loading anything (files and encoders are read at distill time)
-            from knot.geometry import LabelGeometry, parse_control_spec, parse_derived_spec
+            from knot.geometry import LabelGeometry, parse_control_spec, parse_derived_spec, parse_learned_spec
 
             try:
-                if parse_derived_spec(self.geometry) is None and parse_control_spec(self.geometry) is None:
+                if (parse_learned_spec(self.geometry) is None and parse_derived_spec(self.geometry) is None
+                        and parse_control_spec(self.geometry) is None):
                     LabelGeometry.from_mapping(self.geometry)
             except ValueError as exc:
                 msg = str(exc)
@@ -582,7 +605,7 @@ class DistillMethod(ConfigBase):
 
     def to_dict(self) -> dict:
         out = super().to_dict()
-        for key in ("geometry", "init", "lr", "cost_power", "teachers"):
+        for key in ("geometry", "init", "lr", "cost_power", "teachers", "sharpen", "schedule"):
             if out.get(key) is None:
                 out.pop(key, None)  # unset: same dict, hence same stage hash, as before the field
         return out

@@ -16,7 +16,16 @@ with the teacher weights of :func:`knot.soft_labels.teacher_weights` (``uniform`
 ``size``, ``explicit`` or per-example ``bias``). ``geometry`` is the task geometry unless
 the method sets its own (``DistillMethod.geometry``, :func:`loss_geometry`); only the loss
 uses the method's geometry (model, evaluation and Semantic Distance keep the task's), and
-``RUN/students/<method>/geometry_loss.json`` records the geometry the loss used.
+``RUN/students/<method>/geometry_loss.json`` records the geometry the loss used. A learned
+cost (``geometry: {learned: soft_labels | head}``) is made here, from the teachers' train
+soft labels or from the output layer of the global model (the student's start), and is also
+kept in the student checkpoint's metadata (``loss_geometry``).
+
+Per-student ``sharpen`` sharpens the teacher mixture (DS-FL), and ``schedule`` moves the
+``lam`` of ``ot_kl`` over the epochs: :func:`lambda_of_epoch` gives the weight of each
+epoch, :func:`knot.training.fit` calls it before the epoch (``on_epoch``) and records it as
+``lam`` in ``metrics.jsonl``; the val loss uses the last epoch's weight (``end``) in every epoch, so that the epochs (and
+the start, epoch 0) are compared on one objective.
 
 The best epoch is chosen on the transfer set's val split, by the distillation loss against
 its soft labels (``distill.select_by: loss``, the reference's rule) or by a metric against
@@ -40,10 +49,10 @@ from knot.batching import make_loader
 from knot.config import DistillMethod
 from knot.data import load_split
 from knot.features import run_feature_cache
-from knot.geometry import LabelGeometry
-from knot.losses import distillation_loss
+from knot.geometry import LabelGeometry, parse_learned_spec
+from knot.losses import distillation_loss, lambda_schedule
 from knot.metrics import evaluate_probs
-from knot.models import build_model, load, make_dataset, read_checkpoint_config, save_checkpoint
+from knot.models import build_model, class_weight_rows, load, make_dataset, read_checkpoint_config, save_checkpoint
 from knot.run import has_checkpoint, run_teachers, transfer_domain
 from knot.soft_labels import SoftLabels, load_bias, teacher_weights, texts_hash
 from knot.training import LOWER_IS_BETTER, evaluate, fit
@@ -51,11 +60,13 @@ from knot.utils import atomic_write_json, resolve_device, set_seed, sha256_file
 
 __all__ = [
     "distill", "select_methods", "initial_is_better", "pack_targets", "make_loss_fn", "consensus_eval_fn",
-    "method_weights", "loss_geometry", "GEOMETRY_LOSS_FILE",
+    "method_weights", "loss_geometry", "GEOMETRY_LOSS_FILE", "lambda_of_epoch", "learned_inputs",
 ]
 
 #: File in each student's folder with the geometry its loss used (labels, coords, p, name, cost).
 GEOMETRY_LOSS_FILE = "geometry_loss.json"
+#: Built-in losses that read the label geometry.
+GEOMETRY_LOSSES = ("ot", "ot_kl", "sord")
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +93,22 @@ def pack_targets(probs: np.ndarray, weights: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([probs, w[..., None]], axis=2))
 
 
-def make_loss_fn(method: Any, geometry: Any) -> Callable[[torch.Tensor, dict], torch.Tensor]:
+def make_loss_fn(
+    method: Any, geometry: Any, lam: float | Callable[[], float] | None = None
+) -> Callable[[torch.Tensor, dict], torch.Tensor]:
     """``loss_fn(logits, batch)`` for :func:`knot.training.fit` from one DistillMethod.
 
     ``batch["target"]`` is the packed tensor of :func:`pack_targets`, (B, T, K + 1).
+    ``lam`` (a number, or a callable read at every call) replaces the ``lam`` option.
     """
     options = dict(method.options)
     k = geometry.num_labels
+    sharpen = getattr(method, "sharpen", None)
 
     def loss_fn(logits: torch.Tensor, batch: dict) -> torch.Tensor:
         target = batch["target"]  # (B, T, K + 1)
+        if lam is not None:
+            options["lam"] = lam() if callable(lam) else lam
         return distillation_loss(
             method.loss,
             logits,
@@ -100,10 +117,48 @@ def make_loss_fn(method: Any, geometry: Any) -> Callable[[torch.Tensor, dict], t
             geometry,
             aggregate=method.aggregate,
             temperature=method.temperature,
+            sharpen=sharpen,
             **options,
         )
 
     return loss_fn
+
+
+def lambda_of_epoch(method: Any) -> Callable[[int, int], float] | None:
+    """``lam(epoch, epochs)`` of a method's ``schedule`` (epoch from 0), or None without one.
+
+    The schedule (:func:`knot.losses.lambda_schedule`) is read at progress
+    ``epoch / (epochs - 1)``: the first epoch trains with ``start``, the last with ``end``.
+
+    >>> from knot.config import DistillMethod
+    >>> m = DistillMethod(loss="ot_kl", schedule={"kind": "linear", "start": 1.0, "end": 0.0})
+    >>> [lambda_of_epoch(m)(e, 5) for e in range(5)]
+    [1.0, 0.75, 0.5, 0.25, 0.0]
+    """
+    spec = getattr(method, "schedule", None)
+    if spec is None:
+        return None
+    f = lambda_schedule(**spec)
+    return lambda epoch, epochs: f(epoch / max(epochs - 1, 1))
+
+
+def learned_inputs(method: Any, soft_labels: SoftLabels, model: Any, global_name: str | None) -> dict:
+    """What a method's learned geometry is computed from (empty when it has none).
+
+    ``soft_labels``: the (N, T, K) train soft labels of the teachers this student learns from
+    (the global model's column dropped with ``teachers: local``); ``head``: the class rows of
+    ``model``'s output layer (the student's start, :func:`knot.models.class_weight_rows`).
+    """
+    spec = parse_learned_spec(getattr(method, "geometry", None))
+    if spec is None:
+        return {}
+    if spec["from"] == "head":
+        return {"head_rows": class_weight_rows(model)}
+    probs = np.asarray(soft_labels.probs)
+    names = list(soft_labels.teacher_names)
+    if getattr(method, "teachers", None) == "local" and global_name in names:
+        probs = np.delete(probs, names.index(global_name), axis=1)
+    return {"soft_labels": probs}
 
 
 def consensus_eval_fn(probs: np.ndarray, targets: np.ndarray | None, geometry: Any) -> dict:
@@ -167,12 +222,13 @@ def select_methods(cfg: Any, method: Any = None, loss: str | None = None) -> lis
     return chosen
 
 
-def loss_geometry(method: Any, geometry: Any) -> Any:
+def loss_geometry(method: Any, geometry: Any, learned: dict | None = None) -> Any:
     """The label geometry of one method's loss.
 
     ``method.geometry`` when set (any :meth:`~knot.geometry.LabelGeometry.from_spec` spec),
-    with the task's labels in the task's order and the task's cost power, a derived spec
-    scaled against the task geometry when it says ``scale: task``; else the task geometry.
+    with the task's labels in the task's order and the task's cost power, a derived or
+    learned spec scaled against the task geometry when it says ``scale: task``; else the
+    task geometry. ``learned`` holds a learned spec's inputs (:func:`learned_inputs`).
 
     Parameters
     ----------
@@ -196,7 +252,7 @@ def loss_geometry(method: Any, geometry: Any) -> Any:
     if spec is None:
         return geometry
     try:
-        return LabelGeometry.from_spec(spec, labels=geometry.labels, p=p, reference=geometry)
+        return LabelGeometry.from_spec(spec, labels=geometry.labels, p=p, reference=geometry, learned_inputs=learned)
     except ValueError as exc:
         raise ValueError(f"distill method {method.name!r}: {exc}") from None
 
@@ -205,7 +261,7 @@ def _save_loss_geometry(method: Any, loss_geo: Any, task_spec: Any, out_dir: Any
     """Write ``out_dir/geometry_loss.json`` (LabelGeometry.to_dict plus ``cost`` (K, K),
     ``source`` method|task and the config ``spec``) and log the cost matrix."""
     source = "task" if getattr(method, "geometry", None) is None else "method"
-    if source == "method" and method.loss != "ot":
+    if source == "method" and method.loss not in GEOMETRY_LOSSES:
         log.warning("student %s: loss %s does not use a label geometry; its geometry is unused", method.name, method.loss)
     cost = loss_geo.cost
     atomic_write_json(
@@ -362,12 +418,34 @@ def distill(
                 model, val_texts, pack_targets(val_sl.probs, w_val), cache_dir=cache, name=f"{transfer.name}-val"
             )
             val_loader = make_loader(val_ds, train_cfg.eval_batch_size, shuffle=False, group_by_length=True)
-        loss_geo = loss_geometry(m, geometry)  # the loss's; model, evaluation and SD keep the task's
+        if (parse_learned_spec(m.geometry) or {}).get("from") == "head" and init != "global":
+            raise ValueError(
+                f"distill method {m.name!r}: geometry learned: head reads the global model's output layer, "
+                "but the student starts from scratch; set init: global"
+            )
+        # the loss's geometry (a learned one from the start model, before training); model,
+        # evaluation and SD keep the task's
+        loss_geo = loss_geometry(m, geometry, learned_inputs(m, train_sl, model, global_name))
         layout.student(m.name).mkdir(parents=True, exist_ok=True)
         _save_loss_geometry(m, loss_geo, cfg.task.geometry, layout.student(m.name))
-        loss_fn = make_loss_fn(m, loss_geo)
+        schedule = lambda_of_epoch(m)
+        lam_now = {"lam": None}
+        on_epoch = None
+        if schedule is not None:
+            lam_now["lam"] = schedule(0, train_cfg.epochs)
+
+            def on_epoch(epoch: int, epochs: int) -> dict:
+                lam_now["lam"] = schedule(epoch, epochs)
+                return {"lam": lam_now["lam"]}
+
+        loss_fn = make_loss_fn(m, loss_geo, lam=(lambda: lam_now["lam"]) if schedule is not None else None)
+        val_loss_fn = (
+            make_loss_fn(m, loss_geo, lam=schedule(train_cfg.epochs - 1, train_cfg.epochs))  # the last epoch's
+            if schedule is not None
+            else loss_fn
+        )
         model.to(device)
-        initial = evaluate(model, val_loader, device, loss_fn, consensus_eval_fn) if val_loader is not None else {}
+        initial = evaluate(model, val_loader, device, val_loss_fn, consensus_eval_fn) if val_loader is not None else {}
         initial_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         log.info(
             "distilling student %s (%s, %s, %s weights) from %s on %s: %d train / %d val texts, init %s",
@@ -386,6 +464,8 @@ def distill(
             seed=cfg.seed,
             resume=resume,
             eval_fn=consensus_eval_fn,
+            on_epoch=on_epoch,
+            val_loss_fn=val_loss_fn,
             metadata={
                 "role": "student",
                 "name": m.name,
@@ -400,6 +480,7 @@ def distill(
                 "model": cfg.model.to_dict(),
                 "task": cfg.task.to_dict(),
                 "experiment": cfg.name,
+                **({"loss_geometry": loss_geo.to_dict()} if loss_geo.origin is not None else {}),
             },
         )
         summary = {

@@ -31,6 +31,14 @@ Derived geometries (:meth:`LabelGeometry.derived`, spec ``"derived"`` or
 ``{"derived": {...}}`` in :meth:`LabelGeometry.from_spec`) place each label at the
 L2-normalised mean-pooled sentence embedding of its name or of a short description.
 
+Learned costs (:meth:`LabelGeometry.learned`, spec ``{"learned": "soft_labels"}`` or
+``{"learned": "head", "kappa": 4, "scale": "task"}``, see :func:`parse_learned_spec`) are
+cost matrices without coordinates (:meth:`LabelGeometry.from_cost`): made at distill time
+from the teachers' soft labels on the transfer set (:func:`soft_label_cost`) or from the
+class rows of the global model's output layer (:func:`head_cost`). They are often not
+metrics, so :func:`knot.ot.ot_cost` solves them with its exact LP paths, and they can only be
+a loss's geometry (Semantic Distance needs coordinates).
+
 >>> g = LabelGeometry.preset("sentiment5")
 >>> g.labels, g.num_labels, g.is_1d
 (['1', '2', '3', '4', '5'], 5, True)
@@ -55,7 +63,10 @@ import torch
 
 from knot.encoders import embed_texts
 
-__all__ = ["LabelGeometry", "PRESETS", "DERIVED", "CONTROLS", "parse_derived_spec", "parse_control_spec", "embed_texts"]
+__all__ = [
+    "LabelGeometry", "PRESETS", "DERIVED", "CONTROLS", "parse_derived_spec", "parse_control_spec", "embed_texts",
+    "LEARNED", "LEARNED_SOURCES", "parse_learned_spec", "soft_label_cost", "head_cost",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +76,11 @@ PRESETS = ("sentiment5", "sentiment5-knot6d", "emotion5", "ekman7", "uniform")
 DERIVED = "derived"
 #: Options of a ``{"derived": {...}}`` spec.
 DERIVED_KEYS = ("texts", "encoder", "scale")
+#: The key of a learned-cost spec, and what a cost can be learned from.
+LEARNED = "learned"
+LEARNED_SOURCES = ("soft_labels", "head")
+#: Keys of a ``{"learned": ...}`` spec besides ``learned``.
+LEARNED_KEYS = ("kappa", "scale")
 
 #: Control geometries of a distill method's loss, built from the task geometry (issue 20):
 #: ``{"permuted": seed}`` and ``{"uniform": {"scale": "task_mean"}}``.
@@ -274,6 +290,151 @@ def control_geometry(reference: "LabelGeometry", options: Mapping[str, Any]) -> 
                      f"of {reference.name or 'the task geometry'}")
 
 
+def parse_learned_spec(spec: Any, where: str = "geometry") -> dict | None:
+    """The options of a learned-cost spec, or None when ``spec`` is not one.
+
+    A learned spec is a mapping whose key ``learned`` holds a string, ``soft_labels`` or
+    ``head`` (a coordinate mapping's values are numbers or lists, so a label called
+    ``learned`` is never mistaken for it), with optional ``kappa`` (``head`` only: sharpen
+    the cost to :math:`1 - e^{-\\kappa d}`) and ``scale`` (``task``: the largest cost equals
+    the task geometry's, as for ``derived``; null: as computed). Pure: computes nothing.
+
+    Parameters
+    ----------
+    spec : any
+    where : str
+        Names the spec in errors.
+
+    Returns
+    -------
+    dict or None
+        ``{"from": "soft_labels" | "head", "kappa": float | None, "scale": "task" | None}``.
+
+    Examples
+    --------
+    >>> parse_learned_spec({"learned": "soft_labels"})
+    {'from': 'soft_labels', 'kappa': None, 'scale': None}
+    >>> parse_learned_spec({"learned": "head", "kappa": 4, "scale": "task"})
+    {'from': 'head', 'kappa': 4.0, 'scale': 'task'}
+    >>> parse_learned_spec({"learned": [0.0], "other": [1.0]}) is None  # coordinates
+    True
+    >>> parse_learned_spec({"learned": "gold"})
+    Traceback (most recent call last):
+    ...
+    ValueError: geometry.learned: expected soft_labels or head, got 'gold'
+    """
+    if not isinstance(spec, Mapping) or not isinstance(spec.get(LEARNED), str):
+        return None
+    source = spec[LEARNED]
+    if source not in LEARNED_SOURCES:
+        raise ValueError(f"{where}.{LEARNED}: expected {' or '.join(LEARNED_SOURCES)}, got {source!r}")
+    unknown = sorted(str(k) for k in spec if str(k) != LEARNED and str(k) not in LEARNED_KEYS)
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: unknown key (expected {LEARNED}, {', '.join(LEARNED_KEYS)})")
+    kappa = spec.get("kappa")
+    if kappa is not None:
+        if source != "head":
+            raise ValueError(f"{where}.kappa: only for learned: head")
+        if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not (0 < kappa < math.inf):
+            raise ValueError(f"{where}.kappa: expected a positive number, got {kappa!r}")
+        kappa = float(kappa)
+    scale = spec.get("scale")
+    if scale not in (None, "task"):
+        raise ValueError(f"{where}.scale: expected 'task' or null, got {scale!r}")
+    return {"from": source, "kappa": kappa, "scale": scale}
+
+
+def soft_label_cost(probs: Any) -> torch.Tensor:
+    r"""Cost between classes from soft labels: the halved correlation distance of their columns.
+
+    Every (item, teacher) soft label is one observation; class :math:`k`'s column
+    :math:`x_k \in \mathbb{R}^{NT}` holds its probabilities. With :math:`r_{ij}` the Pearson
+    correlation of columns :math:`i` and :math:`j`,
+
+    .. math::
+        C_{ij} = \tfrac12 \operatorname{clip}(1 - r_{ij}, 0, 2) \in [0, 1], \qquad C_{ii} = 0.
+
+    Why this measure: classes the teachers confuse (mass moves between them together, over
+    items and teachers) get positive :math:`r` and a small cost; classes that exclude each
+    other get :math:`r < 0` and a cost above 1/2. Standardising the columns removes each
+    class's base rate, so a frequent class is not far from everything. Linear CKA between
+    two one-dimensional columns reduces to :math:`r^2`, which loses the sign (mutually
+    exclusive classes would look alike), hence the correlation itself. Only what the server
+    already holds is used (no private data, no gold labels). The cost is symmetric with a
+    zero diagonal but not a metric in general (:math:`\sqrt{C}` would be), so OT under it
+    uses the exact LP. A class whose column is constant has no correlation: its costs are
+    1/2 (:math:`r = 0`).
+
+    Parameters
+    ----------
+    probs : array-like, shape (N, T, K) or (N, K)
+        Soft labels (rows on the simplex).
+
+    Returns
+    -------
+    torch.Tensor, shape (K, K), float64
+
+    Examples
+    --------
+    >>> p = torch.tensor([[0.5, 0.5, 0.0], [0.4, 0.4, 0.2], [0.0, 0.0, 1.0]])
+    >>> [round(v, 6) for v in soft_label_cost(p)[0].tolist()]  # classes 0 and 1 always move together
+    [0.0, 0.0, 1.0]
+    """
+    x = torch.as_tensor(probs, dtype=torch.float64).detach().cpu()
+    if x.ndim not in (2, 3) or x.shape[-1] < 2 or x.numel() == 0:
+        raise ValueError(f"soft labels: expected an (N, T, K) or (N, K) array, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("soft labels: contain NaN or inf")
+    x = x.reshape(-1, x.shape[-1])  # (N T, K)
+    xc = x - x.mean(0, keepdim=True)
+    norm = xc.norm(dim=0)  # (K,)
+    live = norm > 1e-12 * max(float(x.abs().max()), 1.0)
+    z = torch.where(live, xc / torch.where(live, norm, 1.0), 0.0)  # unit columns, 0 when constant
+    r = z.T @ z  # (K, K) Pearson correlations; 0 for a constant column
+    cost = 0.5 * (1.0 - r).clamp(0.0, 2.0)
+    cost.fill_diagonal_(0.0)
+    return cost
+
+
+def head_cost(weights: Any, kappa: float | None = None) -> torch.Tensor:
+    r"""Cost between classes from a classifier's class rows (WKD-L, Lv et al., NeurIPS 2024).
+
+    .. math::
+        d_{ij} = 1 - \frac{w_i \cdot w_j}{\lVert w_i \rVert \lVert w_j \rVert} \in [0, 2],
+        \qquad C_{ij} = d_{ij} \text{ or } 1 - e^{-\kappa d_{ij}}.
+
+    Not a metric in general (so OT under it uses the exact LP).
+
+    Parameters
+    ----------
+    weights : array-like, shape (K, H)
+        Row k: the output layer's weights of class k (:func:`knot.models.class_weight_rows`).
+    kappa : float, optional
+        Sharpening (larger: costs closer to 1 except between near-parallel rows).
+
+    Returns
+    -------
+    torch.Tensor, shape (K, K), float64
+
+    Examples
+    --------
+    >>> head_cost([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0]]).tolist()
+    [[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]]
+    """
+    w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
+    if w.ndim != 2 or w.shape[0] < 2:
+        raise ValueError(f"class rows: expected a (K, H) matrix, got shape {tuple(w.shape)}")
+    norm = w.norm(dim=1)
+    if not torch.isfinite(w).all() or (norm == 0).any():
+        raise ValueError("class rows: must be finite and non-zero (a class with all-zero weights has no direction)")
+    u = w / norm[:, None]
+    d = (1.0 - u @ u.T).clamp(0.0, 2.0)  # (K, K)
+    d.fill_diagonal_(0.0)
+    if kappa is not None:
+        d = 1.0 - torch.exp(-float(kappa) * d)
+    return d
+
+
 class LabelGeometry:
     """Ordered labels with coordinates and the ground cost between them.
 
@@ -310,7 +471,9 @@ class LabelGeometry:
 
     Besides presets, mappings and files, :meth:`derived` places the labels at a sentence
     encoder's embeddings of their names or descriptions; everything downstream only needs
-    labels and coordinates.
+    labels and coordinates. :meth:`from_cost` (and :meth:`learned`) build a geometry from a
+    cost matrix alone: it has no coordinates (:attr:`coords` raises), only a loss can use it,
+    and :attr:`origin` records how the cost was made.
 
     Examples
     --------
@@ -351,6 +514,7 @@ class LabelGeometry:
         self._p = int(p)
         self._cost = dist if p == 1 else dist * dist
         self.name = name
+        self.origin: dict | None = None
         self._ground_cost = None
 
     @staticmethod
@@ -556,6 +720,141 @@ class LabelGeometry:
         return geometry
 
     @classmethod
+    def from_cost(
+        cls,
+        labels: Sequence[str],
+        cost: Any,
+        p: int = 1,
+        name: str | None = None,
+        origin: Mapping[str, Any] | None = None,
+    ) -> "LabelGeometry":
+        """Geometry from an explicit (K, K) cost matrix, without coordinates.
+
+        The cost may be non-metric (e.g. learned); it must be finite, non-negative and have a
+        zero diagonal. ``p`` is recorded (the cost is taken as given, already at that power).
+
+        Parameters
+        ----------
+        labels : list of str
+        cost : array-like, shape (K, K)
+        p : {1, 2}
+        name : str, optional
+        origin : mapping, optional
+            How the cost was made (plain JSON), kept in :meth:`to_dict`.
+
+        Examples
+        --------
+        >>> g = LabelGeometry.from_cost(["a", "b", "c"], [[0, 1, 4], [1, 0, 1], [4, 1, 0]])
+        >>> g.has_coords, g.is_1d, g.cost[0, 2].item()
+        (False, False, 4.0)
+        >>> LabelGeometry.from_dict(g.to_dict()) == g
+        True
+        """
+        geometry = cls.__new__(cls)
+        if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+            raise ValueError(f"labels: expected a list of label names, got {labels!r}")
+        labels = [str(label) for label in labels]
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ValueError(f"labels: expected at least 2 distinct label names, got {labels!r}")
+        if isinstance(p, bool) or p not in (1, 2):
+            raise ValueError(f"p: expected 1 or 2 (power of the cost), got {p!r}")
+        try:
+            c = torch.as_tensor(cost, dtype=torch.float64).detach().clone().cpu()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"cost: expected a (K, K) matrix of numbers, got {cost!r} ({exc})") from None
+        k = len(labels)
+        if c.shape != (k, k):
+            raise ValueError(f"cost: expected shape ({k}, {k}) for {k} labels, got {tuple(c.shape)}")
+        if not torch.isfinite(c).all() or (c < 0).any():
+            raise ValueError("cost: entries must be finite and non-negative")
+        if (c.diagonal() != 0).any():
+            i = int(torch.nonzero(c.diagonal())[0])
+            raise ValueError(f"cost: label {labels[i]!r} has a non-zero cost {float(c[i, i]):g} to itself")
+        geometry._labels = labels
+        geometry._index = {label: i for i, label in enumerate(labels)}
+        geometry._coords = None
+        geometry._p = int(p)
+        geometry._cost = c
+        geometry.name = name
+        geometry.origin = None if origin is None else dict(origin)
+        geometry._ground_cost = None
+        return geometry
+
+    @classmethod
+    def learned(
+        cls,
+        labels: Sequence[str],
+        spec: Mapping[str, Any],
+        *,
+        soft_labels: Any = None,
+        head_rows: Any = None,
+        scale_to: "LabelGeometry | None" = None,
+        p: int = 1,
+    ) -> "LabelGeometry":
+        """A learned cost (:func:`soft_label_cost` or :func:`head_cost`) as a cost-matrix geometry.
+
+        The cost is raised to the power ``p``, then (``scale_to``) multiplied by one factor
+        so that its largest entry equals ``scale_to``'s largest cost.
+
+        Parameters
+        ----------
+        labels : list of str
+            In the class order of the inputs.
+        spec : mapping
+            A learned spec (:func:`parse_learned_spec`).
+        soft_labels : array-like (N, T, K), optional
+            The teachers' soft labels on the transfer set (for ``soft_labels``).
+        head_rows : array-like (K, H), optional
+            The start model's class rows (for ``head``).
+        scale_to : LabelGeometry, optional
+        p : {1, 2}
+
+        Returns
+        -------
+        LabelGeometry
+            Named ``learned:<source>``, with :attr:`origin` ``{"learned", "kappa", "scale",
+            "p", "measure", "inputs", "scale_factor"}``.
+
+        Examples
+        --------
+        >>> g = LabelGeometry.learned(["a", "b", "c"], {"learned": "head"}, head_rows=[[1, 0], [0, 1], [-1, 0]])
+        >>> g.cost[0].tolist(), g.name
+        ([0.0, 1.0, 2.0], 'learned:head')
+        """
+        options = parse_learned_spec(spec)
+        if options is None:
+            raise ValueError(f"geometry: not a learned spec: {spec!r}")
+        source = options["from"]
+        if source == "soft_labels":
+            if soft_labels is None:
+                raise ValueError("geometry learned: soft_labels needs the teachers' soft labels on the transfer set")
+            shape = list(torch.as_tensor(soft_labels).shape)
+            cost = soft_label_cost(soft_labels)
+            measure = "0.5 * clip(1 - pearson(columns over items x teachers), 0, 2)"
+        else:
+            if head_rows is None:
+                raise ValueError("geometry learned: head needs the start model's output layer (a global model)")
+            shape = list(torch.as_tensor(head_rows).shape)
+            cost = head_cost(head_rows, options["kappa"])
+            measure = "1 - cos(class rows)" if options["kappa"] is None else "1 - exp(-kappa (1 - cos(class rows)))"
+        if cost.shape[0] != len(labels):
+            raise ValueError(f"geometry learned: {source} has {cost.shape[0]} classes, the task {len(labels)}")
+        cost = cost if p == 1 else cost * cost
+        factor = 1.0
+        if scale_to is not None:
+            own = float(cost.max())
+            if own <= 0:
+                raise ValueError(f"geometry learned: {source}: every cost is 0 (the classes cannot be told apart)")
+            factor = float(scale_to.cost.max()) / own
+            cost = cost * factor
+        origin = {"learned": source, "kappa": options["kappa"], "scale": options["scale"], "p": int(p),
+                  "measure": measure, "inputs": shape, "scale_factor": factor}
+        geometry = cls.from_cost(labels, cost, p=p, name=f"{LEARNED}:{source}", origin=origin)
+        log.info("learned %s cost over %d labels from %s (largest cost %.4g%s)", source, len(labels), shape,
+                 float(cost.max()), ", scaled to the task geometry" if scale_to is not None else "")
+        return geometry
+
+    @classmethod
     def from_spec(
         cls,
         spec: Any,
@@ -563,9 +862,10 @@ class LabelGeometry:
         p: int = 1,
         *,
         reference: "LabelGeometry | None" = None,
+        learned_inputs: Mapping[str, Any] | None = None,
     ) -> "LabelGeometry":
         """Geometry from a config value: a preset name, a mapping, a YAML/JSON file path,
-        or a derived spec.
+        a derived spec or a learned spec.
 
         Parameters
         ----------
@@ -582,8 +882,11 @@ class LabelGeometry:
         p : {1, 2}
             ``task.cost_power``.
         reference : LabelGeometry, optional
-            The task geometry, which a derived spec with ``scale: task`` is scaled to and a
-            control spec is built from.
+            The task geometry, which a derived or learned spec with ``scale: task`` is
+            scaled to and a control spec is built from.
+        learned_inputs : mapping, optional
+            What a learned spec (:func:`parse_learned_spec`) is computed from:
+            ``{"soft_labels": (N, T, K), "head_rows": (K, H)}`` (see :meth:`learned`).
 
         Examples
         --------
@@ -605,6 +908,16 @@ class LabelGeometry:
                 )
             base = reference if labels is None else reference.reorder(labels)
             return control_geometry(base, control)
+        learned = parse_learned_spec(spec)
+        if learned is not None:
+            if labels is None:
+                raise ValueError("geometry 'learned': needs the labels (task.labels)")
+            if learned["scale"] == "task" and reference is None:
+                raise ValueError("geometry learned.scale 'task': no task geometry to scale to")
+            return cls.learned(
+                labels, spec, p=p, scale_to=reference if learned["scale"] == "task" else None,
+                **dict(learned_inputs or {}),
+            )
         options = parse_derived_spec(spec)
         if options is not None:
             texts = options["texts"]
@@ -664,6 +977,9 @@ class LabelGeometry:
         if labels == self._labels:
             return self
         order = [self._index[label] for label in labels]
+        if self._coords is None:
+            return LabelGeometry.from_cost(labels, self._cost[order][:, order], p=self._p, name=self.name,
+                                           origin=self.origin)
         return LabelGeometry(labels, self._coords[order], p=self._p, name=self.name)
 
     # ------------------------------------------------------------------ accessors
@@ -676,9 +992,21 @@ class LabelGeometry:
         return len(self._labels)
 
     @property
+    def has_coords(self) -> bool:
+        """False for a cost-matrix geometry (:meth:`from_cost`)."""
+        return self._coords is not None
+
+    def _need_coords(self) -> torch.Tensor:
+        if self._coords is None:
+            raise ValueError(
+                f"geometry {self.name or ''!s}: a cost matrix without coordinates; only a distillation loss can use it"
+            )
+        return self._coords
+
+    @property
     def dim(self) -> int:
         """D, the number of coordinates per label."""
-        return int(self._coords.shape[1])
+        return int(self._need_coords().shape[1])
 
     @property
     def p(self) -> int:
@@ -686,7 +1014,7 @@ class LabelGeometry:
 
     @property
     def coords(self) -> torch.Tensor:
-        return self._coords.clone()
+        return self._need_coords().clone()
 
     @property
     def cost(self) -> torch.Tensor:
@@ -694,7 +1022,7 @@ class LabelGeometry:
 
     @property
     def is_1d(self) -> bool:
-        return self.dim == 1
+        return self._coords is not None and self.dim == 1
 
     @property
     def ground_cost(self):
@@ -702,7 +1030,7 @@ class LabelGeometry:
         if self._ground_cost is None:
             from knot.ot import GroundCost
 
-            positions = self._coords[:, 0] if self.is_1d else None
+            positions = self._coords[:, 0] if self.is_1d else None  # None for a cost matrix: never 1-D
             self._ground_cost = GroundCost(self._cost, positions=positions, power=self._p)
         return self._ground_cost
 
@@ -721,10 +1049,15 @@ class LabelGeometry:
     def to_dict(self) -> dict:
         """Plain-JSON form (labels, coordinates, power, name); inverse of :meth:`from_dict`.
 
+        A cost-matrix geometry gives ``cost`` instead of ``coords``, and ``origin``.
+
         >>> g = LabelGeometry.preset("emotion5")
         >>> LabelGeometry.from_dict(g.to_dict()) == g
         True
         """
+        if self._coords is None:
+            return {"labels": list(self._labels), "cost": self._cost.tolist(), "p": self._p, "name": self.name,
+                    "origin": self.origin}
         return {
             "labels": list(self._labels),
             "coords": self._coords.tolist(),
@@ -735,6 +1068,12 @@ class LabelGeometry:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LabelGeometry":
         """Inverse of :meth:`to_dict` (as stored in a checkpoint's config.json)."""
+        if isinstance(data, Mapping) and "labels" in data and "cost" in data and "coords" not in data:
+            unknown = set(data) - {"labels", "cost", "p", "name", "origin"}
+            if unknown:
+                raise ValueError(f"geometry: unknown keys {sorted(unknown)} (expected labels, cost, p, name, origin)")
+            return cls.from_cost(data["labels"], data["cost"], p=data.get("p", 1), name=data.get("name"),
+                                 origin=data.get("origin"))
         if not isinstance(data, Mapping) or "labels" not in data or "coords" not in data:
             raise ValueError(f"geometry: expected a mapping with 'labels' and 'coords', got {data!r}")
         unknown = set(data) - {"labels", "coords", "p", "name"}
@@ -745,6 +1084,10 @@ class LabelGeometry:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LabelGeometry):
             return NotImplemented
+        if (self._coords is None) != (other._coords is None):
+            return False
+        if self._coords is None:
+            return self._labels == other._labels and self._p == other._p and bool(torch.equal(self._cost, other._cost))
         return (
             self._labels == other._labels
             and self._p == other._p
@@ -753,8 +1096,10 @@ class LabelGeometry:
         )
 
     def __hash__(self) -> int:
-        return hash((tuple(self._labels), self._p, self._coords.numpy().tobytes()))
+        data = self._cost if self._coords is None else self._coords
+        return hash((tuple(self._labels), self._p, data.numpy().tobytes()))
 
     def __repr__(self) -> str:
         src = f", name={self.name!r}" if self.name else ""
-        return f"LabelGeometry(labels={self._labels!r}, dim={self.dim}, p={self._p}{src})"
+        shape = "cost matrix" if self._coords is None else f"dim={self.dim}"
+        return f"LabelGeometry(labels={self._labels!r}, {shape}, p={self._p}{src})"

@@ -28,6 +28,19 @@ Losses, by name (:func:`register_loss` adds more):
     forward KL :math:`\mathrm{KL}(t \| s)` (Hinton-style distillation, FedDF with ``mixture``).
 ``ce``
     soft cross-entropy :math:`-\sum_k t_k \log s_k`.
+``ot_kl``
+    :math:`\lambda\, \mathrm{OT}_C(s, t) + (1 - \lambda)\, \tau^2 \mathrm{KL}(t \| s)` (option
+    ``lam``, default 0.5; WKD/WKL-style: :func:`lambda_schedule` moves :math:`\lambda` over
+    the epochs).
+``sord``
+    SORD (Diaz & Marathe, CVPR 2019): the target's argmax :math:`y` becomes the soft label
+    :math:`q = \mathrm{softmax}(-C_{y,:} / \tau_s)` over the ground cost (option ``tau``,
+    default 1), and the loss is :math:`\tau^2 \mathrm{KL}(q \| s)`; with
+    ``aggregate="mixture"`` :math:`y` is the teachers' weighted consensus.
+``uld``
+    ULD (Boizard et al., 2024): :math:`\sum_i |s_{(i)} - t_{(i)}|`, the L1 distance between
+    the two distributions sorted in decreasing order, i.e. twice the exact OT cost under a
+    0/1 cost between the sorted vectors: a W1 that ignores which label is which.
 
 A temperature :math:`\tau` softens the student (:math:`z / \tau`) and the teachers
 (:math:`t^{1/\tau}` renormalised, i.e. their logits divided by :math:`\tau`, before any
@@ -44,7 +57,7 @@ not rescaled.
 >>> round(distillation_loss("ot", logits, teachers, [0.5, 0.5], g).item(), 2)  # about (4 + 1) / 2
 2.5
 >>> sorted(available_losses())
-['ce', 'entropy', 'kl', 'ot']
+['ce', 'entropy', 'kl', 'ot', 'ot_kl', 'sord', 'uld']
 """
 
 from __future__ import annotations
@@ -63,6 +76,10 @@ __all__ = [
     "register_loss",
     "get_loss",
     "available_losses",
+    "loss_options",
+    "lambda_schedule",
+    "sord_targets",
+    "SCHEDULE_KINDS",
     "distillation_loss",
     "normalize_weights",
     "validate_teacher_probs",
@@ -120,7 +137,7 @@ def get_loss(name: str) -> Callable[..., torch.Tensor]:
     >>> get_loss("emd")
     Traceback (most recent call last):
     ...
-    ValueError: unknown loss 'emd' (expected one of: ce, entropy, kl, ot)
+    ValueError: unknown loss 'emd' (expected one of: ce, entropy, kl, ot, ot_kl, sord, uld)
     """
     try:
         return _REGISTRY[name][0]
@@ -131,6 +148,63 @@ def get_loss(name: str) -> Callable[..., torch.Tensor]:
 def available_losses() -> list[str]:
     """Registered loss names, sorted."""
     return sorted(_REGISTRY)
+
+
+def loss_options(name: str) -> frozenset[str]:
+    """The options :func:`distillation_loss` accepts for the loss ``name``.
+
+    >>> "lam" in loss_options("ot_kl"), "lam" in loss_options("kl")
+    (True, False)
+    """
+    get_loss(name)
+    return _REGISTRY[name][1]
+
+
+#: Kinds of :func:`lambda_schedule`.
+SCHEDULE_KINDS = ("constant", "linear", "cosine")
+
+
+def lambda_schedule(kind: str = "cosine", start: float = 1.0, end: float = 0.0) -> Callable[[float], float]:
+    r"""The weight :math:`\lambda(u)` of a loss term as a function of training progress :math:`u \in [0, 1]`.
+
+    ``linear``: :math:`\lambda = a + (b - a) u`; ``cosine``: :math:`\lambda = b + (a - b)(1 +
+    \cos \pi u) / 2` (flat at both ends); ``constant``: :math:`a`; with :math:`a` = ``start``
+    and :math:`b` = ``end``. :func:`knot.distill` evaluates it at :math:`u = e / (E - 1)` for
+    epoch :math:`e = 0, \dots, E - 1` (the first epoch gets ``start``, the last ``end``).
+
+    Parameters
+    ----------
+    kind : {"constant", "linear", "cosine"}
+    start, end : float in [0, 1]
+
+    Returns
+    -------
+    callable ``u -> lambda`` (``u`` clipped to [0, 1])
+
+    Examples
+    --------
+    >>> f = lambda_schedule("cosine", 1.0, 0.0)
+    >>> [round(f(u), 3) for u in (0.0, 0.5, 1.0)]
+    [1.0, 0.5, 0.0]
+    >>> lambda_schedule("linear", 1.0, 0.0)(0.25)
+    0.75
+    """
+    if kind not in SCHEDULE_KINDS:
+        raise ValueError(f"schedule.kind: expected one of {', '.join(SCHEDULE_KINDS)}, got {kind!r}")
+    for key, v in (("start", start), ("end", end)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise ValueError(f"schedule.{key}: expected a number in [0, 1], got {v!r}")
+    a, b = float(start), float(end)
+
+    def lam(u: float) -> float:
+        u = min(max(float(u), 0.0), 1.0)
+        if kind == "constant":
+            return a
+        if kind == "linear":
+            return a + (b - a) * u
+        return b + (a - b) * 0.5 * (1.0 + math.cos(math.pi * u))
+
+    return lam
 
 
 # ---------------------------------------------------------------------------
@@ -286,6 +360,12 @@ def _ot_loss(student_logits, targets, geometry, *, temperature=1.0, method="auto
 
 
 
+def _check_unit(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def _log_targets(t: torch.Tensor, floor: float) -> torch.Tensor:
     return torch.log(t.clamp_min(floor))
 
@@ -322,6 +402,59 @@ def _ce_loss(student_logits, targets, geometry, *, temperature=1.0):
     return -(t * log_s).sum(-1) * temperature**2
 
 
+@register_loss("ot_kl", options=_OT_OPTIONS)
+def _ot_kl_loss(student_logits, targets, geometry, *, temperature=1.0, lam=0.5, method="auto", **solver):
+    """lam * OT + (1 - lam) * KL(t || s) tau^2, (B, M); a term with weight 0 is not computed."""
+    lam = _check_unit("ot_kl: lam", lam)
+    out = 0.0
+    if lam > 0:
+        out = lam * _ot_loss(student_logits, targets, geometry, temperature=temperature, method=method, **solver)
+    if lam < 1:
+        out = out + (1.0 - lam) * _kl_loss(student_logits, targets, geometry, temperature=temperature)
+    return out
+
+
+def sord_targets(labels: torch.Tensor, cost: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    r"""SORD soft labels :math:`q_{y,k} = \mathrm{softmax}_k(-C_{y k} / \tau)`.
+
+    Parameters
+    ----------
+    labels : LongTensor, shape (...)
+        Class indices y.
+    cost : torch.Tensor, shape (K, K)
+        Ground cost with a zero diagonal (so the target peaks at y).
+    tau : float > 0
+
+    Returns
+    -------
+    torch.Tensor, shape (..., K), rows on the simplex
+
+    >>> c = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]])
+    >>> [round(v, 3) for v in sord_targets(torch.tensor([0]), c)[0].tolist()]
+    [0.665, 0.245, 0.09]
+    """
+    if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau > 0):
+        raise ValueError(f"sord: tau: expected a positive number, got {tau!r}")
+    return torch.softmax(-cost[labels] / tau, dim=-1)
+
+
+@register_loss("sord")
+def _sord_loss(student_logits, targets, geometry, *, temperature=1.0, tau=1.0):
+    """KL(q || s) tau^2 to the SORD target q of each target's argmax, (B, M)."""
+    cost = geometry.ground_cost.matrix(targets.dtype, targets.device)  # (K, K)
+    q = sord_targets(targets.argmax(-1), cost, tau)  # (B, M, K)
+    return _kl_loss(student_logits, q, geometry, temperature=temperature)
+
+
+@register_loss("uld")
+def _uld_loss(student_logits, targets, geometry, *, temperature=1.0):
+    """sum_i |s_(i) - t_(i)| over both sorted decreasingly, (B, M); ignores the geometry."""
+    s = _student_log_probs(student_logits, temperature).exp()  # (B, K)
+    s_sorted = torch.sort(s, dim=-1, descending=True).values[:, None, :]  # (B, 1, K)
+    t_sorted = torch.sort(targets, dim=-1, descending=True).values  # (B, M, K)
+    return (s_sorted - t_sorted).abs().sum(-1)
+
+
 def distillation_loss(
     name: str,
     student_logits: torch.Tensor,
@@ -334,13 +467,14 @@ def distillation_loss(
     teacher_names: Sequence[str] | None = None,
     validate: bool = True,
     atol: float = PROB_ATOL,
+    sharpen: float | None = None,
     **options: Any,
 ) -> torch.Tensor:
     """Distillation loss of a student against T weighted teachers (a scalar tensor).
 
     Parameters
     ----------
-    name : {"ot", "entropy", "kl", "ce"} or a registered name
+    name : {"ot", "entropy", "kl", "ce", "ot_kl", "sord", "uld"} or a registered name
     student_logits : torch.Tensor, shape (B, K)
     teacher_probs : torch.Tensor, shape (B, T, K)
         Teachers' soft labels (on the simplex; moved to the logits' device and dtype).
@@ -361,6 +495,10 @@ def distillation_loss(
         validated its soft labels once may turn it off.
     atol : float
         Tolerance on the soft labels' sums.
+    sharpen : float in (0, 1], optional
+        With ``aggregate="mixture"`` only: the weighted teacher average :math:`\bar t` is
+        sharpened to :math:`\\bar t^{1/T} / \\sum_k \\bar t_k^{1/T}` with :math:`T` =
+        ``sharpen`` (DS-FL's entropy-reduction aggregation, Itahara et al., 2021).
     **options
         Options of the named loss (e.g. ``log_floor`` for ``entropy``; ``eps``,
         ``max_iter`` for ``ot`` with ``method="sinkhorn"``).
@@ -394,6 +532,11 @@ def distillation_loss(
         raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if sharpen is not None:
+        if aggregate != "mixture":
+            raise ValueError(f"sharpen: only with aggregate 'mixture', got aggregate {aggregate!r}")
+        if isinstance(sharpen, bool) or not isinstance(sharpen, (int, float)) or not 0 < sharpen <= 1:
+            raise ValueError(f"sharpen: expected a temperature in (0, 1], got {sharpen!r}")
     _check_inputs(student_logits, teacher_probs, geometry)
     dtype = _work_dtype(student_logits)
     teachers = teacher_probs.to(device=student_logits.device, dtype=dtype)  # (B, T, K)
@@ -407,6 +550,8 @@ def distillation_loss(
         kwargs["method"] = method
     if aggregate == "mixture":
         mix = (w[..., None] * teachers).sum(1, keepdim=True)  # (B, 1, K)
+        if sharpen is not None:
+            mix = soften(mix, float(sharpen))  # DS-FL: the average at temperature T < 1
         per = fn(student_logits, mix, geometry, temperature=temperature, **kwargs)  # (B, 1)
         return per[:, 0].mean()
     per = fn(student_logits, teachers, geometry, temperature=temperature, **kwargs)  # (B, T)

@@ -79,6 +79,7 @@ __all__ = [
     "resolve_checkpoint",
     "checkpoint_hash",
     "read_checkpoint_config",
+    "class_weight_rows",
     "atomic_dir",
     "CHECKPOINT_FORMAT",
 ]
@@ -746,6 +747,26 @@ def _read_config(path: Path) -> dict:
             f"{file}: checkpoint format {fmt} is newer than this knot ({__version__}) reads"
         )
     return cfg
+
+
+def class_weight_rows(model: nn.Module) -> torch.Tensor:
+    """The (K, H) weights of a classifier's output layer, row k for class k (a detached copy).
+
+    The output layer is the last ``nn.Linear`` of the head: ``classifier`` of a
+    :class:`KnotClassifier` or of a :class:`~knot.heads.TokenHead`, ``net[-1]`` of a
+    :class:`~knot.heads.PooledHead` (of a :class:`FrozenClassifier`'s ``head``).
+
+    >>> from knot.heads import PooledHead
+    >>> tuple(class_weight_rows(PooledHead(8, 3, units=4)).shape)
+    (3, 4)
+    """
+    head = getattr(model, "head", model)
+    layer = getattr(head, "classifier", None)
+    if layer is None and isinstance(getattr(head, "net", None), nn.Sequential):
+        layer = head.net[-1]
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(f"{type(model).__name__}: no output layer (classifier or net[-1] Linear) to read class rows from")
+    return layer.weight.detach().to("cpu", torch.float64).clone()  # (K, H)
 
 
 def read_checkpoint_config(dir: str | os.PathLike) -> dict:

@@ -32,7 +32,7 @@ from knot.utils import atomic_path, atomic_write_text
 log = logging.getLogger(__name__)
 
 __all__ = ["aggregate_rows", "baselines_over_runs", "report_runs", "write_report", "format_cell", "per_set_table",
-           "gold_table", "plot_paired"]
+           "gold_table", "plot_paired", "learned_cost_tables"]
 
 METRICS = ["accuracy", "macro_f1", "semantic_distance", "expected_cost"]
 TITLES = {
@@ -388,6 +388,32 @@ def report_runs(run_dirs: Sequence[str | Path]) -> list[RunLayout]:
     return layouts
 
 
+def learned_cost_tables(layout: RunLayout, models: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown tables of the learned loss costs of a run's students (none: no lines).
+
+    Reads each student's ``geometry_loss.json`` (:data:`knot.distill.GEOMETRY_LOSS_FILE`) and
+    shows the ones with an ``origin`` (a learned cost): how it was made, then the matrix.
+    """
+    lines: list[str] = []
+    for m in models:
+        if m.get("kind") != "student":
+            continue
+        path = layout.student(m["name"]) / "geometry_loss.json"
+        if not path.is_file():
+            continue
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        origin = stored.get("origin")
+        if not origin:
+            continue
+        labels, cost = stored["labels"], stored["cost"]
+        how = ", ".join(f"{k} {v}" for k, v in origin.items() if v is not None)
+        lines += ["", f"Student `{m['name']}`: learned loss cost ({how}).", ""]
+        lines.append("| | " + " | ".join(labels) + " |")
+        lines.append("|---|" + "---|" * len(labels))
+        lines += [f"| {a} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for a, row in zip(labels, cost)]
+    return ["", "## Learned label costs (first run)"] + lines if lines else []
+
+
 def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = "knot run") -> Path:
     """Write ``report.md`` and ``plots/`` into ``out`` from the runs' ``results.json``.
 
@@ -433,6 +459,7 @@ def write_report(layouts: Sequence[RunLayout], out: str | Path, *, title: str = 
     lines += ["", "## Per test set: macro-F1 / Semantic Distance", ""]
     lines += per_set_table(agg, models, sets)
     lines += gold_table(agg, models, sets)
+    lines += learned_cost_tables(layouts[0], models)
 
     # plots
     lines += ["", "## Plots", ""]

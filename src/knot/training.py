@@ -444,6 +444,8 @@ def fit(
     metadata: dict | None = None,
     progress: bool | None = None,
     keep_last_state: bool = False,
+    on_epoch: Callable[[int, int], dict] | None = None,
+    val_loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train ``model`` with AdamW, evaluate each epoch, keep the best checkpoint.
 
@@ -483,6 +485,13 @@ def fit(
         Keep the resumable weights and optimiser state in ``out_dir/last`` after the
         final epoch (to extend the run later with more epochs). By default only
         ``last/state.json`` is kept once training is over.
+    on_epoch : callable, optional
+        ``on_epoch(epoch, epochs) -> dict``, called before each training epoch (``epoch``
+        from 0) so that a loss can follow a schedule over the epochs; the dict's entries are
+        added to the epoch's record in ``metrics.jsonl`` (e.g. ``{"lam": 0.8}``).
+    val_loss_fn : callable, optional
+        The validation loss (default ``loss_fn``), e.g. a scheduled loss at a fixed weight
+        so that every epoch is scored on the same objective.
 
     Returns
     -------
@@ -557,6 +566,7 @@ def fit(
             break
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        scheduled = dict(on_epoch(epoch, epochs)) if on_epoch is not None else {}
         model.train()
         t0 = time.perf_counter()
         loss_sum, n_items, n_steps = 0.0, 0, 0
@@ -598,9 +608,10 @@ def fit(
             "train_seconds": round(train_seconds, 3),
             "samples_per_s": n_items / max(train_seconds, 1e-9),
             "lr": scheduler.get_last_lr()[0],
+            **scheduled,
         }
         if val_loader is not None:
-            val = evaluate(model, val_loader, device, loss_fn, eval_fn)
+            val = evaluate(model, val_loader, device, val_loss_fn or loss_fn, eval_fn)
             if select_by not in val:
                 raise ValueError(
                     f"fit: select_by={select_by!r} is not a validation metric "
