@@ -30,7 +30,7 @@ def test_the_report_prints_each_runs_environment(tmp_path):
     layouts = []
     for seed, threads in enumerate([2, 2, 1]):
         layout = RunLayout(tmp_path / f"seed-{seed}")
-        atomic_write_json(layout.results_json, _results(0.6, 0.5) | {"environment": env | {"torch_threads": threads}})
+        atomic_write_json(layout.results_json, two_teacher_results(0.6, 0.5) | {"environment": env | {"torch_threads": threads}})
         layouts.append(layout)
 
     one = write_report(layouts[:2], tmp_path / "one").read_text()
