@@ -56,6 +56,18 @@ def _write_error(target: Path, exc: Exception) -> WriteError | None:
 
 
 @contextlib.contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """Re-raise an I/O error of the body as a :class:`WriteError` naming ``target``."""
+    try:
+        yield
+    except Exception as exc:
+        error = _write_error(target, exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+@contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it over ``target`` on success.
 
@@ -80,14 +92,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         raise _write_error(target, exc) from None
     tmp = Path(name)
     try:
-        yield tmp
-        follow_umask(tmp)
-        os.replace(tmp, target)
-    except Exception as exc:
-        error = _write_error(target, exc)
-        if error is None:
-            raise
-        raise error from None
+        with _writing(target):
+            yield tmp
+            follow_umask(tmp)
+            os.replace(tmp, target)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
@@ -110,21 +118,17 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     except OSError as exc:
         raise _write_error(target, exc) from None
     try:
-        yield tmp
-        follow_umask(tmp)
-        old = target.parent / f".{target.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old.exists():
-            shutil.rmtree(old, ignore_errors=True)
-    except Exception as exc:
-        error = _write_error(target, exc)
-        if error is None:
-            raise
-        raise error from None
+        with _writing(target):
+            yield tmp
+            follow_umask(tmp)
+            old = target.parent / f".{target.name}.old"
+            if old.exists():
+                shutil.rmtree(old)
+            if target.exists():
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old.exists():
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
