@@ -81,7 +81,7 @@ def quickstart_run(tmp_path_factory) -> tuple[Path, str]:
         n = len(load_config(config).data.domains)
         sets = [
             "local.epochs=1", "local.max_steps=2", "global_model.epochs=1", "global_model.max_steps=2",
-            "distill.train.epochs=1", "distill.train.max_steps=2", "bias.n_samples=8", "model.max_length=32",
+            "distill.train.epochs=1", "distill.train.max_steps=2", "bias.n_samples=8", "model.max_length=32", "model.encoder_layers=2",
             *[f"data.domains.{i}.{key}=20" for i in range(n) for key in ("max_train", "max_val", "max_test")],
         ]
         out = base / "run"

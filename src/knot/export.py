@@ -503,7 +503,7 @@ def _quantize(folder: Path, model: Any, sets: Mapping[str, tuple[list[str], np.n
 
     root = logging.getLogger()  # quantize_dynamic logs every skipped node to the root logger
     level = root.level
-    root.setLevel(max(level, logging.WARNING))
+    root.setLevel(max(level, logging.ERROR))
     try:
         quantize_dynamic(str(folder / MODEL_FILE), str(folder / INT8_FILE), weight_type=QuantType.QInt8)
     finally:
