@@ -113,10 +113,10 @@ def test_missing_onnxruntime_names_the_extra(tiny_export, monkeypatch):
         OnnxPredictor(tiny_export[1])
 
 
-@pytest.mark.parametrize("encoder, head", [("tiny", "knot"), ("minilm", "knot")])
-def test_frozen_heads_export_with_parity(tmp_path, encoder, head):
-    # the frozen head's graph rounds its features to float16, as the feature cache does
-    ckpt = _checkpoint(tmp_path / "ckpt", encoder=encoder, encoder_layers=1, encoder_mode="frozen", head=head,
+def test_frozen_token_head_exports_with_parity(tmp_path):
+    # the pooled head is the quickstart student's; the frozen graph rounds its features to
+    # float16, as the feature cache does
+    ckpt = _checkpoint(tmp_path / "ckpt", encoder="minilm", encoder_layers=1, encoder_mode="frozen", head="knot",
                        max_length=32)
     res = export_checkpoint(ckpt, tmp_path / "onnx")
     assert res["parity_max_abs"] < PARITY_ATOL
