@@ -3,6 +3,10 @@
 ``data_root`` is the folder with the real datasets: ``$KNOT_DATA`` when set, else the
 ``shared/datasets`` folder beside the checkout. Tests that need it are skipped, with a
 message saying so, when neither exists.
+
+``quickstart_run`` is the README's quickstart, shrunk, run once per session on a fresh
+machine's view (no data folder): tests/test_quickstart.py checks the run,
+tests/test_export.py exports its student.
 """
 
 from __future__ import annotations
@@ -48,3 +52,42 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _no_data_root(*args, **kwargs):
+    raise AssertionError("the quickstart must not need a data root")
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory) -> tuple[Path, str]:
+    """``configs/quickstart.yaml`` run through the CLI with sizes and steps shrunk, from a
+    temporary folder with ``KNOT_DATA`` unset and the data-root lookup disabled:
+    ``(run folder, the command's output)``."""
+    from typer.testing import CliRunner
+
+    from knot.cli import app
+    from knot.config import load_config
+
+    config = REPO / "configs" / "quickstart.yaml"
+    base = tmp_path_factory.mktemp("quickstart")
+    work = base / "fresh" / "checkout"  # no ../shared/datasets beside it
+    work.mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("KNOT_DATA", raising=False)
+        mp.delenv("KNOT_CACHE", raising=False)
+        mp.chdir(work)
+        mp.setattr("knot.data.prepare.resolve_data_root", _no_data_root)
+        mp.setattr("knot.config.resolve_data_root", _no_data_root)
+        n = len(load_config(config).data.domains)
+        sets = [
+            "local.epochs=1", "local.max_steps=2", "global_model.epochs=1", "global_model.max_steps=2",
+            "distill.train.epochs=1", "distill.train.max_steps=2", "bias.n_samples=8", "model.max_length=32", "model.encoder_layers=2",
+            *[f"data.domains.{i}.{key}=20" for i in range(n) for key in ("max_train", "max_val", "max_test")],
+        ]
+        out = base / "run"
+        args = ["run", str(config), "--out", str(out)]
+        for s in sets:
+            args += ["--set", s]
+        res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return out, res.output

@@ -2,49 +2,23 @@
 
 CI runs ``configs/quickstart.yaml`` end to end through the CLI from a temporary folder with
 ``KNOT_DATA`` unset and the data-root lookup disabled, so neither ``../shared/datasets``
-nor any other folder can be read; sizes and steps are shrunk with ``--set`` to keep it fast.
+nor any other folder can be read; sizes and steps are shrunk with ``--set`` to keep it fast
+(the run is conftest's session fixture ``quickstart_run``, shared with tests/test_export.py).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from knot.cli import app
-from knot.config import load_config
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "quickstart.yaml"
-
-
-def _no_data_root(*args, **kwargs):
-    raise AssertionError("the quickstart must not need a data root")
 
 
 @pytest.mark.slow
-def test_quickstart_runs_without_a_data_folder(tmp_path, monkeypatch):
-    monkeypatch.delenv("KNOT_DATA", raising=False)
-    monkeypatch.delenv("KNOT_CACHE", raising=False)
-    work = tmp_path / "fresh" / "checkout"  # no ../shared/datasets beside it
-    work.mkdir(parents=True)
-    monkeypatch.chdir(work)
-    monkeypatch.setattr("knot.data.prepare.resolve_data_root", _no_data_root)
-    monkeypatch.setattr("knot.config.resolve_data_root", _no_data_root)
-    n = len(load_config(CONFIG).data.domains)
-    sets = [
-        "local.epochs=1", "local.max_steps=2", "global_model.epochs=1", "global_model.max_steps=2",
-        "distill.train.epochs=1", "distill.train.max_steps=2", "bias.n_samples=8", "model.max_length=32",
-        *[f"data.domains.{i}.{key}=20" for i in range(n) for key in ("max_train", "max_val", "max_test")],
-    ]
-    out = tmp_path / "run"
-    args = ["run", str(CONFIG), "--out", str(out)]
-    for s in sets:
-        args += ["--set", s]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
+def test_quickstart_runs_without_a_data_folder(quickstart_run):
+    out, output = quickstart_run
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     assert all(src.startswith("builtin:vader/") for src in manifest["sources"])
     assert any((out / "features").iterdir())  # frozen mode: the sentences were encoded into the run's cache
@@ -56,7 +30,7 @@ def test_quickstart_runs_without_a_data_folder(tmp_path, monkeypatch):
         assert gold_keys <= set(r), r
         assert 0.0 <= r["tv_gold"] <= 1.0 and 0.0 <= r["js_gold"] <= 1.0 and r["w1_gold"] >= 0.0
     assert set(results["gold_baselines"]) == {t["name"] for t in results["test_sets"]}
-    assert "W1 to gold" in res.output and "| union | `student:ot` |" in res.output
+    assert "W1 to gold" in output and "| union | `student:ot` |" in output
     assert "Against the human label distributions" in (out / "report.md").read_text()
 
 

@@ -297,6 +297,29 @@ def predict_cmd(
             typer.echo(f"{label}\t{shown}\tE[coord]={c}\t{snippet}")
 
 
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="A knot checkpoint (teacher, global, student) or training folder."),
+    out: Path = typer.Option(..., "--out", help="The folder to write (model.onnx, config.json, tokenizer, README.md)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (the only format so far)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write model.int8.onnx; its measured quality cost is "
+                              "printed and written into the model card."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
+) -> None:
+    """Export a checkpoint to ONNX with its tokenizer, config and model card (see knot.export)."""
+    from knot.export import export_checkpoint
+
+    try:
+        res = guarded(export_checkpoint, checkpoint, out, fmt=fmt, force=force, quantize="int8" if int8 else None)
+    except ImportError as exc:
+        _fail(str(exc))
+    typer.echo(f"exported {checkpoint} -> {res['out']} (onnxruntime vs torch on probe texts: max abs "
+               f"{res['parity_max_abs']:.1e})")
+    for name, d in (res["int8"] or {}).items():
+        typer.echo(f"int8 vs fp32 on {name}: argmax agreement {d['agreement']:.4f}, accuracy {d['accuracy']:+.4f}, "
+                   f"macro-F1 {d['macro_f1']:+.4f}, SD {d['semantic_distance']:+.4f}")
+
+
 # ---- feature cache (issue 12: frozen-encoder fast path) -------------------------------
 
 CacheDirOpt = typer.Option(
