@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from knot.cli import app
 from knot.config import load_config
 
+from helpers import quickstart_fast_sets
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "quickstart.yaml"
 
@@ -34,11 +36,7 @@ def test_quickstart_runs_without_a_data_folder(tmp_path, monkeypatch):
     monkeypatch.setattr("knot.data.prepare.resolve_data_root", _no_data_root)
     monkeypatch.setattr("knot.config.resolve_data_root", _no_data_root)
     n = len(load_config(CONFIG).data.domains)
-    sets = [
-        "local.epochs=1", "local.max_steps=2", "global_model.epochs=1", "global_model.max_steps=2",
-        "distill.train.epochs=1", "distill.train.max_steps=2", "bias.n_samples=8", "model.max_length=32",
-        *[f"data.domains.{i}.{key}=20" for i in range(n) for key in ("max_train", "max_val", "max_test")],
-    ]
+    sets = quickstart_fast_sets(n)
     out = tmp_path / "run"
     args = ["run", str(CONFIG), "--out", str(out)]
     for s in sets:

@@ -202,14 +202,20 @@ def write_node_key(folder: str | os.PathLike, name: str) -> tuple[Path, Path]:
 
 
 def _write_secret(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically with mode 0600 (a private key)."""
-    from knot.utils import atomic_path
+    """Write ``data`` atomically with mode 0600 (a private key): a ``mkstemp`` file (0600
+    from its creation, never widened to the umask as :func:`knot.utils.atomic_path` does)
+    renamed over ``path``."""
+    import tempfile
 
-    with atomic_path(path) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o600)
+        os.replace(name, path)
+    finally:
+        if os.path.exists(name):
+            os.unlink(name)
 
 
 # ---------------------------------------------------------------------------
@@ -352,12 +358,13 @@ class LocalFederation:
 
     def start_supernode(self, name: str, node_config: Mapping[str, str], *, key: str | os.PathLike | None = None,
                         root_certificates: str | os.PathLike | None = None, insecure: bool | None = None,
-                        max_wait: float | None = None) -> subprocess.Popen:
+                        trust_ca: bool = True, max_wait: float | None = None) -> subprocess.Popen:
         """Start ``flower-supernode`` ``name`` with ``node_config`` (``domain``, ``data-root``,
         ``work-dir``), on a free loopback port for its own runtime API.
 
         ``key``: its private key (node authentication). ``root_certificates``: the CA it
-        trusts (default: the federation's ``ca.crt``). ``insecure``: override (a node
+        trusts (default: the federation's ``ca.crt``; ``trust_ca=False``: only the
+        system's CAs, as a node that was not given the CA). ``insecure``: override (a node
         that tries plain HTTP against a TLS SuperLink, for tests). ``max_wait``: seconds
         it keeps retrying to connect before giving up.
         """
@@ -365,10 +372,10 @@ class LocalFederation:
         cmd = ["flower-supernode", "--superlink", self.address, "--port", str(free_port())]
         if insecure:
             cmd.append("--insecure")
-        elif root_certificates is not None or self.certs is not None:
+        elif trust_ca and (root_certificates is not None or self.certs is not None):
             cmd += ["--root-certificates", str(root_certificates or self.certs / CERT_FILES["ca"])]
         if key is not None:
-            cmd += ["--auth-supernode-private-key", str(key)]
+            cmd += ["--auth-supernode-private-key", str(Path(key).resolve())]
         if max_wait is not None:
             cmd += ["--max-wait-time", str(max_wait)]
         config = " ".join(f"{k}={_toml_quote(v)}" for k, v in node_config.items())
@@ -383,7 +390,7 @@ class LocalFederation:
 
     def register(self, public_key: str | os.PathLike, name: str | None = None) -> None:
         """Register a SuperNode's public key with the SuperLink (``flwr supernode register``)."""
-        args = ["supernode", "register", str(public_key), CONNECTION]
+        args = ["supernode", "register", str(Path(public_key).resolve()), CONNECTION]
         if name:
             args += ["--name", name]
         done = self.flwr(*args)
@@ -517,6 +524,7 @@ def run_local(
     n = len(locals_) if clients is None else int(clients)
     if n < 1:
         raise ValueError(f"--clients: expected a positive number of clients, got {n}")
+    keys = Path(keys).resolve() if keys is not None else None
     if simulation and keys is not None:
         raise ValueError("node keys are for SuperNode processes, not the simulation")
     work = Path(work).resolve() if work is not None else layout.federated / "local"
