@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import quickstart_fast_sets
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -79,11 +81,7 @@ def quickstart_run(tmp_path_factory) -> tuple[Path, str]:
         mp.setattr("knot.data.prepare.resolve_data_root", _no_data_root)
         mp.setattr("knot.config.resolve_data_root", _no_data_root)
         n = len(load_config(config).data.domains)
-        sets = [
-            "local.epochs=1", "local.max_steps=2", "global_model.epochs=1", "global_model.max_steps=2",
-            "distill.train.epochs=1", "distill.train.max_steps=2", "bias.n_samples=8", "model.max_length=32", "model.encoder_layers=2",
-            *[f"data.domains.{i}.{key}=20" for i in range(n) for key in ("max_train", "max_val", "max_test")],
-        ]
+        sets = quickstart_fast_sets(n) + ["model.encoder_layers=2"]  # 2 MiniLM layers: the export test's graph
         out = base / "run"
         args = ["run", str(config), "--out", str(out)]
         for s in sets:

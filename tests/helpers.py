@@ -92,3 +92,13 @@ def two_teacher_results(f1_a: float, f1_b: float) -> dict:
         "baselines": {"global_alone": None, "feddf": None,
                       "best_single_teacher": "teacher:a" if f1_a > f1_b else "teacher:b"},
     }
+
+
+def quickstart_fast_sets(num_domains: int) -> list[str]:
+    """``--set`` overrides that shrink ``configs/quickstart.yaml`` to seconds: one epoch
+    of two steps everywhere, 20 texts per split of each of its ``num_domains`` domains."""
+    return [
+        "local.epochs=1", "local.max_steps=2", "global_model.epochs=1", "global_model.max_steps=2",
+        "distill.train.epochs=1", "distill.train.max_steps=2", "bias.n_samples=8", "model.max_length=32",
+        *[f"data.domains.{i}.{key}=20" for i in range(num_domains) for key in ("max_train", "max_val", "max_test")],
+    ]

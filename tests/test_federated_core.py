@@ -282,6 +282,20 @@ def test_no_client_at_all_fails():
 # ---------------------------------------------------------------------------
 
 
+def test_the_round_record_states_each_clients_bytes_beside_its_model():
+    reply = good_reply("books")
+    reply.metrics |= {"model_bytes": 90_000_000.0, "head_bytes": 50_000.0}
+    result = run_round(fake_request(), InProcessTransport({"n1": lambda request: reply}), local_domains=["books"],
+                       num_labels=K, min_clients=1)
+
+    bill = result.to_dict()["clients"]["books"]["communication"]
+    n = sum(SIZES.values())
+    assert bill["soft_label_bytes"] == n * K * 4  # N x K float32 probabilities
+    assert bill["sent_bytes"] == n * K * 4 + 2 * K * 8 + bill["metadata_bytes"]  # + two float64 bias vectors
+    assert 0 < bill["metadata_bytes"] < 1000 and bill["received_bytes"] > 0
+    assert (bill["fedavg_model_bytes"], bill["fedavg_head_bytes"]) == (90_000_000, 50_000)
+
+
 def test_client_domain_by_name_or_partition():
     cfg = tiny_config()
     assert client_domain(cfg, domain="games") == "games"
@@ -351,14 +365,16 @@ def test_a_request_carries_references_not_texts(tmp_path):
     assert not any(t in blob for t in texts)
 
 
-def compare_runs(reference, federated, atol: float) -> None:
-    """Same soft labels (every split) and the same student rows in results.json."""
+def compare_runs(reference, federated, atol: float, teachers=("books", "games", "tools", "global"),
+                 rows_expected: int = 2 * 5) -> None:
+    """Same soft labels (every split) of ``teachers`` and the same student (and global)
+    rows in results.json (``rows_expected`` of them)."""
     from knot.soft_labels import SoftLabels
 
     for split in ("train", "val"):
         a = SoftLabels.load(reference.soft_labels, split)
         b = SoftLabels.load(federated.soft_labels, split)
-        assert b.teacher_names == a.teacher_names == ["books", "games", "tools", "global"]
+        assert b.teacher_names == a.teacher_names == list(teachers)
         assert b.teacher_sizes == a.teacher_sizes
         worst = {t: float(np.abs(b.probs[:, j] - a.probs[:, j]).max()) for j, t in enumerate(a.teacher_names)}
         assert max(worst.values()) <= atol, f"{split}: largest soft-label difference per teacher {worst}"
@@ -369,7 +385,7 @@ def compare_runs(reference, federated, atol: float) -> None:
         return {(r["model"], r["test_set"]): r for r in results["rows"] if r["model"].startswith(("student", "global"))}
 
     ra, rb = rows(ref), rows(fed)
-    assert ra.keys() == rb.keys() and len(ra) == 2 * 5  # global + student, on 3 local + global + union
+    assert ra.keys() == rb.keys() and len(ra) == rows_expected  # default: global + student on 3 local + global + union
     for key in ra:
         for metric in ("accuracy", "macro_f1", "semantic_distance", "expected_cost"):
             assert rb[key][metric] == pytest.approx(ra[key][metric], abs=max(atol, 1e-9)), (key, metric)

@@ -161,6 +161,9 @@ def test_simulation_equals_the_pipeline_and_excludes_a_bad_node(tmp_path_factory
     assert "excluded node" in done.stdout and "partition 3" in done.stdout
     # same soft labels and student results as `knot run`, bit for bit (both with one torch thread)
     compare_runs(RunLayout(reference / "run"), RunLayout(out), atol=0.0)
+    # `flwr run` against a simulation SuperLink: Flower's deprecated run_simulation is gone
+    logs = "\n".join(p.read_text(errors="replace") for p in (out / "federated" / "local").glob("*.log"))
+    assert "Successfully started run" in logs and "deprecat" not in (logs + done.stdout + done.stderr).lower()
     assert seconds < 180, f"the simulation took {seconds:.0f} s"  # 66 s measured on 2 cores at load average 6.6
 
 

@@ -608,26 +608,26 @@ def federated_run_cmd(
         None, "--clients", min=1, help="SuperNodes to simulate (default: one per local domain; "
         "extra nodes own no domain, answer with an error and are excluded)."
     ),
-    verbose_flower: bool = typer.Option(False, "--flower-debug", help="Flower's debug logging."),
     wait: bool = WaitOpt,
 ) -> None:
     """Run the experiment federated, on Flower's simulation engine (one client per local domain).
 
     Each client trains its teacher on its own domain and returns soft labels on the transfer
     set; the server trains the global model, distils the students and evaluates them into
-    RUN_DIR, like `knot run`. Exits 1 when the round or the server fails.
+    RUN_DIR, like `knot run`. The simulation is `flwr run` against a local simulation
+    SuperLink (TLS on loopback); its logs go to RUN_DIR/federated/local. Exits 1 when the
+    round or the server fails.
     """
     from knot.federated.core import FederatedError, run_in_process
     from knot.layout import RunLayout
 
     cfg = load(config, sets)
-    out_dir = run_dir(cfg, out)
+    out_dir = run_dir(cfg, out).resolve()
     if in_process and clients is not None:
         _fail("--clients is for the Flower simulation, not --in-process")
     if not in_process:
         _need_flower()
-    # held for the whole run; the simulation's ServerApp runs in a thread of this process
-    # and takes the same (re-entrant) lock
+    # held for the whole run; the ServerApp (another process under Flower) is told so
     with locked(out_dir, wait):
         try:
             if in_process:
@@ -635,12 +635,98 @@ def federated_run_cmd(
             else:
                 from knot.federated.flower import run_simulation
 
-                guarded(run_simulation, cfg, out_dir, data_root=data_root, num_clients=clients,
-                        verbose=verbose_flower)
+                guarded(run_simulation, cfg, out_dir, data_root=data_root, num_clients=clients, holds_lock=True)
         except FederatedError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=1)
     _federated_summary(out_dir)
+
+
+@federated_app.command("local")
+def federated_local_cmd(
+    config: Path = ConfigArg,
+    out: Optional[Path] = OutOpt,
+    sets: Optional[List[str]] = SetOpt,
+    data_root: Optional[Path] = DataRootOpt,
+    clients: Optional[int] = typer.Option(
+        None, "--clients", min=1, help="SuperNode processes (default: one per local domain; "
+        "extra nodes own no domain, answer with an error and are excluded)."
+    ),
+    certs: Optional[Path] = typer.Option(
+        None, "--certs", help="Folder with ca.crt, server.pem, server.key (`knot federated certs`); "
+        "default: a throwaway one in RUN/federated/local/certs."
+    ),
+    keys: Optional[Path] = typer.Option(
+        None, "--keys", help="Folder of SuperNode keys (KEYS/<domain>, made when missing): the SuperLink "
+        "admits only these nodes. Default: RUN/federated/local/keys."
+    ),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="No TLS and no node authentication: local experiments only."
+    ),
+    wait: bool = WaitOpt,
+) -> None:
+    """Run the experiment on real Flower processes on this machine: a SuperLink and one
+    SuperNode per local domain, each its own process on loopback with its own work dir
+    (RUN/federated/clients/<domain>) and feature cache; TLS and SuperNode authentication
+    unless --insecure. Every process is stopped at the end. Exits 1 when the run fails.
+    """
+    from knot.federated.core import FederatedError
+    from knot.federated.local import INSECURE_WARNING, run_local, write_certs
+    from knot.layout import RunLayout
+
+    cfg = load(config, sets)
+    out_dir = run_dir(cfg, out).resolve()
+    _need_flower()
+    if insecure and (certs or keys):
+        _fail("--insecure drops TLS and node keys: give it without --certs/--keys")
+    if insecure:
+        typer.secho(f"WARNING: {INSECURE_WARNING}", fg=typer.colors.YELLOW, bold=True, err=True)
+    work = RunLayout(out_dir).federated / "local"
+    with locked(out_dir, wait):
+        if not insecure:
+            certs = certs or guarded(write_certs, work / "certs")["ca"].parent
+            keys = keys or work / "keys"
+        try:
+            guarded(run_local, cfg, out_dir, data_root=data_root, clients=clients, certs=certs, keys=keys,
+                    insecure=insecure, work=work, holds_lock=True)
+        except FederatedError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=1)
+    _federated_summary(out_dir)
+
+
+@federated_app.command("certs")
+def federated_certs_cmd(
+    folder: Path = typer.Argument(..., help="Folder to write ca.crt, ca.key, server.pem, server.key into."),
+    host: Optional[List[str]] = typer.Option(
+        None, "--host", help="Host name or IP address the certificate is for (repeat; default 127.0.0.1 and localhost)."
+    ),
+    days: int = typer.Option(30, "--days", min=1, help="Days the certificates stay valid."),
+) -> None:
+    """Make a self-signed CA and a SuperLink certificate (for loopback tests and demos).
+
+    The SuperLink uses ca.crt, server.pem and server.key; every SuperNode and `flwr` get
+    ca.crt only. For real machines use a certificate from your organisation's CA for the
+    SuperLink's host name, under the same names.
+    """
+    from knot.federated.local import write_certs
+
+    paths = guarded(write_certs, folder, tuple(host or ("127.0.0.1", "localhost")), days)
+    typer.echo(f"CA {paths['ca']} (give to every SuperNode); server {paths['cert']} + {paths['key']} (SuperLink)")
+
+
+@federated_app.command("keys")
+def federated_keys_cmd(
+    folder: Path = typer.Argument(..., help="Folder to write the key pair into."),
+    name: str = typer.Argument(..., help="The node's name (its local domain)."),
+) -> None:
+    """Make a SuperNode's authentication key pair: FOLDER/NAME (private, stays with the data
+    owner) and FOLDER/NAME.pub (sent to the operator, who registers it with
+    `flwr supernode register FOLDER/NAME.pub`)."""
+    from knot.federated.local import write_node_key
+
+    priv, pub = guarded(write_node_key, folder, name)
+    typer.echo(f"private key {priv} (keep it); public key {pub} (send it to the operator)")
 
 
 @federated_app.command("app")

@@ -37,6 +37,7 @@ Files in the run directory besides the usual stage outputs::
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import threading
@@ -84,6 +85,10 @@ __all__ = [
     "client_domain",
     "handle_request",
     "make_request",
+    "model_sizes",
+    "request_nbytes",
+    "reply_nbytes",
+    "communication_record",
     "validate_reply",
     "run_round",
     "write_soft_labels",
@@ -319,8 +324,6 @@ def handle_request(
     fingerprint = _client_fingerprint(cfg, domain)
     stamp = {}
     if stamp_file.is_file():
-        import json
-
         try:
             stamp = json.loads(stamp_file.read_text(encoding="utf-8"))
         except ValueError:
@@ -358,6 +361,7 @@ def handle_request(
                               desc=f"{domain} test")
         gold = np.asarray([geometry.index(e.label) for e in test])
         metrics |= _numbers("test_", evaluate_probs(probs, gold, geometry))
+    metrics |= {k: float(v) for k, v in model_sizes(model).items()}
     if ccfg.model.frozen:
         enc = encoding_delta(encoding_before)
         metrics |= {"encoded_texts": float(enc["texts_encoded"]), "encode_seconds": float(enc["seconds"])}
@@ -373,6 +377,65 @@ def handle_request(
     log.info("client %s: %d private examples, soft labels for %s", domain, reply.num_examples,
              ", ".join(f"{s} {a.shape}" for s, a in soft.items()))
     return reply
+
+
+def _param_bytes(module) -> int:
+    return int(sum(p.numel() * p.element_size() for p in module.parameters()))
+
+
+def model_sizes(model) -> dict[str, int]:
+    """What a parameter-sharing method (FedAvg) would send for ``model``, in bytes:
+    ``model_bytes`` (encoder + head) and ``head_bytes`` (the head alone: all that trains in
+    frozen mode)."""
+    if getattr(model, "frozen", False):
+        head = _param_bytes(model.head)
+        return {"model_bytes": _param_bytes(model.frozen_encoder()[0]) + head, "head_bytes": head}
+    total = _param_bytes(model)
+    encoder = getattr(model, "encoder", None)
+    return {"model_bytes": total, "head_bytes": total - (_param_bytes(encoder) if encoder is not None else 0)}
+
+
+def request_nbytes(request: TeacherRequest) -> int:
+    """Bytes of a request's content as JSON text (config and transfer reference; no arrays).
+
+    >>> request_nbytes(TeacherRequest(1, {"a": 1}, TransferRef("t", ["train"], [2], ["h"])))
+    177
+    """
+    body = {"protocol": request.protocol, "round": request.round, "config": request.config,
+            "transfer": request.transfer.to_dict()}
+    return len(json.dumps(body, sort_keys=True).encode("utf-8"))
+
+
+def reply_nbytes(reply: TeacherReply) -> dict[str, int]:
+    """Bytes of a reply's content: ``soft_labels`` (the ``(N, K)`` arrays' raw bytes,
+    N x K x 4 for float32), ``arrays`` (those plus the bias vectors), ``metadata`` (the
+    rest as JSON text: ids, sizes, hash, metrics) and ``total`` (arrays + metadata).
+
+    >>> r = TeacherReply("a", 3, {"train": np.zeros((10, 5), np.float32)}, bias={"distribution": np.zeros(5)})
+    >>> reply_nbytes(r)
+    {'soft_labels': 200, 'arrays': 240, 'metadata': 130, 'total': 370}
+    """
+    soft = sum(int(np.asarray(a).nbytes) for a in reply.soft_labels.values())
+    arrays = soft + sum(int(np.asarray(a).nbytes) for a in (reply.bias or {}).values())
+    meta = {"protocol": reply.protocol, "client_id": reply.client_id, "num_examples": int(reply.num_examples),
+            "checkpoint_sha256": reply.checkpoint_sha256 or "", "splits": list(reply.soft_labels),
+            "metrics": {k: float(v) for k, v in reply.metrics.items()}}
+    metadata = len(json.dumps(meta, sort_keys=True).encode("utf-8"))
+    return {"soft_labels": soft, "arrays": arrays, "metadata": metadata, "total": arrays + metadata}
+
+
+def communication_record(request: TeacherRequest, reply: TeacherReply) -> dict[str, Any]:
+    """One client's bill for the round: bytes received (the request) and sent (the reply),
+    beside what FedAvg would send each way per round (``model_bytes``, or ``head_bytes``
+    when only the head trains), from the client's own model sizes."""
+    sent = reply_nbytes(reply)
+    out: dict[str, Any] = {"basis": "raw array bytes + JSON metadata", "received_bytes": request_nbytes(request),
+                           "sent_bytes": sent["total"], "soft_label_bytes": sent["soft_labels"],
+                           "metadata_bytes": sent["metadata"]}
+    for key in ("model_bytes", "head_bytes"):
+        if key in reply.metrics:
+            out[f"fedavg_{key}"] = int(reply.metrics[key])
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -514,6 +577,7 @@ class RoundResult:
     nodes: list[str]
     seconds: float
     node_of: dict[str, str] = field(default_factory=dict)
+    request: TeacherRequest | None = None
 
     def size_weights(self) -> dict[str, float]:
         """Each valid client's share of the clients' size weight (its checked number of
@@ -535,6 +599,7 @@ class RoundResult:
                     "size_weight": round(shares[cid], 6),
                     "checkpoint_sha256": r.checkpoint_sha256,
                     "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.metrics.items()},
+                    **({"communication": communication_record(self.request, r)} if self.request is not None else {}),
                 }
                 for cid, r in self.valid.items()
             },
@@ -635,6 +700,7 @@ def run_round(
         nodes=nodes,
         seconds=time.time() - start,
         node_of=node_of,
+        request=request,
     )
     missing = [d for d in local_domains if d not in valid]
     log.info("round %d: %d valid repl%s (%s)%s", request.round, len(order), "y" if len(order) == 1 else "ies",

@@ -40,12 +40,19 @@ def _toml_str(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def app_pyproject(cfg: Any, out: str | os.PathLike, data_root: str | os.PathLike | None = None) -> str:
+def app_pyproject(cfg: Any, out: str | os.PathLike, data_root: str | os.PathLike | None = None, *,
+                  expected_clients: int | None = None, client_root: str | os.PathLike | None = None,
+                  client_data_root: str | os.PathLike | None = None, launcher_holds_lock: bool = False) -> str:
     """The ``pyproject.toml`` text of the Flower app for ``cfg``.
 
     Run config keys: ``config`` (the resolved experiment YAML), ``out`` (absolute run
-    directory) and ``data-root`` (the server's data root, empty for ``KNOT_DATA`` / the
-    config's ``data.root``).
+    directory), ``data-root`` (the server's data root, empty for ``KNOT_DATA`` / the
+    config's ``data.root``), ``expected-clients`` (SuperNodes the server waits for; 0:
+    one per local domain) and, for a simulation only (every client on this machine),
+    ``client-root`` and ``client-data-root``: the clients' work folders and data root,
+    which a SuperNode's node config overrides (empty: the node config or the defaults);
+    ``launcher-holds-lock``: the command that submitted the run holds the run folder's
+    lock (else the ServerApp takes it).
     """
     from knot import __version__
 
@@ -62,6 +69,7 @@ def app_pyproject(cfg: Any, out: str | os.PathLike, data_root: str | os.PathLike
             'name = "knot-federated"',
             f'version = "{__version__.split("+")[0]}"',
             'description = "KNOT federated teachers (knot.federated)"',
+            'license = "MIT"',
             "dependencies = []",
             "",
             "[tool.flwr.app]",
@@ -75,14 +83,19 @@ def app_pyproject(cfg: Any, out: str | os.PathLike, data_root: str | os.PathLike
             f"config = {_toml_str(cfg.to_yaml())}",
             f"out = {_toml_str(str(Path(out)))}",
             f"data-root = {_toml_str(str(data_root) if data_root else '')}",
+            f"expected-clients = {int(expected_clients or 0)}",
+            f"client-root = {_toml_str(str(client_root) if client_root else '')}",
+            f"client-data-root = {_toml_str(str(client_data_root) if client_data_root else '')}",
+            f"launcher-holds-lock = {'true' if launcher_holds_lock else 'false'}",
             "",
         ]
     )
 
 
 def write_app(app_dir: str | os.PathLike, cfg: Any, out: str | os.PathLike, *,
-              data_root: str | os.PathLike | None = None) -> Path:
-    """Write ``app_dir/pyproject.toml`` (see :func:`app_pyproject`); returns its path."""
+              data_root: str | os.PathLike | None = None, **run_config: Any) -> Path:
+    """Write ``app_dir/pyproject.toml`` (see :func:`app_pyproject`, which takes
+    ``run_config``'s keywords); returns its path."""
     path = Path(app_dir) / "pyproject.toml"
-    atomic_write_text(path, app_pyproject(cfg, out, data_root))
+    atomic_write_text(path, app_pyproject(cfg, out, data_root, **run_config))
     return path

@@ -28,10 +28,10 @@ without ``domain`` the node's ``partition-id`` picks the local domain).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -51,13 +51,11 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from knot.federated.core import (
-    FederatedError,
     TeacherReply,
     TeacherRequest,
     TransferRef,
     client_domain,
     handle_request,
-    read_status,
     run_server,
 )
 from knot.layout import RunLayout
@@ -72,7 +70,6 @@ __all__ = [
     "FlowerTransport",
     "make_client_app",
     "make_server_app",
-    "simulation_environment",
     "run_simulation",
 ]
 
@@ -288,12 +285,15 @@ def make_server_app(
         config = cfg if cfg is not None else _load_run_config(run_cfg)
         run_dir = out if out is not None else run_cfg.get("out") or str(Path("runs") / config.name)
         root = data_root if data_root is not None else (run_cfg.get("data-root") or None)
-        expected = expected_clients if expected_clients is not None else len(config.domains("local"))
+        expected = expected_clients if expected_clients is not None else int(run_cfg.get("expected-clients") or 0)
+        expected = expected or len(config.domains("local"))
         transport = FlowerTransport(grid, expected=expected,
                                     connect_timeout=config.federated.connect_timeout)
-        # the run folder's lock, for the server's whole life (re-entrant: in the simulation
-        # `knot federated run` holds it already in this process)
-        with run_lock(run_dir):
+        # the run folder's lock, for the server's whole life, unless the command that
+        # started these processes (`knot federated run|local`) holds it for the run
+        with contextlib.ExitStack() as stack:
+            if not run_cfg.get("launcher-holds-lock"):
+                stack.enter_context(run_lock(run_dir))
             run_server(config, RunLayout(Path(run_dir)), transport, data_root=root)
 
     return app
@@ -311,26 +311,29 @@ def make_client_app(
 ) -> ClientApp:
     """The ClientApp: answers :data:`MESSAGE_TYPE` with :func:`~knot.federated.core.handle_request`.
 
-    Node config (per SuperNode) first, then these arguments: ``domain`` (else
-    ``partition-id`` picks the local domain), ``data-root`` (else the client's ``KNOT_DATA``,
-    else the config's ``data.root``; never the server's data root) and ``work-dir`` (else
-    ``client-root/<domain>``, else ``~/.cache/knot/federated/<name>/<domain>``).
+    Node config (per SuperNode) first, then these arguments, then the run config's
+    simulation keys (``client-data-root``, ``client-root``; empty for real deployments):
+    ``domain`` (else ``partition-id`` picks the local domain), ``data-root`` (else the
+    client's ``KNOT_DATA``, else the config's ``data.root``; never the server's data root)
+    and ``work-dir`` (else ``client-root/<domain>``, else
+    ``~/.cache/knot/federated/<name>/<domain>``).
     """
     app = ClientApp()
 
     @app.query("knot_teacher")
     def query(msg: Message, context: Context) -> Message:
         node = dict(context.node_config)
+        run_cfg = dict(context.run_config)
         try:
             request = record_to_request(msg.content)
             cfg = request.experiment()
             pid = node.get("partition-id")
             domain = client_domain(cfg, domain=node.get("domain") or None,
                                    partition_id=int(pid) if pid is not None else None)
-            root = node.get("data-root") or data_root or None
+            root = node.get("data-root") or data_root or run_cfg.get("client-data-root") or None
             work = node.get("work-dir")
             if not work:
-                base = client_root
+                base = client_root or run_cfg.get("client-root") or None
                 base = Path(base) if base else Path.home() / ".cache" / "knot" / "federated" / cfg.name
                 work = Path(base) / domain
             reply = handle_request(request, domain=domain, work_dir=Path(work), data_root=root)
@@ -347,28 +350,6 @@ def make_client_app(
 # ---------------------------------------------------------------------------
 
 
-def simulation_environment(flwr_home: str | os.PathLike) -> dict[str, str]:
-    """Environment for a local simulation: no telemetry, no usage stats, a private
-    ``FLWR_HOME`` and one torch thread per client process (2 cores are not oversubscribed).
-
-    >>> env = simulation_environment("/tmp/x")
-    >>> env["FLWR_TELEMETRY_ENABLED"], env["RAY_USAGE_STATS_ENABLED"], env["OMP_NUM_THREADS"]
-    ('0', '0', '1')
-    """
-    return {
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_HOME": str(flwr_home),
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_DEDUP_LOGS": "0",
-        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
-
-
 def run_simulation(
     cfg: Any,
     out: str | os.PathLike,
@@ -376,10 +357,14 @@ def run_simulation(
     data_root: str | os.PathLike | None = None,
     client_root: str | os.PathLike | None = None,
     num_clients: int | None = None,
-    verbose: bool = False,
+    holds_lock: bool = False,
 ) -> dict[str, Any]:
-    """Run the federated experiment on Flower's Simulation Runtime (one SuperNode per local
-    domain, each a Ray worker with ``federated.client_cpus`` cores and one torch thread).
+    """Run the federated experiment on Flower's Simulation Runtime the way Flower now
+    recommends (``flwr run`` against a simulation SuperLink; ``flwr.simulation.run_simulation``
+    is deprecated): :func:`knot.federated.local.run_local` with ``simulation=True``, one
+    simulated SuperNode per local domain, each a Ray worker with ``federated.client_cpus``
+    cores (rounded up) and one torch thread. The SuperLink serves TLS on loopback with a
+    throwaway certificate made for the run (``RUN/federated/local/certs``).
 
     Node ``i`` owns the ``i``-th local domain; with ``num_clients`` above the number of
     local domains, the extra nodes own none, answer with an error and are excluded.
@@ -387,65 +372,11 @@ def run_simulation(
 
     Returns the run's status (``RUN/federated/status.json``). Raises
     :class:`~knot.federated.core.FederatedError` when the run did not finish with status
-    ``ok`` (the ServerApp failed or never ran), whatever Flower itself returned.
+    ``ok``.
     """
-    import flwr.simulation
+    from knot.federated.local import run_local, write_certs
 
-    out = Path(out)
-    n = len(cfg.domains("local"))
-    if n == 0:
-        raise ValueError("data.domains: a federated run needs at least one domain with role 'local' (one per client)")
-    if num_clients is not None:
-        if num_clients < 1:
-            raise ValueError(f"--clients: expected a positive number of clients, got {num_clients}")
-        n = num_clients
-    status_file = RunLayout(out).federated_status
-    if status_file.exists():
-        status_file.unlink()  # a stale "ok" must never pass for this run's result
-    client_root = Path(client_root) if client_root is not None else RunLayout(out).federated / "clients"
-    # Make the server process's torch thread pool before the 1-thread setting below
-    # reaches the environment (it is meant for the client workers only).
-    import torch
-
-    torch.get_num_threads()
-    with tempfile.TemporaryDirectory(prefix="knot-flwr-") as home:
-        env = simulation_environment(home)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            flwr.simulation.run_simulation(
-                server_app=make_server_app(cfg, out, data_root=data_root, expected_clients=n),
-                client_app=make_client_app(data_root=data_root, client_root=client_root),
-                num_supernodes=n,
-                backend_config={
-                    "client_resources": {"num_cpus": cfg.federated.client_cpus, "num_gpus": 0.0},
-                    "init_args": {"num_cpus": max(os.cpu_count() or 1, int(cfg.federated.client_cpus))},
-                },
-                verbose_logging=verbose,
-            )
-        except FederatedError:
-            raise
-        except Exception as exc:
-            status = _status_or_none(out)
-            if status and status.get("status") == "failed":
-                raise FederatedError(status.get("error") or str(exc)) from exc
-            raise FederatedError(f"Flower simulation failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-    status = _status_or_none(out)
-    if status is None:
-        raise FederatedError(f"{status_file}: the ServerApp did not record a status (it never ran or was killed)")
-    if status.get("status") != "ok":
-        raise FederatedError(f"federated run {status.get('status')}: {status.get('error')}")
-    return status
-
-
-def _status_or_none(out: Path) -> dict[str, Any] | None:
-    try:
-        return read_status(out)
-    except (FileNotFoundError, ValueError):
-        return None
+    work = RunLayout(Path(out)).federated / "local"
+    certs = write_certs(work / "certs")["ca"].parent
+    return run_local(cfg, out, data_root=data_root, client_root=client_root, clients=num_clients, certs=certs,
+                     simulation=True, work=work, holds_lock=holds_lock)
