@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -270,6 +271,59 @@ def test_a_size_differing_from_the_declared_one_fails_a_round_left_too_small():
                   num_labels=K, min_clients=2, declared={"books": 30, "games": 40})
     assert "1 valid reply (books), federated.min_clients is 2" in str(info.value)
     assert "games: claims 31 private examples, federated.client_examples declares 40 for client games" in str(info.value)
+
+
+class ArrivalTransport:
+    """A transport whose answers arrive as ``(node, answer)`` pairs, duplicates included
+    (what a real engine may deliver); ``nodes`` are the nodes asked."""
+
+    def __init__(self, nodes, arrivals):
+        self._nodes, self.arrivals = list(nodes), list(arrivals)
+
+    def nodes(self):
+        return self._nodes
+
+    def exchange(self, request, timeout):
+        return self.arrivals
+
+
+def test_a_node_answering_twice_counts_once_and_the_duplicate_is_named():
+    first, again = good_reply("books", n=30), good_reply("books", n=99)
+    transport = ArrivalTransport(["n1", "n2"], [("n1", first), ("n2", good_reply("games")), ("n1", again)])
+    result = run_round(fake_request(), transport, local_domains=["books", "games", "tools"], num_labels=K,
+                       min_clients=2)
+
+    assert list(result.valid) == ["books", "games"] and result.valid["books"].num_examples == 30  # the first
+    assert result.excluded == [{"node": "n1", "client": "books",
+                                "reason": "duplicate reply from node n1 (its first reply counts)"}]
+    assert result.silent == []
+
+
+def test_a_node_silent_at_the_timeout_is_named_and_a_round_left_too_small_fails_with_it(tmp_path, release):
+    def stuck(request):
+        release.wait(30)
+        return good_reply("games")
+
+    write_data(tmp_path / "data")
+    layout = RunLayout(tmp_path / "run")
+    # in-process clients answer one after the other: n3 starts last and holds the round to its timeout
+    handlers = {"n1": lambda r: fitting_reply(r, "books", 1), "n2": lambda r: fitting_reply(r, "books", 2), "n3": stuck}
+    start = time.monotonic()
+    with pytest.raises(FederatedError) as info:
+        run_in_process(tiny_config(min_clients=2, timeout=0.5), layout, data_root=tmp_path / "data",
+                       handlers=handlers)
+
+    assert time.monotonic() - start < 10  # the round did not wait for the stuck client
+    assert "1 valid reply (books)" in str(info.value) and "node n3: no answer within 0.5 s" in str(info.value)
+    # status.json and round-1.json name every node not used, and why
+    why = {"node": "n3", "client": None, "reason": "no answer within 0.5 s"}
+    dup = {"node": "n2", "client": "books", "reason": "duplicate client id 'books' (already answered by node n1)"}
+    status = read_status(layout.root)
+    assert status["status"] == "failed" and status["clients"] == ["books"]
+    assert status["excluded"] == [dup, why] and status["silent"] == ["n3"]
+    record = json.loads(layout.federated_round(1).read_text())
+    assert record["status"] == "failed" and record["silent"] == ["n3"] and record["excluded"] == [dup]
+    assert list(record["clients"]) == ["books"] and record["timeout"] == 0.5
 
 
 def test_no_client_at_all_fails():

@@ -29,9 +29,11 @@ Nothing here imports Flower. The transport is a small protocol (:class:`Transpor
 
 Files in the run directory besides the usual stage outputs::
 
-    RUN/federated/status.json     running | ok | failed, with the error
+    RUN/federated/status.json     running | ok | failed, with the error; the clients used
+                                  and every node excluded or silent, with the reason
     RUN/federated/round-1.json    who answered, who was excluded or silent and why, the
                                   clients' checked sizes and the teacher weights used
+                                  (written with ``"status": "failed"`` when too few answered)
 """
 
 from __future__ import annotations
@@ -109,7 +111,15 @@ ROUND_FORMAT = "knot.federated_round"
 
 
 class FederatedError(RuntimeError):
-    """A federated round failed (too few valid replies, or the server stage failed)."""
+    """A federated round failed (too few valid replies, or the server stage failed).
+
+    ``result``: the failed round's :class:`RoundResult` (who answered, who was excluded
+    or silent and why), when the round itself failed.
+    """
+
+    def __init__(self, message: str, result: "RoundResult | None" = None):
+        super().__init__(message)
+        self.result = result
 
 
 # ---------------------------------------------------------------------------
@@ -587,6 +597,13 @@ class RoundResult:
         total = sum(sizes.values())
         return {cid: n / total for cid, n in sizes.items()} if total else {}
 
+    def exclusions(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Every node whose reply is not used, with the reason: the excluded replies, then
+        the silent nodes (``"no answer within TIMEOUT s"``)."""
+        limit = "the timeout" if timeout is None else f"{timeout:g} s"
+        return [*self.excluded, *({"node": n, "client": None, "reason": f"no answer within {limit}"}
+                                  for n in self.silent)]
+
     def to_dict(self) -> dict[str, Any]:
         shares = self.size_weights()
         return {
@@ -615,9 +632,13 @@ class Transport(Protocol):
     def nodes(self) -> list[str]:
         """The clients the request will be sent to (labels for the log)."""
 
-    def exchange(self, request: TeacherRequest, timeout: float | None) -> dict[str, Any]:
-        """Send ``request`` to every node; return ``{node: TeacherReply | Exception}`` for the
-        nodes that answered within ``timeout`` seconds (a client failure is an Exception)."""
+    def exchange(
+        self, request: TeacherRequest, timeout: float | None
+    ) -> Mapping[str, Any] | Sequence[tuple[str, Any]]:
+        """Send ``request`` to every node; return the answers that arrived within ``timeout``
+        seconds, a ``TeacherReply`` or an Exception (a client failure) each: either
+        ``{node: answer}``, or ``(node, answer)`` pairs in arrival order, where a node that
+        answered twice appears twice (:func:`run_round` counts its first answer only)."""
 
 
 def run_round(
@@ -658,27 +679,40 @@ def run_round(
     ------
     FederatedError
         Fewer than ``min_clients`` valid replies; the message lists every excluded and
-        silent client with the reason.
+        silent client with the reason, and its ``result`` is the round's outcome.
+
+    Notes
+    -----
+    A node's first answer is its answer; any later one from the same node is excluded as
+    a duplicate (named in ``excluded``), as is a second node answering for a client that
+    already answered. A node that has not answered at the timeout (stuck, or killed
+    mid-round) is ``silent``; one the engine reports as gone answers with an error and is
+    excluded with it.
     """
     start = time.time()
     nodes = [str(n) for n in transport.nodes()]
     log.info("round %d: asking %d client(s) (%s) for soft labels on %s %s", request.round, len(nodes),
              ", ".join(nodes), request.transfer.domain, "/".join(request.transfer.splits))
     answers = transport.exchange(request, timeout)
+    if isinstance(answers, Mapping):
+        pairs = [(node, answers[node]) for node in nodes if node in answers]
+    else:  # arrival order: a node's first answer counts
+        pairs = [(str(node), answer) for node, answer in answers if str(node) in nodes]
     valid: dict[str, TeacherReply] = {}
     node_of: dict[str, str] = {}
     excluded: list[dict[str, Any]] = []
-    for node in nodes:
-        if node not in answers:
-            continue
-        answer = answers[node]
+    answered: set[str] = set()
+    for node, answer in pairs:
         client = getattr(answer, "client_id", None)
-        if isinstance(answer, BaseException):
+        if node in answered:
+            reason = f"duplicate reply from node {node} (its first reply counts)"
+        elif isinstance(answer, BaseException):
             reason = f"client failed: {answer}"
         else:
             reason = validate_reply(answer, request, num_labels, max_examples=max_examples, declared=declared)
             if reason is None and client in valid:
                 reason = f"duplicate client id {client!r} (already answered by node {node_of[client]})"
+        answered.add(node)
         if reason is not None:
             who = f"client {client!r} (node {node})" if client else f"node {node}"
             log.warning("round %d: %s excluded: %s", request.round, who, reason)
@@ -687,7 +721,7 @@ def run_round(
         answer.soft_labels = {s: np.ascontiguousarray(a, dtype=np.float32) for s, a in answer.soft_labels.items()}
         valid[client] = answer
         node_of[client] = node
-    silent = [n for n in nodes if n not in answers]
+    silent = [n for n in nodes if n not in answered]
     for node in silent:
         limit = "the timeout" if timeout is None else f"{timeout:g} s"
         log.warning("round %d: node %s did not answer within %s; skipped", request.round, node, limit)
@@ -706,14 +740,14 @@ def run_round(
     log.info("round %d: %d valid repl%s (%s)%s", request.round, len(order), "y" if len(order) == 1 else "ies",
              ", ".join(order) or "none", f"; no teacher for {', '.join(missing)}" if missing else "")
     if len(order) < min_clients:
-        problems = [f"{e['client'] or 'node ' + e['node']}: {e['reason']}" for e in excluded]
-        problems += [f"node {n}: no answer within {'the timeout' if timeout is None else f'{timeout:g} s'}" for n in silent]
+        problems = [f"{e['client'] or 'node ' + e['node']}: {e['reason']}" for e in result.exclusions(timeout)]
         if not nodes:
             problems.append("no client connected")
         raise FederatedError(
             f"round {request.round}: {len(order)} valid repl{'y' if len(order) == 1 else 'ies'} "
             f"({', '.join(order) or 'none'}), federated.min_clients is {min_clients}"
-            + (": " + "; ".join(problems) if problems else "")
+            + (": " + "; ".join(problems) if problems else ""),
+            result=result,
         )
     return result
 
@@ -858,8 +892,9 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
     Raises
     ------
     FederatedError
-        Too few valid replies. Other stage errors propagate. Either way
-        ``RUN/federated/status.json`` says ``failed`` with the error.
+        Too few valid replies (``round-1.json`` then records the failed round). Other
+        stage errors propagate. Either way ``RUN/federated/status.json`` says ``failed``
+        with the error (and, when the round failed, ``excluded``: each node not used and why).
     """
     layout.root.mkdir(parents=True, exist_ok=True)
     _write_status(layout, "running")
@@ -885,14 +920,20 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
         prepare_data(server_cfg, layout, data_root)
         request = make_request(cfg, layout, round)
         geometry = task_geometry(cfg)
-        result = run_round(
-            request, transport, local_domains=locals_, num_labels=geometry.num_labels,
-            min_clients=min_clients, timeout=fed.timeout, max_examples=fed.max_client_examples, declared=declared,
-        )
         record = {"format": ROUND_FORMAT, "transfer": request.transfer.to_dict(),
                   "config_sha256": sha256_json(request.config), "min_clients": min_clients,
                   "timeout": fed.timeout, "max_client_examples": fed.max_client_examples,
-                  "client_examples": declared, **result.to_dict()}
+                  "client_examples": declared}
+        try:
+            result = run_round(
+                request, transport, local_domains=locals_, num_labels=geometry.num_labels,
+                min_clients=min_clients, timeout=fed.timeout, max_examples=fed.max_client_examples, declared=declared,
+            )
+        except FederatedError as exc:
+            if exc.result is not None:  # who answered and who did not, for the operator
+                atomic_write_json(layout.federated_round(round), record | exc.result.to_dict() | {"status": "failed"})
+            raise
+        record |= result.to_dict()
         atomic_write_json(layout.federated_round(round), record)
 
         eff = _effective_config(cfg, list(result.valid))
@@ -905,11 +946,15 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
         eval_cfg = eff if fed.evaluate_local else _only_domains(eff, lambda d: d.role != "local")
         results = evaluate_run(eval_cfg, layout)
     except BaseException as exc:
-        _write_status(layout, "failed", error=f"{type(exc).__name__}: {exc}")
+        failed = getattr(exc, "result", None)
+        extra = {} if not isinstance(failed, RoundResult) else {
+            "clients": list(failed.valid), "excluded": failed.exclusions(cfg.federated.timeout),
+            "silent": failed.silent}
+        _write_status(layout, "failed", error=f"{type(exc).__name__}: {exc}", **extra)
         raise
     _write_status(
         layout, "ok", error=None, clients=list(result.valid),
-        excluded=[e["client"] or e["node"] for e in result.excluded], silent=result.silent,
+        excluded=result.exclusions(fed.timeout), silent=result.silent,
         size_weights={cid: c["size_weight"] for cid, c in record["clients"].items()}, teacher_weights=weights,
     )
     return {"round": result.to_dict(), "soft_labels": soft, "distill": students, "results": results}
