@@ -138,6 +138,67 @@ def test_federated_help_and_bad_config(tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# the Grid transport
+# ---------------------------------------------------------------------------
+
+
+def _message(content=None, *, dst_node_id=None, src=None, mid=None, to=None, error=None, **_):
+    """A stand-in for Flower's ``Message`` (which needs a running Flower app to be built)."""
+    from types import SimpleNamespace
+
+    meta = SimpleNamespace(message_id=mid, reply_to_message_id=to, src_node_id=src, dst_node_id=dst_node_id)
+    return SimpleNamespace(content=content, metadata=meta, error=error, has_error=lambda: error is not None)
+
+
+class FakeGrid:
+    """Node 1 answers (and its reply is delivered twice), node 2 fails, node 3 never answers."""
+
+    def __init__(self):
+        self.pulled: list[list[str]] = []
+
+    def push_messages(self, messages):
+        return [f"m{m.metadata.dst_node_id}" for m in messages]
+
+    def pull_messages(self, ids):
+        from types import SimpleNamespace
+
+        self.pulled.append(list(ids))
+        if len(self.pulled) > 1:
+            return []
+        reply = _message(reply_to_record(good_reply("books")), src=1, mid="r1", to="m1")
+        failed = _message(src=2, mid="r2", to="m2", error=SimpleNamespace(reason="node offline", code=1))
+        return [reply, failed, reply]
+
+
+def test_the_grid_transport_stops_at_the_timeout_and_drops_a_reply_delivered_twice(monkeypatch):
+    from knot.federated import flower
+
+    monkeypatch.setattr(flower, "Message", _message)
+    grid = FakeGrid()
+    transport = flower.FlowerTransport(grid, expected=3, connect_timeout=1.0, poll=0.05)
+    transport._nodes = [1, 2, 3]
+    start = time.monotonic()
+    answers = transport.exchange(fake_request(), timeout=0.3)
+
+    assert 0.3 <= time.monotonic() - start < 2.0
+    assert [node for node, _ in answers] == ["1", "2"]  # node 3 is silent; r1 counts once
+    assert answers[0][1].client_id == "books" and str(answers[1][1]) == "node offline"
+    assert grid.pulled[0] == ["m1", "m2", "m3"] and all(ids == ["m3"] for ids in grid.pulled[1:])
+
+
+def test_the_test_fault_hook_is_inert_without_the_test_flag(monkeypatch):
+    from knot.federated.flower import TEST_FAULT_ENV, TEST_HOOKS_ENV, _test_fault
+
+    monkeypatch.setenv(TEST_FAULT_ENV, "hang")
+    monkeypatch.delenv(TEST_HOOKS_ENV, raising=False)
+    _test_fault()  # returns: no test flag
+    monkeypatch.setenv(TEST_HOOKS_ENV, "1")
+    monkeypatch.setenv(TEST_FAULT_ENV, "explode")
+    with pytest.raises(ValueError, match="unknown test fault"):
+        _test_fault()
+
+
+# ---------------------------------------------------------------------------
 # the simulation
 # ---------------------------------------------------------------------------
 

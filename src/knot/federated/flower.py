@@ -81,6 +81,11 @@ MESSAGE_TYPE = "query.knot_teacher"
 CLIENT_FAILED = 1
 #: Flower's default message time-to-live, seconds (``flwr.app.DEFAULT_TTL`` in recent versions).
 _FLOWER_TTL = 43200.0
+#: Test hook, inert unless :data:`TEST_HOOKS_ENV` is ``1`` in the ClientApp's environment:
+#: ``KNOT_TEST_FAULT=hang`` makes the ClientApp never answer (a stuck client), so tests can
+#: exercise the round's timeout with real processes (tests/test_federated_local.py).
+TEST_FAULT_ENV = "KNOT_TEST_FAULT"
+TEST_HOOKS_ENV = "KNOT_TEST_HOOKS"
 
 
 # ---------------------------------------------------------------------------
@@ -224,23 +229,45 @@ class FlowerTransport:
         self._nodes = ids
         return [str(i) for i in ids]
 
-    def exchange(self, request: TeacherRequest, timeout: float | None) -> dict[str, Any]:
+    def exchange(self, request: TeacherRequest, timeout: float | None) -> list[tuple[str, Any]]:
+        """Push the request to every node, then pull replies every ``poll`` seconds until
+        each node answered or ``timeout`` is up; returns ``(node, answer)`` pairs in arrival
+        order (a node that answers twice appears twice; :func:`~knot.federated.core.run_round`
+        keeps its first answer). A node that is stuck or was killed mid-round simply has
+        no pair (silent), unless the SuperLink already declared it offline: that comes
+        back as Flower's error reply, an Exception here."""
         ids = self._nodes if self._nodes is not None else sorted(self.grid.get_node_ids())
         content = request_to_record(request)
         # a message expires after its TTL (Flower's default: 12 h); keep it alive for the whole wait
         ttl = timeout + 60.0 if timeout is not None and timeout + 60.0 > _FLOWER_TTL else None
         messages = [Message(content, dst_node_id=i, message_type=MESSAGE_TYPE, ttl=ttl) for i in ids]
-        answers: dict[str, Any] = {}
-        for msg in self.grid.send_and_receive(messages, timeout=timeout):
-            node = str(msg.metadata.src_node_id)
-            if msg.has_error():
-                answers[node] = RuntimeError(msg.error.reason or f"error code {msg.error.code}")
-                continue
-            try:
-                answers[node] = record_to_reply(msg.content)
-            except (ValueError, TypeError, KeyError) as exc:
-                answers[node] = ValueError(f"malformed reply: {exc}")
-        return answers
+        pending = set(self.grid.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        answers: list[tuple[str, Any]] = []
+        seen: set[str] = set()
+        while True:
+            # only the unanswered requests: Flower's SuperLink stores one reply per request
+            # and answers for a node it has declared offline with an error reply
+            for msg in self.grid.pull_messages(sorted(pending)):
+                if msg.metadata.message_id in seen:  # the same reply delivered again: not a new answer
+                    continue
+                seen.add(msg.metadata.message_id)
+                pending.discard(msg.metadata.reply_to_message_id)
+                answers.append((str(msg.metadata.src_node_id), _answer(msg)))
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                return answers
+            time.sleep(self.poll if deadline is None else max(0.0, min(self.poll, deadline - time.monotonic())))
+
+
+def _answer(msg: Message) -> Any:
+    """A reply message as a :class:`~knot.federated.core.TeacherReply`, or the Exception
+    that says why it is not one (the client's error, a malformed reply)."""
+    if msg.has_error():
+        return RuntimeError(msg.error.reason or f"error code {msg.error.code}")
+    try:
+        return record_to_reply(msg.content)
+    except (ValueError, TypeError, KeyError) as exc:
+        return ValueError(f"malformed reply: {exc}")
 
 
 def _load_run_config(run_config: Mapping[str, Any]):
@@ -325,6 +352,7 @@ def make_client_app(
         node = dict(context.node_config)
         run_cfg = dict(context.run_config)
         try:
+            _test_fault()
             request = record_to_request(msg.content)
             cfg = request.experiment()
             pid = node.get("partition-id")
@@ -343,6 +371,19 @@ def make_client_app(
             return Message(Error(code=CLIENT_FAILED, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
 
     return app
+
+
+def _test_fault() -> None:
+    """Act out :data:`TEST_FAULT_ENV` when the test hooks are on (:data:`TEST_HOOKS_ENV`);
+    otherwise do nothing."""
+    if os.environ.get(TEST_HOOKS_ENV) != "1" or not os.environ.get(TEST_FAULT_ENV):
+        return
+    fault = os.environ[TEST_FAULT_ENV]
+    if fault != "hang":
+        raise ValueError(f"{TEST_FAULT_ENV}={fault!r}: unknown test fault (known: hang)")
+    log.warning("test hook %s=hang: this client never answers", TEST_FAULT_ENV)
+    while True:  # until the process is killed
+        time.sleep(60)
 
 
 # ---------------------------------------------------------------------------

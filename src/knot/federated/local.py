@@ -358,7 +358,8 @@ class LocalFederation:
 
     def start_supernode(self, name: str, node_config: Mapping[str, str], *, key: str | os.PathLike | None = None,
                         root_certificates: str | os.PathLike | None = None, insecure: bool | None = None,
-                        trust_ca: bool = True, max_wait: float | None = None) -> subprocess.Popen:
+                        trust_ca: bool = True, max_wait: float | None = None,
+                        env: Mapping[str, str] | None = None) -> subprocess.Popen:
         """Start ``flower-supernode`` ``name`` with ``node_config`` (``domain``, ``data-root``,
         ``work-dir``), on a free loopback port for its own runtime API.
 
@@ -366,7 +367,8 @@ class LocalFederation:
         trusts (default: the federation's ``ca.crt``; ``trust_ca=False``: only the
         system's CAs, as a node that was not given the CA). ``insecure``: override (a node
         that tries plain HTTP against a TLS SuperLink, for tests). ``max_wait``: seconds
-        it keeps retrying to connect before giving up.
+        it keeps retrying to connect before giving up. ``env``: variables added to the
+        federation's environment for this node (and its ClientApp) alone.
         """
         insecure = self.insecure if insecure is None else insecure
         cmd = ["flower-supernode", "--superlink", self.address, "--port", str(free_port())]
@@ -381,7 +383,7 @@ class LocalFederation:
         config = " ".join(f"{k}={_toml_quote(v)}" for k, v in node_config.items())
         if config:
             cmd += ["--node-config", config]
-        return self._start(name, cmd)
+        return self._start(name, cmd, {**self.env, **env} if env else None)
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """``flwr ARGS`` against this federation's SuperLink connection."""
@@ -492,6 +494,7 @@ def run_local(
     simulation: bool = False,
     work: str | os.PathLike | None = None,
     before_submit: Any = None,
+    expected_clients: int | None = None,
     holds_lock: bool = False,
 ) -> dict[str, Any]:
     """Run ``cfg`` federated on real Flower processes on loopback; returns its status.
@@ -506,8 +509,9 @@ def run_local(
     registered with the SuperLink, which then admits no other node; ``insecure``: neither.
     ``work``: where the Flower home, app folder and logs go (default ``RUN/federated/local``).
     ``before_submit(federation)``: called once the nodes are started (tests add faulty
-    nodes there). ``holds_lock``: the caller holds the run folder's lock (else the
-    ServerApp takes it).
+    nodes there). ``expected_clients``: the nodes the round waits to be connected
+    (default: those started here; more when ``before_submit`` adds some).
+    ``holds_lock``: the caller holds the run folder's lock (else the ServerApp takes it).
 
     Raises :class:`~knot.federated.core.FederatedError` when the run does not end with
     status ``ok``; the message ends with the tail of the server's log.
@@ -533,7 +537,7 @@ def run_local(
     if layout.federated_status.exists():
         layout.federated_status.unlink()  # a stale "ok" must never pass for this run's result
     app_dir = work / "app"
-    write_app(app_dir, cfg, out, data_root=data or None, expected_clients=n,
+    write_app(app_dir, cfg, out, data_root=data or None, expected_clients=expected_clients or n,
               client_root=client_root if simulation else None, client_data_root=data if simulation else None,
               launcher_holds_lock=holds_lock)
     limit = cfg.federated.connect_timeout + (cfg.federated.timeout or 0) + 600.0
