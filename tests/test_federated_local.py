@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ pytest.importorskip("cryptography")
 from helpers import quickstart_fast_sets  # noqa: E402
 from knot.config import load_config  # noqa: E402
 from knot.federated.core import read_status  # noqa: E402
+from knot.federated.flower import TEST_FAULT_ENV, TEST_HOOKS_ENV  # noqa: E402
 from knot.federated.local import (  # noqa: E402
     LocalFederation,
     run_local,
@@ -38,6 +40,8 @@ from test_federated_core import SINGLE_THREAD, compare_runs, knot_cli  # noqa: E
 pytestmark = pytest.mark.flower
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+#: The fault test's round timeout, seconds: a healthy node answers in about 20 s on 2 busy cores.
+FAULT_TIMEOUT = 60.0
 
 
 def test_certs_and_keys_are_made_for_loopback(tmp_path):
@@ -137,3 +141,89 @@ def test_real_processes_equal_in_process_and_knot_run_and_refuse_intruders(tmp_p
     assert "deprecat" not in logs.lower()
     assert read_status(out)["status"] == "ok"
     assert os.environ.get("KNOT_CACHE") is None
+
+
+def _faults(tmp_path, out, seen: dict):
+    """``before_submit``: two more SuperNodes, a second one for tweets (the same teacher
+    answering twice) and one whose ClientApp never answers (the test hook), and a thread
+    that kills nyt's SuperNode once it has started on the request."""
+
+    def start(fed: LocalFederation) -> None:
+        seen["tag"] = fed.tag
+        for name, domain, env in (("tweets-twin", "tweets", None),
+                                  ("stuck", "amazon", {TEST_HOOKS_ENV: "1", TEST_FAULT_ENV: "hang"})):
+            key, pub = write_node_key(tmp_path / "keys", name)
+            fed.register(pub, name=name)
+            fed.start_supernode(f"supernode-{name}", {"domain": domain, "work-dir": str(tmp_path / name)},
+                                key=key, env=env)
+
+        def kill_nyt_mid_round() -> None:
+            begun = out / "federated" / "clients" / "nyt" / "config.yaml"  # handle_request's first write
+            deadline = time.monotonic() + 300
+            while not begun.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            seen["nyt_began"] = begun.exists()
+            fed.kill("supernode-nyt")
+
+        seen["killer"] = threading.Thread(target=kill_nyt_mid_round, daemon=True)
+        seen["killer"].start()
+
+    return start
+
+
+@pytest.mark.slow
+def test_faulty_supernodes_are_excluded_and_too_few_answers_fail(tmp_path, monkeypatch):
+    """Five SuperNodes, min_clients 2: nyt's is killed mid-round, a stuck one never answers,
+    a second tweets node answers for a teacher that already answered; the round goes on
+    with tweets and amazon and names the three others and why. Then two nodes against
+    min_clients 3: the run fails with exit status 1 and says why."""
+    for k, v in SINGLE_THREAD.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("KNOT_CACHE", raising=False)
+    sets = quickstart_fast_sets(len(load_config(QUICKSTART).data.domains))
+    cfg = load_config(QUICKSTART, [*sets, "federated.min_clients=2", f"federated.timeout={FAULT_TIMEOUT}"])
+    out = tmp_path / "run"
+    seen: dict = {}
+    certs = write_certs(tmp_path / "certs")["ca"].parent
+    start = time.monotonic()
+    try:
+        status = run_local(cfg, out, certs=certs, keys=tmp_path / "keys", expected_clients=5,
+                           before_submit=_faults(tmp_path, out, seen))
+    finally:
+        left = tagged_processes(seen["tag"]) if "tag" in seen else []
+    seconds = time.monotonic() - start
+    assert left == [], f"processes left behind: {left}"
+    assert seen["nyt_began"]
+
+    # the round went on with the two healthy teachers and names every other node and why
+    assert status["status"] == "ok" and status["clients"] == ["tweets", "amazon"]
+    round_ = json.loads((out / "federated" / "round-1.json").read_text())
+    nodes = set(round_["nodes"])
+    assert len(nodes) == 5 and list(round_["clients"]) == ["tweets", "amazon"]
+    used = {c["node"] for c in round_["clients"].values()}
+    dups = [e for e in round_["excluded"] if "duplicate client id 'tweets'" in e["reason"]]
+    assert len(dups) == 1 and dups[0]["client"] == "tweets"
+    # the stuck node is silent at the timeout; the killed one too, or reported offline by the SuperLink
+    others = [e for e in round_["excluded"] if e not in dups]
+    assert 1 <= len(round_["silent"]) == 2 - len(others), round_
+    assert used | {dups[0]["node"]} | {e["node"] for e in others} | set(round_["silent"]) == nodes
+    assert sorted(e["node"] for e in status["excluded"]) == sorted(nodes - used)
+    assert all(e["reason"] for e in status["excluded"])
+    assert {e["reason"] for e in status["excluded"] if e["node"] in round_["silent"]} == \
+        {f"no answer within {FAULT_TIMEOUT:g} s"}
+    assert not (tmp_path / "stuck" / "teachers").exists()  # the hook held it before any work
+    assert seconds < FAULT_TIMEOUT + 240, f"the faulty round took {seconds:.0f} s"
+
+    # fewer nodes than min_clients: exit status 1, status.json `failed` with the reason;
+    # the teachers are reused from the run above
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(load_config(QUICKSTART, [*sets, "federated.min_clients=3"]).to_yaml())
+    done = knot_cli("federated", "local", strict, "--out", out, "--clients", "2", "--certs", certs,
+                    "--keys", tmp_path / "keys")
+    assert tagged_processes(str(out / "federated" / "local" / "flwr-home"), variable="FLWR_HOME") == []
+    assert done.returncode == 1, done.stderr[-3000:]
+    failed = read_status(out)
+    assert failed["status"] == "failed" and failed["clients"] == ["tweets", "amazon"]
+    assert "2 valid replies (tweets, amazon), federated.min_clients is 3" in failed["error"]
+    assert "error: federated run failed" in done.stderr and "min_clients is 3" in done.stderr
+    assert json.loads((out / "federated" / "round-1.json").read_text())["status"] == "failed"

@@ -223,9 +223,10 @@ def _write_secret(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------------------
 
 
-def tagged_processes(tag: str) -> list[int]:
-    """Process ids (of this user) whose environment carries ``TAG_VARIABLE=tag``."""
-    needle = f"{TAG_VARIABLE}={tag}".encode()
+def tagged_processes(tag: str, variable: str = TAG_VARIABLE) -> list[int]:
+    """Process ids (of this user) whose environment carries ``variable=tag`` (default: a
+    federation's tag; ``FLWR_HOME``: the processes of the federation with that home)."""
+    needle = f"{variable}={tag}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -345,14 +346,18 @@ class LocalFederation:
         lines += ["insecure = true"] if self.insecure else [
             f"root-certificates = {_toml_quote(self.certs / CERT_FILES['ca'])}"]
         atomic_write_text(self.home / "config.toml", "\n".join(lines) + "\n")
+        log_file = self.log_path("superlink")
+        offset = log_file.stat().st_size if log_file.is_file() else 0  # the log of an earlier run stays above
         proc = self._start("superlink", cmd)
         deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"flower-superlink exited with status {proc.returncode}; see "
                                    f"{self.log_path('superlink')}:\n{self.tail('superlink')}")
-            if "Application startup complete" in self.tail("superlink", 10000):
-                return
+            with open(log_file, "rb") as f:
+                f.seek(offset)
+                if b"Application startup complete" in f.read():
+                    return
             time.sleep(0.2)
         raise RuntimeError(f"flower-superlink did not start within {startup_timeout:g} s; see {self.log_path('superlink')}")
 
