@@ -18,6 +18,7 @@ from knot.cli import app
 from knot.config import DistillMethod, ExperimentConfig
 from knot.distill import consensus_eval_fn, make_loss_fn, pack_targets, select_methods
 from knot.layout import RunLayout
+from knot.run import RunContext
 from knot.soft_labels import SoftLabels, texts_hash
 
 LABELS = ["neg", "neu", "pos"]
@@ -109,7 +110,7 @@ def test_student_learns_from_right_teachers(transfer_run):
     from knot.models import load, read_checkpoint_config
 
     cfg, layout, splits = transfer_run
-    out = distill(cfg, layout, method="feddf")
+    out = distill(RunContext(cfg, layout), method="feddf")
 
     info = out["students"]["feddf"]
     assert info["best_metrics"]["loss"] < 0.5 * info["initial_val"]["loss"]
@@ -131,7 +132,7 @@ def test_teacher_order_mismatch_stops_distillation(transfer_run):
     cfg, layout, splits = transfer_run
     write_teacher_soft_labels(layout, ["l2", "l1"], "train", splits["train"], LABELS, [90, 30])
     with pytest.raises(ValueError, match=r"train.json: teacher order mismatch"):
-        distill(cfg, layout, method="feddf")
+        distill(RunContext(cfg, layout), method="feddf")
 
 
 def test_stale_soft_labels_are_detected(transfer_run):
@@ -140,7 +141,7 @@ def test_stale_soft_labels_are_detected(transfer_run):
     cfg, layout, splits = transfer_run
     write_teacher_soft_labels(layout, ["l1", "l2"], "train", splits["train"][:-1], LABELS, [30, 90])
     with pytest.raises(ValueError, match=r"made for other texts"):
-        distill(cfg, layout, method="feddf")
+        distill(RunContext(cfg, layout), method="feddf")
 
 
 def test_loss_fn_uses_packed_weights():
@@ -225,7 +226,7 @@ def test_keep_initial_decides_whether_the_start_competes(transfer_run, monkeypat
     train = dataclasses.replace(cfg.distill.train, epochs=1)
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, train=train, keep_initial=keep_initial))
     monkeypatch.setattr(kd, "initial_is_better", lambda *a, **k: True)
-    info = kd.distill(cfg, layout, method="feddf")["students"]["feddf"]
+    info = kd.distill(RunContext(cfg, layout), method="feddf")["students"]["feddf"]
     assert info["best_epoch"] == (0 if keep_initial else 1)
     assert (info["best_metrics"] == info["initial_val"]) is keep_initial
 
@@ -250,7 +251,7 @@ def test_per_student_overrides_reach_training(transfer_run, monkeypatch):
     monkeypatch.setattr(kd, "fit", spy)
     methods = [DistillMethod(name="a", loss="kl"), DistillMethod(name="b", loss="kl", lr=1e-5)]
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, methods=methods))
-    kd.distill(cfg, layout)
+    kd.distill(RunContext(cfg, layout))
     assert seen == {"a": cfg.distill.train.lr, "b": 1e-5}
 
     assert set(DistillMethod().to_dict()) == set(DistillMethod(lr=None, init=None).to_dict())
@@ -320,7 +321,7 @@ def test_newer_students_train_and_the_schedule_is_applied(transfer_run):
     ]
     train = dataclasses.replace(cfg.distill.train, epochs=3)
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, train=train, methods=methods))
-    out = distill(cfg, layout)["students"]
+    out = distill(RunContext(cfg, layout))["students"]
 
     for m in methods:
         info = out[m.name]
@@ -363,7 +364,7 @@ def test_learned_head_geometry_needs_a_global_start(transfer_run):
     methods = [DistillMethod(name="wkd", loss="ot", geometry={"learned": "head"})]
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, methods=methods))
     with pytest.raises(ValueError, match="learned: head reads the global model's output layer"):
-        distill(cfg, layout)
+        distill(RunContext(cfg, layout))
 
 
 @pytest.mark.parametrize(

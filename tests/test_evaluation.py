@@ -19,6 +19,7 @@ from knot.evaluation import (
 )
 from knot.geometry import LabelGeometry
 from knot.metrics import evaluate_probs
+from knot.run import RunContext
 from knot.utils import atomic_write_json
 
 # three labels on a line: cost |i - j|
@@ -228,10 +229,10 @@ def test_stages_end_to_end(tmp_path):
     })
     layout = RunLayout(tmp_path / "run")
     prepare_data(cfg, layout, data)
-    train_teacher(cfg, layout, role="local")
-    train_teacher(cfg, layout, role="global")
+    train_teacher(RunContext(cfg, layout), role="local")
+    train_teacher(RunContext(cfg, layout), role="global")
 
-    summary = produce_soft_labels(cfg, layout)
+    summary = produce_soft_labels(RunContext(cfg, layout))
     sl = SoftLabels.load(layout.soft_labels, "train")
     assert sl.teacher_names == ["l1", "l2", "global"] and sl.label_names == LABELS3
     assert sl.num_examples == summary["splits"]["train"]["n"]
@@ -239,12 +240,12 @@ def test_stages_end_to_end(tmp_path):
     assert sl.teacher_sizes == [counts["l1"], counts["l2"], counts["g"]]
     assert set(summary["splits"]["train"]["teacher_metrics"]) == {"l1", "l2", "global"}
 
-    bias = distribution_bias(cfg, layout)
+    bias = distribution_bias(RunContext(cfg, layout))
     assert bias["teachers"] == ["l1", "l2", "global"]
     for name in bias["teachers"]:
         assert sum(bias["distribution"][name]) == pytest.approx(1.0)
 
-    students = distill(cfg, layout)["students"]
+    students = distill(RunContext(cfg, layout))["students"]
     assert set(students) == {"ot", "feddf"}
     from knot.models import checkpoint_hash
 
@@ -255,7 +256,7 @@ def test_stages_end_to_end(tmp_path):
         else:
             assert s["best_metrics"]["loss"] < s["initial_val"]["loss"]
 
-    results = evaluate_run(cfg, layout)
+    results = evaluate_run(RunContext(cfg, layout))
     ids = [m["id"] for m in results["models"]]
     from knot.evaluation import load_predictions
 
@@ -292,7 +293,7 @@ def test_stages_end_to_end(tmp_path):
     import dataclasses
 
     cfg_val = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, val=True))
-    with_val = evaluate_run(cfg_val, layout)
+    with_val = evaluate_run(RunContext(cfg_val, layout))
     assert with_val["rows"] == results["rows"] and layout.results_md.read_text() == md
     val_rows = with_val["validation"]["rows"]
     assert [(r["model"], r["test_set"]) for r in val_rows] == [(r["model"], r["test_set"]) for r in results["rows"]]

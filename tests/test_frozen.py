@@ -22,7 +22,8 @@ from knot.features import FeatureCache, encoding_delta, encoding_stats
 from knot.geometry import LabelGeometry
 from knot.layout import RunLayout
 from knot.models import FrozenClassifier, build_model, load, save_checkpoint
-from knot.pipeline import read_stage_log, run_pipeline
+from knot.pipeline import Run, read_stage_log, run_pipeline
+from knot.run import RunContext
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_stage_hashes_of_finetune_configs_are_unchanged(path, tmp_path):
     from knot.pipeline import plan_stages
     from knot.utils import sha256_json
 
-    stages = plan_stages(load_config(REPO / path), RunLayout(tmp_path))
+    stages = plan_stages(Run(load_config(REPO / path), RunLayout(tmp_path)))
     keys = {
         s.name: sha256_json({"stage": s.name, "inputs": s.inputs})[:16]
         for s in stages
@@ -248,7 +249,7 @@ def test_a_second_stage_over_the_same_texts_encodes_nothing(frozen_run):
 
     _, cfg_path, out = frozen_run
     before = encoding_stats()
-    evaluate_run(load_config(cfg_path), RunLayout(out))
+    evaluate_run(RunContext(load_config(cfg_path), RunLayout(out)))
     delta = encoding_delta(before)
     assert delta["texts_encoded"] == 0 and delta["cache_hits"] > 0
 
@@ -269,7 +270,7 @@ def test_a_student_cannot_start_from_a_global_model_of_the_other_mode(frozen_run
     _, cfg_path, out = frozen_run
     cfg = load_config(cfg_path, ["model.encoder_mode=finetune", "model.head=knot"])
     with pytest.raises(ValueError, match="frozen encoder but model.encoder_mode is finetune"):
-        distill(cfg, RunLayout(out), method="ot")
+        distill(RunContext(cfg, RunLayout(out)), method="ot")
 
 
 def test_knot_predict_reads_a_frozen_checkpoint(frozen_run):

@@ -59,6 +59,13 @@ def test_quickstart_runs_without_a_data_folder(tmp_path, monkeypatch):
     assert "W1 to gold" in res.output and "| union | `student:ot` |" in res.output
     assert "Against the human label distributions" in (out / "report.md").read_text()
 
+    # the Python API reproduces `knot run` exactly: same rows in results.json
+    import knot
+
+    api = knot.Run(CONFIG, tmp_path / "api", overrides=sets).run()
+    assert api.rows == results["rows"]
+    assert api.rows == json.loads((tmp_path / "api" / "results.json").read_text())["rows"]
+
 
 def test_data_list_shows_the_builtin_data():
     res = CliRunner().invoke(app, ["data", "list"])

@@ -48,15 +48,14 @@ import torch
 from knot.batching import make_loader
 from knot.config import DistillMethod
 from knot.data import load_split
-from knot.features import run_feature_cache
 from knot.geometry import LabelGeometry, parse_learned_spec
 from knot.losses import distillation_loss, lambda_schedule
 from knot.metrics import evaluate_probs
 from knot.models import build_model, class_weight_rows, load, make_dataset, read_checkpoint_config, save_checkpoint
-from knot.run import has_checkpoint, run_teachers, transfer_domain
+from knot.run import RunContext, has_checkpoint
 from knot.soft_labels import SoftLabels, load_bias, teacher_weights, texts_hash
 from knot.training import LOWER_IS_BETTER, evaluate, fit
-from knot.utils import atomic_write_json, resolve_device, set_seed, sha256_file
+from knot.utils import atomic_write_json, set_seed, sha256_file
 
 __all__ = [
     "distill", "select_methods", "initial_is_better", "pack_targets", "make_loss_fn", "consensus_eval_fn",
@@ -326,21 +325,18 @@ def _load_soft_labels(layout: Any, split: str, teachers: Sequence[str], labels: 
 
 
 def distill(
-    cfg: Any,
-    layout: Any,
+    run: RunContext,
     method: Any = None,
     *,
     loss: str | None = None,
     resume: bool = False,
-    data_root: Any = None,
 ) -> dict:
     """Train one student per selected method (see :func:`select_methods`).
 
     Parameters
     ----------
-    cfg : knot.config.ExperimentConfig
-    layout : knot.layout.RunLayout
-        Reads ``layout.soft_labels`` (train, and val when present), ``bias.json`` for
+    run : knot.run.RunContext
+        Reads ``run.layout.soft_labels`` (train, and val when present), ``bias.json`` for
         ``bias`` weights, the prepared transfer texts and ``layout.global_model``; writes
         ``layout.student(name)``.
     method, loss : which students (see :func:`select_methods`).
@@ -351,11 +347,11 @@ def distill(
     -------
     dict ``{"students": {name: {"checkpoint", "init", "initial_val", "best_metrics", ...}}}``
     """
+    cfg, layout = run.cfg, run.layout
     methods = select_methods(cfg, method, loss)
-    device = resolve_device(cfg.device)
-    geometry = LabelGeometry.from_task(cfg.task)
-    transfer = transfer_domain(cfg)
-    teacher_models = run_teachers(cfg, layout)
+    device, geometry = run.device, run.geometry
+    transfer = run.transfer_domain()
+    teacher_models = run.teachers()
     teachers = [r.name for r in teacher_models]
 
     train_texts = [e.text for e in load_split(layout.data, transfer.name, "train")]
@@ -390,7 +386,7 @@ def distill(
         w_train = method_weights(m, train_sl, bias, global_name)
         w_val = method_weights(m, val_sl, bias, global_name) if val_sl is not None else None
         set_seed(cfg.seed)
-        features = run_feature_cache(layout)  # frozen mode only; a global init copies the global head
+        features = run.feature_cache  # frozen mode only; a global init copies the global head
         model = (
             load(layout.global_model, feature_cache=features)
             if init == "global"

@@ -62,13 +62,11 @@ import numpy as np
 
 from knot import __version__
 from knot.data import load_split
-from knot.features import run_feature_cache
-from knot.geometry import LabelGeometry
 from knot.metrics import GOLD_METRICS, GOLD_TITLES, evaluate_gold, evaluate_probs
-from knot.models import checkpoint_hash, load
-from knot.run import RunModel, run_models  # noqa: F401 (run_models: re-exported)
+from knot.models import checkpoint_hash
+from knot.run import RunContext, RunModel, run_models  # noqa: F401 (run_models: re-exported)
 from knot.soft_labels import predict_probs
-from knot.utils import atomic_path, atomic_write_json, atomic_write_text, read_json, resolve_device
+from knot.utils import atomic_path, atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +202,7 @@ def gold_baselines(
     classifier beats on average.
 
     >>> from functools import partial
-    >>> from knot.geometry import LabelGeometry
-    >>> from knot.metrics import evaluate_gold
+    >>>     >>> from knot.metrics import evaluate_gold
     >>> g = {"d": {"dist": np.array([[0.0, 0.25, 0.75, 0.0, 0.0]]), "score": None}}
     >>> gold_baselines(g, [TestSet("d", "local", ["d"])], partial(evaluate_gold, geometry=LabelGeometry.preset("sentiment5")))
     {'d': {'w1_gold': 0.25, 'tv_gold': 0.25}}
@@ -598,15 +595,14 @@ def run_test_sets(cfg: Any) -> list[TestSet]:
     return sets
 
 
-def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, Any]:
+def evaluate_run(run: RunContext) -> dict[str, Any]:
     """Evaluation stage: score every model present on every test set.
 
     Writes ``layout.results_json`` and ``layout.results_md`` and returns the results dict.
     Models without a checkpoint are listed under ``missing`` (an error if there is none at all).
     """
-    device = resolve_device(cfg.device)
-    geometry = LabelGeometry.from_task(cfg.task)
-    models, missing = run_models(cfg, layout)
+    cfg, layout, geometry, device = run.cfg, run.layout, run.geometry, run.device
+    models, missing = run.models()
     if not models:
         raise FileNotFoundError(
             f"{layout.root}: no model checkpoints to evaluate; run `knot train` / `knot distill` first"
@@ -620,11 +616,7 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
 
     probs: dict[str, dict[str, dict[str, np.ndarray]]] = {s: {} for s in splits}
     for m in models:
-        model = load(m.path, device=device, feature_cache=run_feature_cache(layout))
-        if list(model.geometry.labels) != list(geometry.labels):
-            raise ValueError(
-                f"{m.path}: {m.id} has labels {list(model.geometry.labels)}, the task has {list(geometry.labels)}"
-            )
+        model = run.load_model(m.path, name=m.id)
         m.checkpoint_hash = checkpoint_hash(m.path)
         for s in splits:
             texts = sets[s][0]

@@ -50,13 +50,13 @@ import numpy as np
 from knot.config import MAX_CLIENT_EXAMPLES, ExperimentConfig
 from knot.data import load_split, prepare_data, read_manifest
 from knot.data.prepare import run_prepare
-from knot.features import encoding_delta, encoding_stats, run_feature_cache
+from knot.features import encoding_delta, encoding_stats
 from knot.distill import distill, method_weights
 from knot.evaluation import evaluate_run
 from knot.layout import RunLayout
 from knot.metrics import evaluate_probs
 from knot.models import checkpoint_hash, load
-from knot.run import require_checkpoint, run_teachers, teacher_size, transfer_domain, transfer_hash
+from knot.run import RunContext, require_checkpoint, run_teachers, teacher_size, transfer_domain, transfer_hash
 from knot.soft_labels import (
     SUM_TOL,
     SoftLabels,
@@ -69,8 +69,8 @@ from knot.soft_labels import (
     teacher_bias,
     texts_hash,
 )
-from knot.teachers import task_geometry, train_teacher
-from knot.utils import atomic_write_json, atomic_write_text, read_json, resolve_device, sha256_json
+from knot.teachers import train_teacher
+from knot.utils import atomic_write_json, atomic_write_text, read_json, sha256_json
 
 __all__ = [
     "PROTOCOL",
@@ -327,14 +327,14 @@ def handle_request(
             stamp = {}
     resume = not reasons and stamp.get("fingerprint") == fingerprint
     log.info("client %s: %s teacher in %s", domain, "resuming" if resume else "training", layout.teacher(domain))
-    trained = train_teacher(ccfg, layout, role="local", domain=domain, resume=resume)["models"][domain]
+    run = RunContext(ccfg, layout, data_root=data_root)
+    trained = train_teacher(run, role="local", domain=domain, resume=resume)["models"][domain]
     atomic_write_json(stamp_file, {"domain": domain, "fingerprint": fingerprint})
 
-    device = resolve_device(ccfg.device)
-    geometry = task_geometry(ccfg)
+    device, geometry = run.device, run.geometry
     # frozen mode: features go to the client's own cache (its work dir's features/, or
     # its KNOT_CACHE), which only ever holds this client's texts and the public ones
-    model = load(layout.teacher(domain), device=device, feature_cache=run_feature_cache(layout))
+    model = load(layout.teacher(domain), device=device, feature_cache=run.feature_cache)
     soft: dict[str, np.ndarray] = {}
     for split, n, digest in zip(transfer.splits, transfer.num_examples, transfer.texts_sha256):
         texts = [e.text for e in load_split(layout.data, transfer.domain, split)]
@@ -657,18 +657,17 @@ def run_round(
 # ---------------------------------------------------------------------------
 
 
-def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str, TeacherReply]) -> dict[str, Any]:
+def write_soft_labels(run: RunContext, request: TeacherRequest, replies: Mapping[str, TeacherReply]) -> dict[str, Any]:
     """Write the SoftLabels artefact and ``bias.json`` from the clients' replies.
 
-    ``cfg`` names exactly the teachers to include (its local domains must all have a
-    reply); the global model (``layout.global_model``) is run here on the server. The
+    ``run.cfg`` names exactly the teachers to include (its local domains must all have a
+    reply); the global model (``run.layout.global_model``) is run here on the server. The
     files are those of :func:`knot.soft_labels.produce_soft_labels` and
     :func:`knot.soft_labels.distribution_bias`, so the distillation and evaluation stages
     read them unchanged. Returns a summary like ``produce_soft_labels``.
     """
-    device = resolve_device(cfg.device)
-    geometry = task_geometry(cfg)
-    refs = run_teachers(cfg, layout)
+    cfg, layout, device, geometry = run.cfg, run.layout, run.device, run.geometry
+    refs = run.teachers()
     transfer = request.transfer
     manifest = read_manifest(layout.data)
     examples = {s: load_split(layout.data, transfer.domain, s) for s in transfer.splits}
@@ -684,7 +683,7 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
             res = reply.bias or {}
         else:  # the global model lives on the server
             require_checkpoint(ref)
-            model = load(ref.path, device=device, feature_cache=run_feature_cache(layout))
+            model = load(ref.path, device=device, feature_cache=run.feature_cache)
             probs = {
                 s: predict_probs(model, [e.text for e in ex], batch_size=cfg.soft_labels.batch_size,
                                  device=device, desc=f"{ref.name} -> {s}")
@@ -818,9 +817,8 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
         server_cfg = cfg if fed.evaluate_local else _only_domains(cfg, lambda d: d.role != "local")
         prepare_data(server_cfg, layout, data_root)
         request = make_request(cfg, layout, round)
-        geometry = task_geometry(cfg)
         result = run_round(
-            request, transport, local_domains=locals_, num_labels=geometry.num_labels,
+            request, transport, local_domains=locals_, num_labels=RunContext(cfg, layout).geometry.num_labels,
             min_clients=min_clients, timeout=fed.timeout, max_examples=fed.max_client_examples, declared=declared,
         )
         record = {"format": ROUND_FORMAT, "transfer": request.transfer.to_dict(),
@@ -829,15 +827,15 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
                   "client_examples": declared, **result.to_dict()}
         atomic_write_json(layout.federated_round(round), record)
 
-        eff = _effective_config(cfg, list(result.valid))
+        eff = RunContext(_effective_config(cfg, list(result.valid)), layout, data_root=data_root)
         if cfg.domains("global"):
-            train_teacher(server_cfg, layout, role="global")
-        soft = write_soft_labels(eff, layout, request, result.valid)
-        weights = teacher_weight_record(eff, layout)
+            train_teacher(eff.with_config(server_cfg), role="global")
+        soft = write_soft_labels(eff, request, result.valid)
+        weights = teacher_weight_record(eff.cfg, layout)
         atomic_write_json(layout.federated_round(round), record | {"teacher_weights": weights})
-        students = distill(eff, layout)
-        eval_cfg = eff if fed.evaluate_local else _only_domains(eff, lambda d: d.role != "local")
-        results = evaluate_run(eval_cfg, layout)
+        students = distill(eff)
+        eval_cfg = eff.cfg if fed.evaluate_local else _only_domains(eff.cfg, lambda d: d.role != "local")
+        results = evaluate_run(eff.with_config(eval_cfg))
     except BaseException as exc:
         _write_status(layout, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
