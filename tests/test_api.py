@@ -183,9 +183,10 @@ def test_load_gives_an_exported_folder_to_the_onnx_predictor(tmp_path, monkeypat
 # ---- the README -------------------------------------------------------------------------
 
 
-def _readme_block(heading: str) -> str:
+def _readme_block(heading: str, level: int = 2) -> str:
+    """The first python code block of the README section ``heading``."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    section = text.split(f"\n{'#' * level} {heading}\n", 1)[1].split("\n## ", 1)[0]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -200,3 +201,23 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     assert str(Path("runs/api-demo/report.md")) in out
     assert "['1', '2', '3', '4', '5']" in out
     assert (tmp_path / "runs" / "api-demo" / "results.json").is_file()
+
+
+def test_readme_adding_a_loss_registers_it_for_the_config_and_the_loss(monkeypatch):
+    import torch
+
+    import knot.losses
+    from knot.config import DistillMethod
+
+    monkeypatch.setattr(knot.losses, "_REGISTRY", dict(knot.losses._REGISTRY))  # restored afterwards
+    with pytest.raises(ValueError, match="loss: expected one of"):
+        DistillMethod(name="l1", loss="l1")
+
+    exec(compile(_readme_block("Adding a distillation loss", level=3), "README.md (loss)", "exec"), {})
+
+    method = DistillMethod(name="l1", loss="l1")
+    g = knot.LabelGeometry.preset("sentiment5")
+    logits = torch.zeros(2, 5)
+    teachers = torch.full((2, 3, 5), 0.2)
+    assert method.loss in knot.losses.available_losses() and not knot.losses.loss_uses_geometry("l1")
+    assert knot.distillation_loss("l1", logits, teachers, torch.ones(3) / 3, g).item() == pytest.approx(0.0, abs=1e-6)

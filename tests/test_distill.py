@@ -212,6 +212,8 @@ def test_cli_rejects_bad_config_and_loss(tmp_path):
     assert result.exit_code == 2 and "distill.methods[0].loss" in result.output
     result = runner.invoke(app, ["distill", str(cfg_path), "--loss", "mse"])
     assert result.exit_code == 2
+    # the names come from the loss registry, not a list of their own
+    assert "--loss: expected one of ce, entropy, kl, ot, ot_kl, sord, uld, got 'mse'" in result.output
 
 
 @pytest.mark.parametrize("keep_initial", [True, False])

@@ -419,8 +419,8 @@ def bias_cmd(
 def distill_cmd(
     config: Path = ConfigArg,
     loss: Optional[str] = typer.Option(
-        None, "--loss", help="ot, entropy, kl or ce: train the configured students with this loss "
-        "(a default one named after the loss when none is configured)."
+        None, "--loss", help="A registered distillation loss (knot.losses.available_losses(), e.g. ot or entropy): "
+        "train the configured students with this loss (a default one named after the loss when none is configured)."
     ),
     method: Optional[List[str]] = typer.Option(
         None, "--method", help="Train only this distill.methods entry (repeatable; default: all)."
@@ -435,8 +435,11 @@ def distill_cmd(
     Each student starts from the global model (distill.init: global) or from scratch and
     is written to RUN/students/<method>/.
     """
-    if loss is not None and loss not in ("ot", "entropy", "kl", "ce"):
-        _fail(f"--loss: expected ot, entropy, kl or ce, got {loss!r}")
+    if loss is not None:
+        from knot.losses import available_losses
+
+        if loss not in available_losses():
+            _fail(f"--loss: expected one of {', '.join(available_losses())}, got {loss!r}")
     run = open_run(config, out, sets)
     with locked(run.root, wait):
         result = guarded(run.distill, method or None, loss=loss, resume=resume).summary

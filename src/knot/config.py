@@ -451,7 +451,9 @@ class TrainConfig(ConfigBase):
         _check(self.eval_batch_size >= 1, "eval_batch_size: expected >= 1")
         _check(self.lr > 0, "lr: expected > 0")
         _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio: expected in [0, 1)")
-        _check(self.loss in ("ce", "ot+ce"), f"loss: expected ce or ot+ce, got {self.loss!r}")
+        from knot.losses import TEACHER_LOSSES
+
+        _check(self.loss in TEACHER_LOSSES, f"loss: expected {' or '.join(TEACHER_LOSSES)}, got {self.loss!r}")
         _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing: expected in [0, 1)")
         _check(self.max_steps is None or self.max_steps >= 1, "max_steps: expected >= 1")
 

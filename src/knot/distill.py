@@ -49,7 +49,7 @@ from knot.batching import make_loader
 from knot.config import DistillMethod
 from knot.data import load_split
 from knot.geometry import LabelGeometry, parse_learned_spec
-from knot.losses import distillation_loss, lambda_schedule
+from knot.losses import distillation_loss, lambda_schedule, loss_uses_geometry
 from knot.metrics import evaluate_probs
 from knot.models import build_model, class_weight_rows, load, make_dataset, read_checkpoint_config, save_checkpoint
 from knot.run import RunContext, has_checkpoint
@@ -64,8 +64,6 @@ __all__ = [
 
 #: File in each student's folder with the geometry its loss used (labels, coords, p, name, cost).
 GEOMETRY_LOSS_FILE = "geometry_loss.json"
-#: Built-in losses that read the label geometry.
-GEOMETRY_LOSSES = ("ot", "ot_kl", "sord")
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +258,7 @@ def _save_loss_geometry(method: Any, loss_geo: Any, task_spec: Any, out_dir: Any
     """Write ``out_dir/geometry_loss.json`` (LabelGeometry.to_dict plus ``cost`` (K, K),
     ``source`` method|task and the config ``spec``) and log the cost matrix."""
     source = "task" if getattr(method, "geometry", None) is None else "method"
-    if source == "method" and method.loss not in GEOMETRY_LOSSES:
+    if source == "method" and not loss_uses_geometry(method.loss):
         log.warning("student %s: loss %s does not use a label geometry; its geometry is unused", method.name, method.loss)
     cost = loss_geo.cost
     atomic_write_json(

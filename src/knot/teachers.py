@@ -25,7 +25,7 @@ import torch
 
 from knot.batching import make_loader
 from knot.data import load_split, prepare_data
-from knot.losses import ot_ce_loss
+from knot.losses import TEACHER_LOSSES, ot_ce_loss
 from knot.models import build_model, make_dataset
 from knot.training import fit
 from knot.run import RunContext
@@ -44,10 +44,10 @@ def teacher_loss(train_cfg, geometry) -> Callable[[torch.Tensor, dict], torch.Te
     variant, ``ot_weight`` times the OT cost to the label smoothed by
     ``label_smoothing``, plus the cross-entropy.
     """
-    if train_cfg.loss not in ("ce", "ot+ce"):
-        raise ValueError(f"loss: expected ce or ot+ce, got {train_cfg.loss!r}")
+    if train_cfg.loss not in TEACHER_LOSSES:
+        raise ValueError(f"loss: expected {' or '.join(TEACHER_LOSSES)}, got {train_cfg.loss!r}")
     smoothing = train_cfg.label_smoothing
-    weight = 0.0 if train_cfg.loss == "ce" else train_cfg.ot_weight
+    weight = TEACHER_LOSSES[train_cfg.loss](train_cfg)
 
     def loss_fn(logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return ot_ce_loss(logits, batch["target"], geometry, smoothing=smoothing, ot_weight=weight)
