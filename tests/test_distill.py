@@ -7,7 +7,6 @@ neutral filler words, so a tiny random-init encoder learns it in a few epochs.
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
@@ -21,24 +20,9 @@ from knot.layout import RunLayout
 from knot.run import RunContext
 from knot.soft_labels import SoftLabels, texts_hash
 
-LABELS = ["neg", "neu", "pos"]
-KEYWORDS = {"neg": ["awful", "terrible", "bad"], "neu": ["okay", "average", "fine"], "pos": ["great", "excellent", "good"]}
-FILLER = ["the", "a", "item", "box", "it", "was", "this", "product", "arrived", "and", "is", "my", "for"]
+from helpers import LABELS3, synthetic_rows, write_jsonl
 
-
-def synthetic_rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = LABELS[i % 3]
-        words = rng.sample(FILLER, 4) + [rng.choice(KEYWORDS[label])] * 2
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
-
-
-def write_jsonl(path, rows) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+LABELS = LABELS3
 
 
 def make_config(data_root, domains: dict[str, str], **distill) -> ExperimentConfig:

@@ -22,6 +22,8 @@ from knot.metrics import evaluate_probs
 from knot.run import RunContext
 from knot.utils import atomic_write_json
 
+from helpers import LABELS3, synthetic_rows
+
 # three labels on a line: cost |i - j|
 GEOMETRY = LabelGeometry(labels=["a", "b", "c"], coords=[[0.0], [1.0], [2.0]])
 
@@ -176,23 +178,6 @@ def test_load_results_errors(tmp_path):
 
 # --- end to end: teachers -> soft labels -> bias -> students -> evaluation ---------------------
 
-LABELS3 = ["neg", "neu", "pos"]
-KEYWORDS = {"neg": ["awful", "bad"], "neu": ["okay", "average"], "pos": ["great", "good"]}
-FILLER = ["the", "a", "item", "box", "it", "was", "this", "product", "arrived", "and", "is", "my"]
-
-
-def _rows(n: int, seed: int) -> list[dict]:
-    import random
-
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        label = LABELS3[i % 3]
-        words = rng.sample(FILLER, 4) + [rng.choice(KEYWORDS[label])] * 2
-        rng.shuffle(words)
-        out.append({"text": " ".join(words), "label": label})
-    return out
-
 
 @pytest.mark.slow
 def test_stages_end_to_end(tmp_path):
@@ -210,7 +195,7 @@ def test_stages_end_to_end(tmp_path):
     data.mkdir()
     domains = {"l1": "local", "l2": "local", "g": "global", "tr": "transfer"}
     for i, name in enumerate(domains):
-        rows = _rows(30, i)
+        rows = synthetic_rows(30, i)
         (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = ExperimentConfig.from_dict({
         "name": "e2e", "seed": 3, "device": "cpu",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -39,29 +38,18 @@ from knot.layout import RunLayout
 # a tiny synthetic task (shared with test_federated_flower.py)
 # ---------------------------------------------------------------------------
 
-LABELS = ["neg", "neu", "pos"]
-KEYWORDS = {"neg": ["awful", "terrible", "bad"], "neu": ["okay", "average", "fine"], "pos": ["great", "excellent", "good"]}
-FILLER = ["the", "a", "item", "box", "it", "was", "this", "product", "arrived", "and", "is", "my", "for"]
+from helpers import LABELS3, synthetic_rows, write_jsonl
+
+LABELS = LABELS3
 DOMAINS = {"books": ("local", 30), "games": ("local", 30), "tools": ("local", 30), "shop": ("global", 45),
            "public": ("transfer", 60)}
-
-
-def synthetic_rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = LABELS[i % 3]
-        words = rng.sample(FILLER, 4) + [rng.choice(KEYWORDS[label])] * 2
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
 
 
 def write_data(root) -> None:
     root.mkdir(parents=True, exist_ok=True)
     for i, (name, (_, n)) in enumerate(DOMAINS.items()):
         rows = synthetic_rows(n, 100 + i)
-        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        write_jsonl(root / f"{name}.jsonl", rows)
 
 
 def tiny_config(**federated) -> ExperimentConfig:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import write_pipeline_corpus
+from helpers import pipeline_config, write_pipeline_corpus
 from knot.cli import app
 from knot.config import ConfigError, ExperimentConfig, ModelConfig, load_config
 from knot.features import FeatureCache, encoding_delta, encoding_stats
@@ -166,28 +166,18 @@ def test_the_shared_encoder_is_built_once_and_leaves_the_rng_alone():
 # the pipeline
 # ---------------------------------------------------------------------------
 
-CONFIG = """\
-name: tiny-frozen
-seed: 3
-device: cpu
-task:
-  geometry: {neg: [-1.0], pos: [1.0]}
-data:
-  dedup: false  # the counts and accuracies below were set on this corpus with its repeated texts
-  domains:
-    - {name: books, role: local, sources: [{reader: jsonl, path: books.jsonl, text: text, label: label}]}
-    - {name: films, role: local, sources: [{reader: jsonl, path: films.jsonl, text: text, label: label}]}
-    - {name: mixed, role: global, sources: [{reader: jsonl, path: mixed.jsonl, text: text, label: label}]}
-    - {name: public, role: transfer, sources: [{reader: jsonl, path: public.jsonl, text: text, label: label}]}
-model: {encoder: tiny, encoder_mode: frozen, head: HEAD, max_length: 16, dropout: 0.0}
-local: {epochs: 25, batch_size: 8, lr: 3.0e-3}
-global_model: {epochs: 25, batch_size: 8, lr: 3.0e-3}
-bias: {n_samples: 16, length: 8}
-distill:
-  train: {epochs: 3, batch_size: 8, lr: 1.0e-3}
-  methods:
-    - {name: ot, loss: ot}
-"""
+def frozen_config(head: str, **sections) -> str:
+    """The pipeline tests' config in frozen mode with ``head``, trained longer (a frozen
+    random encoder needs more epochs)."""
+    return pipeline_config(
+        name="tiny-frozen",
+        data={"dedup": False},  # the counts and accuracies below were set on this corpus with its repeated texts
+        model={"encoder_mode": "frozen", "head": head},
+        local={"epochs": 25, "lr": 3.0e-3},
+        global_model={"epochs": 25, "lr": 3.0e-3},
+        distill={"train": {"epochs": 3, "batch_size": 8, "lr": 1.0e-3}, "methods": [{"name": "ot", "loss": "ot"}]},
+        **sections,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +196,7 @@ def frozen_run(request, corpus):
     base, root = corpus
     head = request.param
     cfg_path = base / f"{head}.yaml"
-    cfg_path.write_text(CONFIG.replace("HEAD", head))
+    cfg_path.write_text(frozen_config(head))
     out = base / f"run-{head}"
     saved = os.environ.pop("KNOT_CACHE", None)
     try:
@@ -257,7 +247,7 @@ def test_a_second_stage_over_the_same_texts_encodes_nothing(frozen_run):
 def test_the_seeds_of_an_experiment_share_one_encoding(corpus):
     base, root = corpus
     cfg_path = base / "seeds.yaml"
-    cfg_path.write_text(CONFIG.replace("HEAD", "pooled").replace("seed: 3", "seeds: [1, 2]"))
+    cfg_path.write_text(frozen_config("pooled", seed=None, seeds=[1, 2]))
     logs = run_pipeline(load_config(cfg_path), base / "seeds", data_root=root, stages=["prepare", "local"])
     encoded = {seed: log["local:books"]["summary"]["encoding"]["texts_encoded"] for seed, log in logs.items()}
     assert encoded == {"seed-1": 32, "seed-2": 0}

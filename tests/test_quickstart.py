@@ -32,7 +32,6 @@ def test_quickstart_runs_without_a_data_folder(tmp_path, monkeypatch):
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
     monkeypatch.setattr("knot.data.prepare.resolve_data_root", _no_data_root)
-    monkeypatch.setattr("knot.config.resolve_data_root", _no_data_root)
     n = len(load_config(CONFIG).data.domains)
     sets = [
         "local.epochs=1", "local.max_steps=2", "global_model.epochs=1", "global_model.max_steps=2",

@@ -46,7 +46,6 @@ __all__ = [
     "ExperimentConfig",
     "load_config",
     "apply_overrides",
-    "resolve_data_root",
 ]
 
 
@@ -309,7 +308,7 @@ class DataConfig(ConfigBase):
 
     ``root`` is the folder relative source paths are read from (``builtin``: the datasets
     packaged with knot; a ``builtin:`` source path ignores the root); when null, the
-    ``KNOT_DATA`` environment variable is used (see :func:`resolve_data_root`).
+    ``KNOT_DATA`` environment variable is used (see :func:`knot.data.prepare.resolve_data_root`).
     ``seed`` drives partitions, splits and subsets. ``context_turns`` previous
     utterances follow each utterance of a dialogue corpus, joined by
     ``context_separator`` (``" [SEP] "``: a BERT tokenizer reads it as its ``[SEP]``).
@@ -923,22 +922,3 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         return ExperimentConfig.from_dict(raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-
-
-def resolve_data_root(cfg: ExperimentConfig, override: str | os.PathLike | None = None) -> Path:
-    """The data root: ``override`` (``--data-root``), else ``KNOT_DATA``, else ``data.root``.
-
-    A relative ``data.root`` is taken relative to the current directory; ``builtin``
-    names the datasets packaged with knot (:mod:`knot.data.builtin`).
-    """
-    for candidate in (override, os.environ.get("KNOT_DATA"), cfg.data.root):
-        if candidate:
-            if str(candidate) == "builtin":
-                from knot.data.builtin import builtin_root
-
-                return builtin_root()
-            return Path(candidate).expanduser()
-    raise ConfigError(
-        "no data root: pass --data-root DIR, set the KNOT_DATA environment variable, "
-        "or set data.root in the config (`builtin` names the data shipped with knot, see `knot data list`)"
-    )
