@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from knot.cli import app
 from knot.config import DistillMethod, ExperimentConfig
-from knot.distill import consensus_eval_fn, make_loss_fn, pack_targets, select_methods
+from knot.distill import consensus_eval_fn, make_loss_fn, select_methods, weight_rows
 from knot.layout import RunLayout
 from knot.run import RunContext
+from knot.training import SelectionState
 from knot.soft_labels import SoftLabels, texts_hash
 
 from helpers import LABELS3, synthetic_rows, write_jsonl
@@ -128,7 +129,7 @@ def test_stale_soft_labels_are_detected(transfer_run):
         distill(RunContext(cfg, layout), method="feddf")
 
 
-def test_loss_fn_uses_packed_weights():
+def test_loss_fn_reads_the_weights_of_the_batch_rows():
     from knot.geometry import LabelGeometry
     from knot.losses import distillation_loss
 
@@ -138,9 +139,16 @@ def test_loss_fn_uses_packed_weights():
     w = np.array([0.25, 0.75])
     logits = torch.randn(4, 3)
     m = DistillMethod(name="x", loss="ot", aggregate="per_teacher")
-    got = make_loss_fn(m, g)(logits, {"target": pack_targets(probs, w)})
+    rows = np.array([[0.25, 0.75], [0.5, 0.5], [0.9, 0.1], [0.1, 0.9]])  # per example (bias weights)
+    batch = {"target": torch.from_numpy(probs[[2, 0]]), "index": torch.tensor([2, 0])}  # a shuffled batch
+
+    got = make_loss_fn(m, g, w)(logits, {"target": torch.from_numpy(probs), "index": torch.arange(4)})
+    per_row = make_loss_fn(m, g, rows)(logits[[2, 0]], batch)
+
     expected = distillation_loss("ot", logits, torch.from_numpy(probs), torch.tensor(w, dtype=torch.float32), g)
     assert float(got) == pytest.approx(float(expected), rel=1e-6)
+    expected = distillation_loss("ot", logits[[2, 0]], batch["target"], weight_rows(rows, 4)[[2, 0]], g)
+    assert float(per_row) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_consensus_eval_uses_weighted_teacher_argmax():
@@ -149,9 +157,9 @@ def test_consensus_eval_uses_weighted_teacher_argmax():
     g = LabelGeometry.from_mapping({"neg": [-1.0], "neu": [0.0], "pos": [1.0]})
     # two teachers disagree; teacher 1 weighs more -> consensus = its argmax (pos, then neg)
     probs = np.array([[[0.9, 0.1, 0.0], [0.0, 0.2, 0.8]], [[0.0, 0.1, 0.9], [0.8, 0.2, 0.0]]])
-    targets = pack_targets(probs, np.array([0.3, 0.7])).numpy()
     student = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-    assert consensus_eval_fn(student, targets, g)["accuracy"] == 1.0
+    assert consensus_eval_fn(np.array([0.3, 0.7]))(student, probs, g)["accuracy"] == 1.0
+    assert consensus_eval_fn(np.array([0.7, 0.3]))(student, probs, g)["accuracy"] == 0.0
 
 
 def test_select_methods():
@@ -211,7 +219,7 @@ def test_keep_initial_decides_whether_the_start_competes(transfer_run, monkeypat
     cfg, layout, _ = transfer_run
     train = dataclasses.replace(cfg.distill.train, epochs=1)
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, train=train, keep_initial=keep_initial))
-    monkeypatch.setattr(kd, "initial_is_better", lambda *a, **k: True)
+    monkeypatch.setattr(SelectionState, "initial_wins", lambda *a, **k: True)
     info = kd.distill(RunContext(cfg, layout), method="feddf")["students"]["feddf"]
     assert info["best_epoch"] == (0 if keep_initial else 1)
     assert (info["best_metrics"] == info["initial_val"]) is keep_initial

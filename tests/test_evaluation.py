@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from knot.evaluation import (
-    ModelEntry,
     TestSet,
     build_results,
     load_results,
@@ -19,7 +18,7 @@ from knot.evaluation import (
 )
 from knot.geometry import LabelGeometry
 from knot.metrics import evaluate_probs
-from knot.run import RunContext
+from knot.run import RunContext, RunModel
 from knot.utils import atomic_write_json
 
 from helpers import LABELS3, synthetic_rows
@@ -56,10 +55,10 @@ def rows():
 
 
 MODELS = [
-    ModelEntry("teacher", "a"),
-    ModelEntry("teacher", "b"),
-    ModelEntry("global", "global"),
-    ModelEntry("student", "feddf", method={"loss": "kl", "aggregate": "mixture", "weights": "size"}, best_epoch=0),
+    RunModel("teacher", "a"),
+    RunModel("teacher", "b"),
+    RunModel("global", "global"),
+    RunModel("student", "feddf", method={"loss": "kl", "aggregate": "mixture", "weights": "size"}, best_epoch=0),
 ]
 
 
@@ -89,7 +88,7 @@ def test_baselines(rows):
         "feddf": "student:feddf",
     }
     no_feddf = [m for m in MODELS if m.kind != "student"] + [
-        ModelEntry("student", "ot", method={"loss": "ot", "aggregate": "per_teacher"})
+        RunModel("student", "ot", method={"loss": "ot", "aggregate": "per_teacher"})
     ]
     assert pick_baselines(no_feddf, rows, "union")["feddf"] is None
 
@@ -289,7 +288,7 @@ def test_stages_end_to_end(tmp_path):
 
 def test_a_student_that_kept_its_start_is_named_in_words(rows, tmp_path):
     # Arrange: feddf's selected checkpoint is epoch 0, started from the global model
-    models = [m if m.kind != "student" else ModelEntry(m.kind, m.name, method=m.method, best_epoch=0, init="global")
+    models = [m if m.kind != "student" else RunModel(m.kind, m.name, method=m.method, best_epoch=0, init="global")
               for m in MODELS]
     results = build_results(name="demo", geometry=GEOMETRY.to_dict(), label_names=GEOMETRY.labels,
                             models=models, test_sets=TEST_SETS, rows=rows)

@@ -239,7 +239,7 @@ def test_method_geometry_drives_the_loss_only(transfer_run):  # noqa: F811
     """A student whose OT loss uses a derived geometry: geometry_loss.json records it, the
     val loss is computed under it, while the model and its val metrics keep the task's."""
     from knot.data import load_split
-    from knot.distill import GEOMETRY_LOSS_FILE, consensus_eval_fn, distill, make_loss_fn, pack_targets
+    from knot.distill import GEOMETRY_LOSS_FILE, consensus_eval_fn, distill, make_loss_fn
     from knot.models import load, read_checkpoint_config
     from knot.soft_labels import SoftLabels
 
@@ -271,13 +271,13 @@ def test_method_geometry_drives_the_loss_only(transfer_run):  # noqa: F811
     val_sl = SoftLabels.load(layout.soft_labels, "val")
     val_texts = [e.text for e in load_split(layout.data, "transfer", "val")]
     probs = model.predict_proba(val_texts)  # (N, K)
-    targets = pack_targets(val_sl.probs, np.array([0.25, 0.75]))  # size weights 30 : 90
-    batch = {"target": targets}
+    weights = np.array([0.25, 0.75])  # size weights 30 : 90
+    batch = {"target": torch.from_numpy(val_sl.probs).double(), "index": torch.arange(len(val_texts))}
     logits = torch.log(torch.from_numpy(probs).double().clamp_min(1e-12))
     best = out["students"]["ot-derived"]["best_metrics"]
-    loss_derived = float(make_loss_fn(method, expected)(logits, {"target": targets.double()}))
-    loss_task = float(make_loss_fn(method, task)(logits, {"target": targets.double()}))
+    loss_derived = float(make_loss_fn(method, expected, weights)(logits, batch))
+    loss_task = float(make_loss_fn(method, task, weights)(logits, batch))
     assert best["loss"] == pytest.approx(loss_derived, rel=1e-3, abs=1e-5)
     assert abs(loss_derived - loss_task) > 1e-2  # the two geometries give other losses
-    metrics = consensus_eval_fn(probs, batch["target"].numpy(), task)
+    metrics = consensus_eval_fn(weights)(probs, val_sl.probs, task)
     assert best["semantic_distance"] == pytest.approx(metrics["semantic_distance"], rel=1e-3, abs=1e-5)

@@ -64,19 +64,16 @@ from knot import __version__
 from knot.data import load_split
 from knot.metrics import GOLD_METRICS, GOLD_TITLES, evaluate_gold, evaluate_probs
 from knot.models import checkpoint_hash
-from knot.run import RunContext, RunModel, run_models  # noqa: F401 (run_models: re-exported)
+from knot.run import RunContext, RunModel
 from knot.soft_labels import predict_probs
 from knot.utils import atomic_path, atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
-#: A model of the run (teacher, global or student); the record type is :class:`knot.run.RunModel`.
-ModelEntry = RunModel
 
 __all__ = [
     "RESULTS_FORMAT",
     "METRICS",
-    "ModelEntry",
     "TestSet",
     "score_models",
     "confusion_matrices",
@@ -202,7 +199,8 @@ def gold_baselines(
     classifier beats on average.
 
     >>> from functools import partial
-    >>>     >>> from knot.metrics import evaluate_gold
+    >>> from knot.geometry import LabelGeometry
+    >>> from knot.metrics import evaluate_gold
     >>> g = {"d": {"dist": np.array([[0.0, 0.25, 0.75, 0.0, 0.0]]), "score": None}}
     >>> gold_baselines(g, [TestSet("d", "local", ["d"])], partial(evaluate_gold, geometry=LabelGeometry.preset("sentiment5")))
     {'d': {'w1_gold': 0.25, 'tv_gold': 0.25}}
@@ -250,7 +248,7 @@ def _row(rows: Sequence[Mapping[str, Any]], model: str, test_set: str) -> Mappin
 
 
 def pick_baselines(
-    models: Sequence[ModelEntry],
+    models: Sequence[RunModel],
     rows: Sequence[Mapping[str, Any]],
     selection_set: str,
 ) -> dict[str, str | None]:
@@ -259,8 +257,8 @@ def pick_baselines(
     ``best_single_teacher`` is the local teacher with the highest macro-F1 on
     ``selection_set`` (ties: the first in order).
 
-    >>> ms = [ModelEntry("teacher", "a"), ModelEntry("teacher", "b"), ModelEntry("global", "global"),
-    ...       ModelEntry("student", "x", method={"loss": "kl", "aggregate": "mixture"})]
+    >>> ms = [RunModel("teacher", "a"), RunModel("teacher", "b"), RunModel("global", "global"),
+    ...       RunModel("student", "x", method={"loss": "kl", "aggregate": "mixture"})]
     >>> rows = [{"model": "teacher:a", "test_set": "union", "macro_f1": 0.4},
     ...         {"model": "teacher:b", "test_set": "union", "macro_f1": 0.6}]
     >>> pick_baselines(ms, rows, "union")
@@ -295,7 +293,7 @@ def build_results(
     name: str,
     geometry: Mapping[str, Any] | None,
     label_names: Sequence[str],
-    models: Sequence[ModelEntry],
+    models: Sequence[RunModel],
     test_sets: Sequence[TestSet],
     rows: Sequence[Mapping[str, Any]],
     missing: Sequence[Mapping[str, Any]] = (),

@@ -43,14 +43,11 @@ from knot.data import load_split, read_manifest
 from knot.metrics import evaluate_probs
 from knot.models import checkpoint_hash
 from knot.progress import progress
-from knot.run import (  # noqa: F401 (run_teachers, transfer_domain, has_checkpoint: re-exported)
+from knot.run import (
     RunContext,
     RunModel,
-    has_checkpoint,
     require_checkpoint,
-    run_teachers,
     teacher_size,
-    transfer_domain,
     transfer_hash,
 )
 from knot.errors import parse_finite
@@ -65,7 +62,6 @@ __all__ = [
     "teacher_weights",
     "bias_weights",
     "texts_hash",
-    "run_teachers",
     "predict_probs",
     "random_token_inputs",
     "predicted_class_distribution",

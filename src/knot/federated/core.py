@@ -92,7 +92,6 @@ __all__ = [
     "local_handlers",
     "run_in_process",
     "read_status",
-    "status_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -736,13 +735,8 @@ def _effective_config(cfg, kept: Sequence[str]):
     return dataclasses.replace(out, distill=dataclasses.replace(cfg.distill, methods=methods))
 
 
-def status_path(layout) -> Path:
-    """``RUN/federated/status.json`` (:attr:`knot.layout.RunLayout.federated_status`)."""
-    return layout.federated_status
-
-
 def _write_status(layout, status: str, **info: Any) -> None:
-    path = status_path(layout)
+    path = layout.federated_status
     old = {}
     if path.is_file():
         try:
