@@ -472,3 +472,31 @@ def test_server_without_local_data_distils_from_the_valid_clients_only(tmp_path,
 def spoiled_reply(reply: TeacherReply) -> TeacherReply:
     reply.soft_labels["train"][0] = np.nan
     return reply
+
+
+def test_a_federated_run_has_stage_hashes_a_report_and_resumes(tmp_path):
+    """The server runs the pipeline's stages on a Run: stages.json records them (the round in
+    place of the local teachers, soft labels and bias), report.md is written, and a rerun
+    skips every finished stage, the round included (no client is asked again)."""
+    write_data(tmp_path / "data")
+    cfg = tiny_config(evaluate_local=False)
+    layout = RunLayout(tmp_path / "run")
+    asked = []
+
+    def client(name, seed):
+        return lambda r: (asked.append(name), fitting_reply(r, name, seed))[1]
+
+    handlers = {"n1": client("books", 1), "n2": client("games", 2), "n3": client("tools", 3)}
+
+    first = run_in_process(cfg, layout, data_root=tmp_path / "data", handlers=handlers)
+    log = json.loads(layout.stages.read_text())
+    weights = {p: p.stat().st_mtime_ns for p in layout.root.rglob("model.safetensors")}
+    again = run_in_process(cfg, layout, data_root=tmp_path / "data", handlers=handlers)
+
+    assert list(log) == ["prepare", "global", "federated", *(f"distill:{m.name}" for m in cfg.distill.methods),
+                         "evaluate", "report"]
+    assert layout.report.is_file() and first["results"]["rows"] == again["results"]["rows"]
+    assert asked == ["books", "games", "tools"]  # asked once: the second run skipped the round
+    assert {k: v["hash"] for k, v in json.loads(layout.stages.read_text()).items()} == {k: v["hash"] for k, v in log.items()}
+    assert {p: p.stat().st_mtime_ns for p in layout.root.rglob("model.safetensors")} == weights
+    assert read_status(layout.root)["status"] == "ok" and again["distill"]["students"] == first["distill"]["students"]

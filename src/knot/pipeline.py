@@ -37,7 +37,8 @@ from knot.utils import atomic_write_json, atomic_write_text, read_json, sha256_j
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "STAGE_NAMES", "Stage", "Run", "plan_stages", "run_pipeline", "read_stage_log",
+    "STAGE_NAMES", "Stage", "Run", "plan_stages", "run_pipeline", "run_stages", "read_stage_log",
+    "config_sections", "prepare_stage", "teacher_stage", "student_stages", "evaluate_stage", "report_stage",
     "PrepareResult", "TeachersResult", "SoftLabelsResult", "BiasResult", "DistillResult",
     "EvaluateResult", "ReportResult", "RunResult",
 ]
@@ -302,16 +303,92 @@ class Stage:
     fingerprint: Callable[[], str] | None = None
 
 
-def _sections(cfg: ExperimentConfig, *names: str) -> dict[str, Any]:
+def config_sections(cfg: ExperimentConfig, *names: str) -> dict[str, Any]:
+    """The config sections ``names`` as plain data: what a stage's hash reads."""
     d = cfg.to_dict()
     return {n: d[n] for n in names}
 
 
-def plan_stages(run: Run) -> list[Stage]:
-    """The stages of one run (one seed), in order, with their inputs and dependencies."""
+def _common(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {"seed": cfg.seed, "device": cfg.device}
+
+
+def prepare_stage(run: RunContext) -> Stage:
+    """Prepare the data; always run when selected (a no-op when nothing changed), its
+    fingerprint is the prepared files' hash."""
     from knot.data import read_manifest
+
+    return Stage(
+        "prepare",
+        "prepare",
+        config_sections(run.cfg, "data", "task"),
+        [],
+        lambda: Run.prepare(run),
+        run.layout.manifest.is_file,
+        fingerprint=lambda: read_manifest(run.layout.data)["data_hash"],
+    )
+
+
+def teacher_stage(run: RunContext, role: str, domain: str | None = None) -> Stage:
+    """Train one local teacher (``role="local"``, its ``domain``) or the global model;
+    a teacher prepares the data itself when it is missing (--stages without prepare)."""
     from knot.run import has_checkpoint
 
+    cfg, layout = run.cfg, run.layout
+    if role == "local":
+        return Stage(
+            f"local:{domain}",
+            "local",
+            {**config_sections(cfg, "model", "local", "task"), **_common(cfg), "domain": domain},
+            ["prepare"],
+            lambda: Run.train_teachers(run, "local", domain, resume=True),
+            lambda: has_checkpoint(layout.teacher(domain)),
+        )
+    return Stage(
+        "global",
+        "global",
+        {**config_sections(cfg, "model", "global_model", "task"), **_common(cfg)},
+        ["prepare"],
+        lambda: Run.train_teachers(run, "global", resume=True),
+        lambda: has_checkpoint(layout.global_model),
+    )
+
+
+def student_stages(run: RunContext, depends: list[str], target: Callable[[], RunContext] | None = None) -> list[Stage]:
+    """One distillation stage per configured method, run on ``target()`` (default ``run``)."""
+    from knot.run import has_checkpoint
+
+    cfg, layout = run.cfg, run.layout
+    target = target or (lambda: run)
+    distill_common = {k: v for k, v in cfg.to_dict()["distill"].items() if k != "methods"}
+    return [
+        Stage(
+            f"distill:{method.name}",
+            "distill",
+            {"distill": distill_common, "method": method.to_dict(), **config_sections(cfg, "model", "task"),
+             **_common(cfg)},
+            list(depends),
+            (lambda m=method.name: Run.distill(target(), m)),
+            (lambda m=method.name: has_checkpoint(layout.student(m))),
+        )
+        for method in cfg.distill.methods
+    ]
+
+
+def evaluate_stage(run: RunContext, depends: list[str], target: Callable[[], RunContext] | None = None) -> Stage:
+    """Evaluate every model of the run, on ``target()`` (default ``run``)."""
+    target = target or (lambda: run)
+    return Stage("evaluate", "evaluate", config_sections(run.cfg, "evaluate", "task"), list(depends),
+                 lambda: Run.evaluate(target()), run.layout.results_json.is_file)
+
+
+def report_stage(run: RunContext) -> Stage:
+    """Write report.md and plots/ from results.json."""
+    return Stage("report", "report", {}, ["evaluate"], lambda: Run.report(run), run.layout.report.is_file)
+
+
+def plan_stages(run: RunContext) -> list[Stage]:
+    """The stages of one run (one seed), in order, with their inputs and dependencies."""
     cfg, layout = run.cfg, run.layout
     locals_ = [d.name for d in cfg.domains("local")]
     if not locals_:
@@ -320,91 +397,30 @@ def plan_stages(run: Run) -> list[Stage]:
         raise ValueError("data.domains: the config has no domain with role 'transfer'")
     has_global = bool(cfg.domains("global"))
 
-    common = {"seed": cfg.seed, "device": cfg.device}
-    stages: list[Stage] = [
-        Stage(
-            "prepare",
-            "prepare",
-            _sections(cfg, "data", "task"),
-            [],
-            run.prepare,
-            layout.manifest.is_file,
-            # prepare detects changed sources itself and is a no-op otherwise; the hash of
-            # the prepared files tells downstream stages whether their data changed
-            fingerprint=lambda: read_manifest(layout.data)["data_hash"],
-        )
-    ]
-    # a teacher prepares the data itself when it is missing (--stages without prepare)
-    teacher_stages = []
-    for name in locals_:
-        stages.append(
-            Stage(
-                f"local:{name}",
-                "local",
-                {**_sections(cfg, "model", "local", "task"), **common, "domain": name},
-                ["prepare"],
-                (lambda n=name: run.train_teachers("local", n, resume=True)),
-                (lambda n=name: has_checkpoint(layout.teacher(n))),
-            )
-        )
-        teacher_stages.append(f"local:{name}")
+    teachers = [teacher_stage(run, "local", name) for name in locals_]
     if has_global:
-        stages.append(
-            Stage(
-                "global",
-                "global",
-                {**_sections(cfg, "model", "global_model", "task"), **common},
-                ["prepare"],
-                lambda: run.train_teachers("global", resume=True),
-                lambda: has_checkpoint(layout.global_model),
-            )
-        )
-        teacher_stages.append("global")
-    stages.append(
-        Stage(
-            "soft-labels",
-            "soft-labels",
-            _sections(cfg, "soft_labels"),
-            ["prepare", *teacher_stages],
-            run.soft_labels,
-            lambda: all((layout.soft_labels / f"{s}.json").is_file() for s in cfg.soft_labels.splits),
-        )
+        teachers.append(teacher_stage(run, "global"))
+    names = [t.name for t in teachers]
+    soft = Stage(
+        "soft-labels",
+        "soft-labels",
+        config_sections(cfg, "soft_labels"),
+        ["prepare", *names],
+        lambda: Run.soft_labels(run),
+        lambda: all((layout.soft_labels / f"{s}.json").is_file() for s in cfg.soft_labels.splits),
     )
-    stages.append(Stage("bias", "bias", _sections(cfg, "bias"), teacher_stages, run.bias, layout.bias.is_file))
-    distill_common = {
-        k: v for k, v in cfg.to_dict()["distill"].items() if k != "methods"
-    }
-    student_stages = []
-    for method in cfg.distill.methods:
-        deps = ["soft-labels", "bias"] + (["global"] if has_global and cfg.distill.init == "global" else [])
-        stages.append(
-            Stage(
-                f"distill:{method.name}",
-                "distill",
-                {
-                    "distill": distill_common,
-                    "method": method.to_dict(),
-                    **_sections(cfg, "model", "task"),
-                    **common,
-                },
-                deps,
-                (lambda m=method.name: run.distill(m)),
-                (lambda m=method.name: has_checkpoint(layout.student(m))),
-            )
-        )
-        student_stages.append(f"distill:{method.name}")
-    stages.append(
-        Stage(
-            "evaluate",
-            "evaluate",
-            _sections(cfg, "evaluate", "task"),
-            ["prepare", *teacher_stages, *student_stages],
-            run.evaluate,
-            layout.results_json.is_file,
-        )
-    )
-    stages.append(Stage("report", "report", {}, ["evaluate"], run.report, layout.report.is_file))
-    return stages
+    bias = Stage("bias", "bias", config_sections(cfg, "bias"), names, lambda: Run.bias(run), layout.bias.is_file)
+    deps = ["soft-labels", "bias"] + (["global"] if has_global and cfg.distill.init == "global" else [])
+    students = student_stages(run, deps)
+    return [
+        prepare_stage(run),
+        *teachers,
+        soft,
+        bias,
+        *students,
+        evaluate_stage(run, ["prepare", *names, *(s.name for s in students)]),
+        report_stage(run),
+    ]
 
 
 def read_stage_log(layout: RunLayout) -> dict[str, Any]:
@@ -418,12 +434,27 @@ def read_stage_log(layout: RunLayout) -> dict[str, Any]:
 
 
 def _run_one_seed(run: Run, groups: list[str], force: bool) -> dict[str, Any]:
-    cfg, layout = run.cfg, run.layout
-    layout.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(layout.config, cfg.to_yaml())
-    stages = run.stages()
+    run.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.layout.config, run.cfg.to_yaml())
+    return run_stages(run, run.stages(), groups, force)
+
+
+def run_stages(
+    run: RunContext,
+    stages: list[Stage],
+    groups: list[str] | None = None,
+    force: bool = False,
+    fingerprints: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run ``stages`` in order over ``run``'s folder with the resume rules of ``knot run``:
+    a stage whose hash (its inputs and its dependencies' fingerprints) is the one recorded
+    in ``stages.json`` and whose outputs exist is skipped; the others selected by
+    ``groups`` (default: all) run and are recorded. ``fingerprints`` (filled in) carries the
+    stages' fingerprints across calls. Returns the stage log."""
+    layout = run.layout
+    groups = list(STAGE_NAMES) if groups is None else groups
     record = read_stage_log(layout)
-    fingerprints: dict[str, str] = {}
+    fingerprints = {} if fingerprints is None else fingerprints
     for stage in stages:
         key = sha256_json(
             {
@@ -440,7 +471,7 @@ def _run_one_seed(run: Run, groups: list[str], force: bool) -> dict[str, Any]:
         )
         if stage.fingerprint is not None and selected:
             start = time.time()
-            summary = _run_stage(cfg, stage)
+            summary = _run_stage(run.cfg, stage)
             fingerprints[stage.name] = key = sha256_json([key, stage.fingerprint()])
             record[stage.name] = _record(key, start, summary)
             atomic_write_json(layout.stages, record)
@@ -457,7 +488,7 @@ def _run_one_seed(run: Run, groups: list[str], force: bool) -> dict[str, Any]:
             continue
         log.info("[%s] running", stage.name)
         start = time.time()
-        summary = _run_stage(cfg, stage)
+        summary = _run_stage(run.cfg, stage)
         record[stage.name] = _record(key, start, summary)
         # written after every stage, so a killed run keeps what finished
         atomic_write_json(layout.stages, record)
@@ -469,11 +500,11 @@ def _run_stage(cfg: ExperimentConfig, stage: Stage) -> Any:
     mode the summary gains ``encoding``: the texts it encoded (cache misses), the seconds
     spent and the throughput (texts/s)."""
     if not cfg.model.frozen:
-        return stage.run().summary
+        return _summary(stage.run())
     from knot.features import encoding_delta, encoding_stats
 
     before = encoding_stats()
-    summary = stage.run().summary
+    summary = _summary(stage.run())
     enc = encoding_delta(before)
     if enc["texts_encoded"]:
         log.info(
@@ -483,6 +514,12 @@ def _run_stage(cfg: ExperimentConfig, stage: Stage) -> Any:
     if isinstance(summary, dict):
         summary = {**summary, "encoding": enc}
     return summary
+
+
+def _summary(result: Any) -> Any:
+    """What stages.json records of a stage's result: its ``summary`` (typed results), or the
+    result itself (a plain dict)."""
+    return getattr(result, "summary", result)
 
 
 def _record(key: str, start: float, summary: Any) -> dict[str, Any]:

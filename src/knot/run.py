@@ -272,7 +272,7 @@ class RunContext:
     def with_config(self, cfg: ExperimentConfig) -> "RunContext":
         """The same run folder and data root under another config (a federated client's
         view, a seed of a multi-seed run); the geometry and device are rebuilt from it."""
-        return RunContext(cfg, self.layout, data_root=self.data_root)
+        return type(self)(cfg, self.layout, data_root=self.data_root)
 
     @cached_property
     def geometry(self) -> Any:

@@ -48,11 +48,10 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from knot.config import MAX_CLIENT_EXAMPLES, ExperimentConfig
-from knot.data import load_split, prepare_data, read_manifest
+from knot.data import load_split, read_manifest
 from knot.data.prepare import run_prepare
 from knot.features import encoding_delta, encoding_stats
-from knot.distill import distill, method_weights
-from knot.evaluation import evaluate_run
+from knot.distill import method_weights
 from knot.layout import RunLayout
 from knot.metrics import evaluate_probs
 from knot.models import checkpoint_hash, load
@@ -764,7 +763,15 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
 
 
 def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, round: int = 1) -> dict[str, Any]:
-    """The server's whole job: prepare, one round, global model, soft labels, students, evaluation.
+    """The server's whole job, as the stages of ``knot run`` on a :class:`knot.pipeline.Run`:
+    prepare -> global model -> *the federated round* -> students -> evaluation -> report.
+
+    The round (stage ``federated``, group ``soft-labels``) takes the place of the local
+    teachers, the soft-label and the bias stages: the clients train their teachers and
+    reply with soft labels and bias, the server adds its global model's, and writes the
+    same files. Every stage is recorded in ``RUN/stages.json`` as in ``knot run``: rerun,
+    the finished stages are skipped (the round too: its replies are on disk), and the
+    students and evaluation use the round's valid clients (from its record).
 
     Parameters
     ----------
@@ -780,7 +787,7 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
 
     Returns
     -------
-    dict: ``{"round": RoundResult.to_dict(), "soft_labels", "distill", "results"}``.
+    dict: ``{"round": the round record, "soft_labels", "distill", "results", "stages"}``.
 
     Raises
     ------
@@ -788,6 +795,9 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
         Too few valid replies. Other stage errors propagate. Either way
         ``RUN/federated/status.json`` says ``failed`` with the error.
     """
+    from knot.pipeline import Run, Stage, config_sections, evaluate_stage, prepare_stage, report_stage, run_stages
+    from knot.pipeline import student_stages, teacher_stage
+
     layout.root.mkdir(parents=True, exist_ok=True)
     _write_status(layout, "running")
     try:
@@ -808,37 +818,73 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
                 f"federated.client_examples: {', '.join(map(repr, unknown))} not a local domain ({', '.join(locals_)})"
             )
         atomic_write_text(layout.config, cfg.to_yaml())
-        server_cfg = cfg if fed.evaluate_local else _only_domains(cfg, lambda d: d.role != "local")
-        prepare_data(server_cfg, layout, data_root)
-        request = make_request(cfg, layout, round)
-        result = run_round(
-            request, transport, local_domains=locals_, num_labels=RunContext(cfg, layout).geometry.num_labels,
-            min_clients=min_clients, timeout=fed.timeout, max_examples=fed.max_client_examples, declared=declared,
-        )
-        record = {"format": ROUND_FORMAT, "transfer": request.transfer.to_dict(),
-                  "config_sha256": sha256_json(request.config), "min_clients": min_clients,
-                  "timeout": fed.timeout, "max_client_examples": fed.max_client_examples,
-                  "client_examples": declared, **result.to_dict()}
-        atomic_write_json(layout.federated_round(round), record)
+        server = Run(cfg if fed.evaluate_local else _only_domains(cfg, lambda d: d.role != "local"), layout,
+                     data_root=data_root)
+        round_file = layout.federated_round(round)
 
-        eff = RunContext(_effective_config(cfg, list(result.valid)), layout, data_root=data_root)
-        if cfg.domains("global"):
-            train_teacher(eff.with_config(server_cfg), role="global")
-        soft = write_soft_labels(eff, request, result.valid)
-        weights = teacher_weight_record(eff.cfg, layout)
-        atomic_write_json(layout.federated_round(round), record | {"teacher_weights": weights})
-        students = distill(eff)
-        eval_cfg = eff.cfg if fed.evaluate_local else _only_domains(eff.cfg, lambda d: d.role != "local")
-        results = evaluate_run(eff.with_config(eval_cfg))
+        def effective() -> Run:
+            """The run over the round's valid clients (read from its record)."""
+            return server.with_config(_effective_config(cfg, list(read_json(round_file)["clients"])))
+
+        def evaluated() -> Run:
+            eff = effective()
+            return eff if fed.evaluate_local else eff.with_config(_only_domains(eff.cfg, lambda d: d.role != "local"))
+
+        def federated_round() -> dict[str, Any]:
+            request = make_request(cfg, layout, round)
+            result = run_round(
+                request, transport, local_domains=locals_, num_labels=server.geometry.num_labels,
+                min_clients=min_clients, timeout=fed.timeout, max_examples=fed.max_client_examples, declared=declared,
+            )
+            record = {"format": ROUND_FORMAT, "transfer": request.transfer.to_dict(),
+                      "config_sha256": sha256_json(request.config), "min_clients": min_clients,
+                      "timeout": fed.timeout, "max_client_examples": fed.max_client_examples,
+                      "client_examples": declared, **result.to_dict()}
+            atomic_write_json(round_file, record)
+            eff = effective()
+            soft = write_soft_labels(eff, request, result.valid)
+            weights = teacher_weight_record(eff.cfg, layout)
+            atomic_write_json(round_file, record | {"teacher_weights": weights})
+            return soft
+
+        has_global = bool(cfg.domains("global"))
+        teachers = [teacher_stage(server, "global")] if has_global else []
+        federated = Stage(
+            "federated",
+            "soft-labels",
+            {**config_sections(cfg, "soft_labels", "bias", "federated"), "round": round},
+            ["prepare", *(t.name for t in teachers)],
+            federated_round,
+            lambda: round_file.is_file() and layout.bias.is_file()
+            and all((layout.soft_labels / f"{s}.json").is_file() for s in cfg.soft_labels.splits),
+        )
+        deps = ["federated"] + (["global"] if has_global and cfg.distill.init == "global" else [])
+        students = student_stages(server.with_config(cfg), deps, effective)
+        stages = [
+            prepare_stage(server),
+            *teachers,
+            federated,
+            *students,
+            evaluate_stage(server.with_config(cfg), ["prepare", "federated", *(t.name for t in teachers),
+                                                     *(s.name for s in students)], evaluated),
+            report_stage(server.with_config(cfg)),
+        ]
+        log_ = run_stages(server, stages)
+        record = read_json(round_file)
     except BaseException as exc:
         _write_status(layout, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
     _write_status(
-        layout, "ok", error=None, clients=list(result.valid),
-        excluded=[e["client"] or e["node"] for e in result.excluded], silent=result.silent,
-        size_weights={cid: c["size_weight"] for cid, c in record["clients"].items()}, teacher_weights=weights,
+        layout, "ok", error=None, clients=list(record["clients"]),
+        excluded=[e["client"] or e["node"] for e in record["excluded"]], silent=record["silent"],
+        size_weights={cid: c["size_weight"] for cid, c in record["clients"].items()},
+        teacher_weights=record["teacher_weights"],
     )
-    return {"round": result.to_dict(), "soft_labels": soft, "distill": students, "results": results}
+    students_summary = {}
+    for s in students:
+        students_summary.update((log_.get(s.name, {}).get("summary") or {}).get("students", {}))
+    return {"round": record, "soft_labels": log_.get("federated", {}).get("summary"),
+            "distill": {"students": students_summary}, "results": read_json(layout.results_json), "stages": log_}
 
 
 # ---------------------------------------------------------------------------
