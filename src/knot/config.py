@@ -551,7 +551,7 @@ class DistillMethod(ConfigBase):
 
     def __post_init__(self) -> None:
         _check_folder_name(self.name, "name", "students/<name> of the run")
-        from knot.losses import available_losses, lambda_schedule, loss_options
+        from knot.losses import AGGREGATES, WEIGHT_KINDS, available_losses, lambda_schedule, loss_options
 
         _check(self.init in (None, "global", "scratch"), f"init: expected global or scratch, got {self.init!r}")
         _check(self.lr is None or self.lr > 0, "lr: expected > 0")
@@ -560,8 +560,8 @@ class DistillMethod(ConfigBase):
         losses = available_losses()
         _check(self.loss in losses, f"loss: expected one of {', '.join(losses)}, got {self.loss!r}")
         _check(
-            self.aggregate in ("per_teacher", "mixture"),
-            f"aggregate: expected per_teacher or mixture, got {self.aggregate!r}",
+            self.aggregate in AGGREGATES,
+            f"aggregate: expected {' or '.join(AGGREGATES)}, got {self.aggregate!r}",
         )
         if self.sharpen is not None:
             _check(0.0 < self.sharpen <= 1.0, f"sharpen: expected a temperature in (0, 1], got {self.sharpen!r}")
@@ -575,16 +575,16 @@ class DistillMethod(ConfigBase):
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         _check(
-            self.weights in ("uniform", "size", "explicit", "bias"),
-            f"weights: expected uniform, size, explicit or bias, got {self.weights!r}",
+            self.weights in WEIGHT_KINDS,
+            f"weights: expected {', '.join(WEIGHT_KINDS[:-1])} or {WEIGHT_KINDS[-1]}, got {self.weights!r}",
         )
         _check(
             self.weights != "explicit" or bool(self.explicit_weights),
             "explicit_weights: needed when weights is explicit",
         )
         _check(
-            self.bias_base in ("uniform", "size", "explicit"),
-            f"bias_base: expected uniform, size or explicit, got {self.bias_base!r}",
+            self.bias_base in WEIGHT_KINDS[:-1],
+            f"bias_base: expected {', '.join(WEIGHT_KINDS[:-2])} or {WEIGHT_KINDS[-2]}, got {self.bias_base!r}",
         )
         _check(
             self.bias_base != "explicit" or bool(self.explicit_weights),

@@ -88,6 +88,7 @@ __all__ = [
     "ot_ce_loss",
     "soften",
     "AGGREGATES",
+    "WEIGHT_KINDS",
     "PROB_ATOL",
 ]
 
@@ -95,6 +96,9 @@ log = logging.getLogger(__name__)
 
 #: Values accepted by ``distillation_loss(aggregate=...)``.
 AGGREGATES = ("per_teacher", "mixture")
+#: Teacher weightings of a distillation method (``distill.methods[].weights``, see
+#: :func:`knot.soft_labels.teacher_weights`); the others are the ``bias`` kind's bases.
+WEIGHT_KINDS = ("uniform", "size", "explicit", "bias")
 #: Default tolerance on a teacher distribution's sum (soft labels are stored in float32).
 PROB_ATOL = 1e-3
 

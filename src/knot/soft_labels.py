@@ -40,6 +40,7 @@ import numpy as np
 
 from knot import __version__
 from knot.data import load_split, read_manifest
+from knot.losses import WEIGHT_KINDS
 from knot.metrics import evaluate_probs
 from knot.models import checkpoint_hash
 from knot.progress import progress
@@ -533,7 +534,7 @@ def teacher_weights(
             raise ValueError("bias weights: base must be uniform, size or explicit")
         base_w = teacher_weights(base, soft_labels, explicit=explicit)
         return bias_weights(soft_labels.probs, np.asarray(bias, dtype=np.float64), base_w, floor)
-    raise ValueError(f"teacher weights: unknown kind {kind!r} (expected uniform, size, explicit or bias)")
+    raise ValueError(f"teacher weights: unknown kind {kind!r} (expected one of {', '.join(WEIGHT_KINDS)})")
 
 
 # ---------------------------------------------------------------------------
