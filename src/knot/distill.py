@@ -75,7 +75,7 @@ def weight_rows(weights: Any, n: int) -> torch.Tensor:
     torch.Size([3, 2])
     """
     w = np.asarray(weights, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(np.broadcast_to(w, (n, w.shape[-1]))))
+    return torch.from_numpy(np.broadcast_to(w, (n, w.shape[-1])).copy())
 
 
 def make_loss_fn(

@@ -313,7 +313,7 @@ def _common(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"seed": cfg.seed, "device": cfg.device}
 
 
-def prepare_stage(run: RunContext) -> Stage:
+def prepare_stage(run: Run) -> Stage:
     """Prepare the data; always run when selected (a no-op when nothing changed), its
     fingerprint is the prepared files' hash."""
     from knot.data import read_manifest
@@ -323,13 +323,13 @@ def prepare_stage(run: RunContext) -> Stage:
         "prepare",
         config_sections(run.cfg, "data", "task"),
         [],
-        lambda: Run.prepare(run),
+        lambda: run.prepare(),
         run.layout.manifest.is_file,
         fingerprint=lambda: read_manifest(run.layout.data)["data_hash"],
     )
 
 
-def teacher_stage(run: RunContext, role: str, domain: str | None = None) -> Stage:
+def teacher_stage(run: Run, role: str, domain: str | None = None) -> Stage:
     """Train one local teacher (``role="local"``, its ``domain``) or the global model;
     a teacher prepares the data itself when it is missing (--stages without prepare)."""
     from knot.run import has_checkpoint
@@ -341,7 +341,7 @@ def teacher_stage(run: RunContext, role: str, domain: str | None = None) -> Stag
             "local",
             {**config_sections(cfg, "model", "local", "task"), **_common(cfg), "domain": domain},
             ["prepare"],
-            lambda: Run.train_teachers(run, "local", domain, resume=True),
+            lambda: run.train_teachers("local", domain, resume=True),
             lambda: has_checkpoint(layout.teacher(domain)),
         )
     return Stage(
@@ -349,12 +349,12 @@ def teacher_stage(run: RunContext, role: str, domain: str | None = None) -> Stag
         "global",
         {**config_sections(cfg, "model", "global_model", "task"), **_common(cfg)},
         ["prepare"],
-        lambda: Run.train_teachers(run, "global", resume=True),
+        lambda: run.train_teachers("global", resume=True),
         lambda: has_checkpoint(layout.global_model),
     )
 
 
-def student_stages(run: RunContext, depends: list[str], target: Callable[[], RunContext] | None = None) -> list[Stage]:
+def student_stages(run: Run, depends: list[str], target: Callable[[], Run] | None = None) -> list[Stage]:
     """One distillation stage per configured method, run on ``target()`` (default ``run``)."""
     from knot.run import has_checkpoint
 
@@ -368,26 +368,26 @@ def student_stages(run: RunContext, depends: list[str], target: Callable[[], Run
             {"distill": distill_common, "method": method.to_dict(), **config_sections(cfg, "model", "task"),
              **_common(cfg)},
             list(depends),
-            (lambda m=method.name: Run.distill(target(), m)),
+            (lambda m=method.name: target().distill(m)),
             (lambda m=method.name: has_checkpoint(layout.student(m))),
         )
         for method in cfg.distill.methods
     ]
 
 
-def evaluate_stage(run: RunContext, depends: list[str], target: Callable[[], RunContext] | None = None) -> Stage:
+def evaluate_stage(run: Run, depends: list[str], target: Callable[[], Run] | None = None) -> Stage:
     """Evaluate every model of the run, on ``target()`` (default ``run``)."""
     target = target or (lambda: run)
     return Stage("evaluate", "evaluate", config_sections(run.cfg, "evaluate", "task"), list(depends),
-                 lambda: Run.evaluate(target()), run.layout.results_json.is_file)
+                 lambda: target().evaluate(), run.layout.results_json.is_file)
 
 
-def report_stage(run: RunContext) -> Stage:
+def report_stage(run: Run) -> Stage:
     """Write report.md and plots/ from results.json."""
-    return Stage("report", "report", {}, ["evaluate"], lambda: Run.report(run), run.layout.report.is_file)
+    return Stage("report", "report", {}, ["evaluate"], lambda: run.report(), run.layout.report.is_file)
 
 
-def plan_stages(run: RunContext) -> list[Stage]:
+def plan_stages(run: Run) -> list[Stage]:
     """The stages of one run (one seed), in order, with their inputs and dependencies."""
     cfg, layout = run.cfg, run.layout
     locals_ = [d.name for d in cfg.domains("local")]
@@ -406,10 +406,10 @@ def plan_stages(run: RunContext) -> list[Stage]:
         "soft-labels",
         config_sections(cfg, "soft_labels"),
         ["prepare", *names],
-        lambda: Run.soft_labels(run),
+        lambda: run.soft_labels(),
         lambda: all((layout.soft_labels / f"{s}.json").is_file() for s in cfg.soft_labels.splits),
     )
-    bias = Stage("bias", "bias", config_sections(cfg, "bias"), names, lambda: Run.bias(run), layout.bias.is_file)
+    bias = Stage("bias", "bias", config_sections(cfg, "bias"), names, lambda: run.bias(), layout.bias.is_file)
     deps = ["soft-labels", "bias"] + (["global"] if has_global and cfg.distill.init == "global" else [])
     students = student_stages(run, deps)
     return [
