@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import quickstart_fast_sets
+from helpers import QUICKSTART, quickstart_sets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,15 +62,14 @@ def _no_data_root(*args, **kwargs):
 
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory) -> tuple[Path, str]:
-    """``configs/quickstart.yaml`` run through the CLI with sizes and steps shrunk, from a
-    temporary folder with ``KNOT_DATA`` unset and the data-root lookup disabled:
-    ``(run folder, the command's output)``."""
+    """``configs/quickstart.yaml`` run through the CLI with sizes and steps shrunk
+    (``helpers.quickstart_sets``), from a temporary folder with ``KNOT_DATA`` unset and the
+    data-root lookup disabled: ``(run folder, the command's output)``."""
     from typer.testing import CliRunner
 
     from knot.cli import app
-    from knot.config import load_config
 
-    config = REPO / "configs" / "quickstart.yaml"
+    config = QUICKSTART
     base = tmp_path_factory.mktemp("quickstart")
     work = base / "fresh" / "checkout"  # no ../shared/datasets beside it
     work.mkdir(parents=True)
@@ -79,9 +78,7 @@ def quickstart_run(tmp_path_factory) -> tuple[Path, str]:
         mp.delenv("KNOT_CACHE", raising=False)
         mp.chdir(work)
         mp.setattr("knot.data.prepare.resolve_data_root", _no_data_root)
-        mp.setattr("knot.config.resolve_data_root", _no_data_root)
-        n = len(load_config(config).data.domains)
-        sets = quickstart_fast_sets(n) + ["model.encoder_layers=2"]  # 2 MiniLM layers: the export test's graph
+        sets = quickstart_sets()
         out = base / "run"
         args = ["run", str(config), "--out", str(out)]
         for s in sets:

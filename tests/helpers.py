@@ -1,5 +1,5 @@
-"""Test-only data: a tiny separable polarity corpus written as JSON lines, and the tiny
-pipeline config that reads it."""
+"""Test-only data: a tiny separable polarity corpus written as JSON lines, a three-class
+keyword corpus, and the tiny pipeline config that reads the first."""
 
 from __future__ import annotations
 
@@ -23,6 +23,30 @@ def write_polarity_corpus(path: Path, n: int, seed: int, words: int = 3) -> None
         parts = [rng.choice(adjectives), rng.choice(NOUNS), rng.choice(adjectives)][:words]
         lines.append(json.dumps({"text": " ".join(parts), "label": label}))
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+#: The three-class keyword corpus of :func:`synthetic_rows`.
+LABELS3 = ["neg", "neu", "pos"]
+KEYWORDS3 = {"neg": ["awful", "terrible", "bad"], "neu": ["okay", "average", "fine"], "pos": ["great", "excellent", "good"]}
+FILLER = ["the", "a", "item", "box", "it", "was", "this", "product", "arrived", "and", "is", "my", "for"]
+
+
+def synthetic_rows(n: int, seed: int) -> list[dict]:
+    """``n`` rows ``{"text", "label"}`` cycling neg/neu/pos: four filler words and the
+    label's keyword twice, shuffled with ``seed``."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = LABELS3[i % 3]
+        words = rng.sample(FILLER, 4) + [rng.choice(KEYWORDS3[label])] * 2
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """``rows`` as JSON lines (UTF-8)."""
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
 #: The four-domain corpus of the pipeline tests: (domain, lines, seed) for books and films
@@ -62,6 +86,20 @@ distill:
 """
 
 
+def pipeline_config(**sections: dict) -> str:
+    """:data:`PIPELINE_CONFIG` with top-level ``sections`` merged in (one level deep; None
+    drops the key), as YAML: ``pipeline_config(name="tiny-frozen", model={"encoder_mode": "frozen"})``."""
+    import yaml
+
+    cfg = yaml.safe_load(PIPELINE_CONFIG)
+    for key, value in sections.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
 def write_pipeline_case(base: Path) -> tuple[Path, Path]:
     """Write :data:`PIPELINE_CONFIG` to ``base/tiny.yaml`` and its corpus to ``base/data``;
     returns ``(config path, data root)``."""
@@ -92,6 +130,18 @@ def two_teacher_results(f1_a: float, f1_b: float) -> dict:
         "baselines": {"global_alone": None, "feddf": None,
                       "best_single_teacher": "teacher:a" if f1_a > f1_b else "teacher:b"},
     }
+
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+
+
+def quickstart_sets() -> list[str]:
+    """The ``--set`` overrides of the tests' shared quickstart run (conftest's
+    ``quickstart_run``): :func:`quickstart_fast_sets` with 2 MiniLM layers (the graph the
+    export tests build)."""
+    from knot.config import load_config
+
+    return quickstart_fast_sets(len(load_config(QUICKSTART).data.domains)) + ["model.encoder_layers=2"]
 
 
 def quickstart_fast_sets(num_domains: int) -> list[str]:

@@ -23,7 +23,7 @@ TEXTS = [" ".join(["word"] * n) for n in [1, 40, 3, 7, 2, 25, 12, 5, 9, 30, 4, 1
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from knot.models import minilm_path
+    from knot.encoders import minilm_path
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
@@ -172,7 +172,7 @@ def test_fingerprint_ignores_what_the_tokenizer_was_called_with():
     one: frozen-mode feature caches keyed by it were missed across runs otherwise."""
     from transformers import AutoTokenizer
 
-    from knot.models import minilm_path
+    from knot.encoders import minilm_path
 
     fresh = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
     used = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from knot.config import ExperimentConfig, resolve_data_root
+from knot.config import ExperimentConfig
+from knot.data.prepare import resolve_data_root
 from knot.data import load_split, prepare_data
 from knot.data.builtin import builtin_root, catalogue
 from knot.data.readers import read_source, validate_source

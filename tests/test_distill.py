@@ -7,7 +7,6 @@ neutral filler words, so a tiny random-init encoder learns it in a few epochs.
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
@@ -16,28 +15,15 @@ from typer.testing import CliRunner
 
 from knot.cli import app
 from knot.config import DistillMethod, ExperimentConfig
-from knot.distill import consensus_eval_fn, make_loss_fn, pack_targets, select_methods
+from knot.distill import consensus_eval_fn, make_loss_fn, select_methods, weight_rows
 from knot.layout import RunLayout
+from knot.run import RunContext
+from knot.training import SelectionState
 from knot.soft_labels import SoftLabels, texts_hash
 
-LABELS = ["neg", "neu", "pos"]
-KEYWORDS = {"neg": ["awful", "terrible", "bad"], "neu": ["okay", "average", "fine"], "pos": ["great", "excellent", "good"]}
-FILLER = ["the", "a", "item", "box", "it", "was", "this", "product", "arrived", "and", "is", "my", "for"]
+from helpers import LABELS3, synthetic_rows, write_jsonl
 
-
-def synthetic_rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = LABELS[i % 3]
-        words = rng.sample(FILLER, 4) + [rng.choice(KEYWORDS[label])] * 2
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
-
-
-def write_jsonl(path, rows) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+LABELS = LABELS3
 
 
 def make_config(data_root, domains: dict[str, str], **distill) -> ExperimentConfig:
@@ -109,7 +95,7 @@ def test_student_learns_from_right_teachers(transfer_run):
     from knot.models import load, read_checkpoint_config
 
     cfg, layout, splits = transfer_run
-    out = distill(cfg, layout, method="feddf")
+    out = distill(RunContext(cfg, layout), method="feddf")
 
     info = out["students"]["feddf"]
     assert info["best_metrics"]["loss"] < 0.5 * info["initial_val"]["loss"]
@@ -131,7 +117,7 @@ def test_teacher_order_mismatch_stops_distillation(transfer_run):
     cfg, layout, splits = transfer_run
     write_teacher_soft_labels(layout, ["l2", "l1"], "train", splits["train"], LABELS, [90, 30])
     with pytest.raises(ValueError, match=r"train.json: teacher order mismatch"):
-        distill(cfg, layout, method="feddf")
+        distill(RunContext(cfg, layout), method="feddf")
 
 
 def test_stale_soft_labels_are_detected(transfer_run):
@@ -140,10 +126,10 @@ def test_stale_soft_labels_are_detected(transfer_run):
     cfg, layout, splits = transfer_run
     write_teacher_soft_labels(layout, ["l1", "l2"], "train", splits["train"][:-1], LABELS, [30, 90])
     with pytest.raises(ValueError, match=r"made for other texts"):
-        distill(cfg, layout, method="feddf")
+        distill(RunContext(cfg, layout), method="feddf")
 
 
-def test_loss_fn_uses_packed_weights():
+def test_loss_fn_reads_the_weights_of_the_batch_rows():
     from knot.geometry import LabelGeometry
     from knot.losses import distillation_loss
 
@@ -153,9 +139,16 @@ def test_loss_fn_uses_packed_weights():
     w = np.array([0.25, 0.75])
     logits = torch.randn(4, 3)
     m = DistillMethod(name="x", loss="ot", aggregate="per_teacher")
-    got = make_loss_fn(m, g)(logits, {"target": pack_targets(probs, w)})
+    rows = np.array([[0.25, 0.75], [0.5, 0.5], [0.9, 0.1], [0.1, 0.9]])  # per example (bias weights)
+    batch = {"target": torch.from_numpy(probs[[2, 0]]), "index": torch.tensor([2, 0])}  # a shuffled batch
+
+    got = make_loss_fn(m, g, w)(logits, {"target": torch.from_numpy(probs), "index": torch.arange(4)})
+    per_row = make_loss_fn(m, g, rows)(logits[[2, 0]], batch)
+
     expected = distillation_loss("ot", logits, torch.from_numpy(probs), torch.tensor(w, dtype=torch.float32), g)
     assert float(got) == pytest.approx(float(expected), rel=1e-6)
+    expected = distillation_loss("ot", logits[[2, 0]], batch["target"], weight_rows(rows, 4)[[2, 0]], g)
+    assert float(per_row) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_consensus_eval_uses_weighted_teacher_argmax():
@@ -164,9 +157,9 @@ def test_consensus_eval_uses_weighted_teacher_argmax():
     g = LabelGeometry.from_mapping({"neg": [-1.0], "neu": [0.0], "pos": [1.0]})
     # two teachers disagree; teacher 1 weighs more -> consensus = its argmax (pos, then neg)
     probs = np.array([[[0.9, 0.1, 0.0], [0.0, 0.2, 0.8]], [[0.0, 0.1, 0.9], [0.8, 0.2, 0.0]]])
-    targets = pack_targets(probs, np.array([0.3, 0.7])).numpy()
     student = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-    assert consensus_eval_fn(student, targets, g)["accuracy"] == 1.0
+    assert consensus_eval_fn(np.array([0.3, 0.7]))(student, probs, g)["accuracy"] == 1.0
+    assert consensus_eval_fn(np.array([0.7, 0.3]))(student, probs, g)["accuracy"] == 0.0
 
 
 def test_select_methods():
@@ -211,6 +204,8 @@ def test_cli_rejects_bad_config_and_loss(tmp_path):
     assert result.exit_code == 2 and "distill.methods[0].loss" in result.output
     result = runner.invoke(app, ["distill", str(cfg_path), "--loss", "mse"])
     assert result.exit_code == 2
+    # the names come from the loss registry, not a list of their own
+    assert "--loss: expected one of ce, entropy, kl, ot, ot_kl, sord, uld, got 'mse'" in result.output
 
 
 @pytest.mark.parametrize("keep_initial", [True, False])
@@ -224,8 +219,8 @@ def test_keep_initial_decides_whether_the_start_competes(transfer_run, monkeypat
     cfg, layout, _ = transfer_run
     train = dataclasses.replace(cfg.distill.train, epochs=1)
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, train=train, keep_initial=keep_initial))
-    monkeypatch.setattr(kd, "initial_is_better", lambda *a, **k: True)
-    info = kd.distill(cfg, layout, method="feddf")["students"]["feddf"]
+    monkeypatch.setattr(SelectionState, "initial_wins", lambda *a, **k: True)
+    info = kd.distill(RunContext(cfg, layout), method="feddf")["students"]["feddf"]
     assert info["best_epoch"] == (0 if keep_initial else 1)
     assert (info["best_metrics"] == info["initial_val"]) is keep_initial
 
@@ -250,7 +245,7 @@ def test_per_student_overrides_reach_training(transfer_run, monkeypatch):
     monkeypatch.setattr(kd, "fit", spy)
     methods = [DistillMethod(name="a", loss="kl"), DistillMethod(name="b", loss="kl", lr=1e-5)]
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, methods=methods))
-    kd.distill(cfg, layout)
+    kd.distill(RunContext(cfg, layout))
     assert seen == {"a": cfg.distill.train.lr, "b": 1e-5}
 
     assert set(DistillMethod().to_dict()) == set(DistillMethod(lr=None, init=None).to_dict())
@@ -320,7 +315,7 @@ def test_newer_students_train_and_the_schedule_is_applied(transfer_run):
     ]
     train = dataclasses.replace(cfg.distill.train, epochs=3)
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, train=train, methods=methods))
-    out = distill(cfg, layout)["students"]
+    out = distill(RunContext(cfg, layout))["students"]
 
     for m in methods:
         info = out[m.name]
@@ -363,7 +358,7 @@ def test_learned_head_geometry_needs_a_global_start(transfer_run):
     methods = [DistillMethod(name="wkd", loss="ot", geometry={"learned": "head"})]
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, methods=methods))
     with pytest.raises(ValueError, match="learned: head reads the global model's output layer"):
-        distill(cfg, layout)
+        distill(RunContext(cfg, layout))
 
 
 @pytest.mark.parametrize(

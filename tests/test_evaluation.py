@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from knot.evaluation import (
-    ModelEntry,
     TestSet,
     build_results,
     load_results,
@@ -19,7 +18,10 @@ from knot.evaluation import (
 )
 from knot.geometry import LabelGeometry
 from knot.metrics import evaluate_probs
+from knot.run import RunContext, RunModel
 from knot.utils import atomic_write_json
+
+from helpers import LABELS3, synthetic_rows
 
 # three labels on a line: cost |i - j|
 GEOMETRY = LabelGeometry(labels=["a", "b", "c"], coords=[[0.0], [1.0], [2.0]])
@@ -53,10 +55,10 @@ def rows():
 
 
 MODELS = [
-    ModelEntry("teacher", "a"),
-    ModelEntry("teacher", "b"),
-    ModelEntry("global", "global"),
-    ModelEntry("student", "feddf", method={"loss": "kl", "aggregate": "mixture", "weights": "size"}, best_epoch=0),
+    RunModel("teacher", "a"),
+    RunModel("teacher", "b"),
+    RunModel("global", "global"),
+    RunModel("student", "feddf", method={"loss": "kl", "aggregate": "mixture", "weights": "size"}, best_epoch=0),
 ]
 
 
@@ -86,7 +88,7 @@ def test_baselines(rows):
         "feddf": "student:feddf",
     }
     no_feddf = [m for m in MODELS if m.kind != "student"] + [
-        ModelEntry("student", "ot", method={"loss": "ot", "aggregate": "per_teacher"})
+        RunModel("student", "ot", method={"loss": "ot", "aggregate": "per_teacher"})
     ]
     assert pick_baselines(no_feddf, rows, "union")["feddf"] is None
 
@@ -175,23 +177,6 @@ def test_load_results_errors(tmp_path):
 
 # --- end to end: teachers -> soft labels -> bias -> students -> evaluation ---------------------
 
-LABELS3 = ["neg", "neu", "pos"]
-KEYWORDS = {"neg": ["awful", "bad"], "neu": ["okay", "average"], "pos": ["great", "good"]}
-FILLER = ["the", "a", "item", "box", "it", "was", "this", "product", "arrived", "and", "is", "my"]
-
-
-def _rows(n: int, seed: int) -> list[dict]:
-    import random
-
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        label = LABELS3[i % 3]
-        words = rng.sample(FILLER, 4) + [rng.choice(KEYWORDS[label])] * 2
-        rng.shuffle(words)
-        out.append({"text": " ".join(words), "label": label})
-    return out
-
 
 @pytest.mark.slow
 def test_stages_end_to_end(tmp_path):
@@ -209,7 +194,7 @@ def test_stages_end_to_end(tmp_path):
     data.mkdir()
     domains = {"l1": "local", "l2": "local", "g": "global", "tr": "transfer"}
     for i, name in enumerate(domains):
-        rows = _rows(30, i)
+        rows = synthetic_rows(30, i)
         (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = ExperimentConfig.from_dict({
         "name": "e2e", "seed": 3, "device": "cpu",
@@ -228,10 +213,10 @@ def test_stages_end_to_end(tmp_path):
     })
     layout = RunLayout(tmp_path / "run")
     prepare_data(cfg, layout, data)
-    train_teacher(cfg, layout, role="local")
-    train_teacher(cfg, layout, role="global")
+    train_teacher(RunContext(cfg, layout), role="local")
+    train_teacher(RunContext(cfg, layout), role="global")
 
-    summary = produce_soft_labels(cfg, layout)
+    summary = produce_soft_labels(RunContext(cfg, layout))
     sl = SoftLabels.load(layout.soft_labels, "train")
     assert sl.teacher_names == ["l1", "l2", "global"] and sl.label_names == LABELS3
     assert sl.num_examples == summary["splits"]["train"]["n"]
@@ -239,12 +224,12 @@ def test_stages_end_to_end(tmp_path):
     assert sl.teacher_sizes == [counts["l1"], counts["l2"], counts["g"]]
     assert set(summary["splits"]["train"]["teacher_metrics"]) == {"l1", "l2", "global"}
 
-    bias = distribution_bias(cfg, layout)
+    bias = distribution_bias(RunContext(cfg, layout))
     assert bias["teachers"] == ["l1", "l2", "global"]
     for name in bias["teachers"]:
         assert sum(bias["distribution"][name]) == pytest.approx(1.0)
 
-    students = distill(cfg, layout)["students"]
+    students = distill(RunContext(cfg, layout))["students"]
     assert set(students) == {"ot", "feddf"}
     from knot.models import checkpoint_hash
 
@@ -255,7 +240,7 @@ def test_stages_end_to_end(tmp_path):
         else:
             assert s["best_metrics"]["loss"] < s["initial_val"]["loss"]
 
-    results = evaluate_run(cfg, layout)
+    results = evaluate_run(RunContext(cfg, layout))
     ids = [m["id"] for m in results["models"]]
     from knot.evaluation import load_predictions
 
@@ -292,7 +277,7 @@ def test_stages_end_to_end(tmp_path):
     import dataclasses
 
     cfg_val = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, val=True))
-    with_val = evaluate_run(cfg_val, layout)
+    with_val = evaluate_run(RunContext(cfg_val, layout))
     assert with_val["rows"] == results["rows"] and layout.results_md.read_text() == md
     val_rows = with_val["validation"]["rows"]
     assert [(r["model"], r["test_set"]) for r in val_rows] == [(r["model"], r["test_set"]) for r in results["rows"]]
@@ -303,7 +288,7 @@ def test_stages_end_to_end(tmp_path):
 
 def test_a_student_that_kept_its_start_is_named_in_words(rows, tmp_path):
     # Arrange: feddf's selected checkpoint is epoch 0, started from the global model
-    models = [m if m.kind != "student" else ModelEntry(m.kind, m.name, method=m.method, best_epoch=0, init="global")
+    models = [m if m.kind != "student" else RunModel(m.kind, m.name, method=m.method, best_epoch=0, init="global")
               for m in MODELS]
     results = build_results(name="demo", geometry=GEOMETRY.to_dict(), label_names=GEOMETRY.labels,
                             models=models, test_sets=TEST_SETS, rows=rows)

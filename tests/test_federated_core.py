@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -40,29 +39,18 @@ from knot.layout import RunLayout
 # a tiny synthetic task (shared with test_federated_flower.py)
 # ---------------------------------------------------------------------------
 
-LABELS = ["neg", "neu", "pos"]
-KEYWORDS = {"neg": ["awful", "terrible", "bad"], "neu": ["okay", "average", "fine"], "pos": ["great", "excellent", "good"]}
-FILLER = ["the", "a", "item", "box", "it", "was", "this", "product", "arrived", "and", "is", "my", "for"]
+from helpers import LABELS3, synthetic_rows, write_jsonl
+
+LABELS = LABELS3
 DOMAINS = {"books": ("local", 30), "games": ("local", 30), "tools": ("local", 30), "shop": ("global", 45),
            "public": ("transfer", 60)}
-
-
-def synthetic_rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = LABELS[i % 3]
-        words = rng.sample(FILLER, 4) + [rng.choice(KEYWORDS[label])] * 2
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
 
 
 def write_data(root) -> None:
     root.mkdir(parents=True, exist_ok=True)
     for i, (name, (_, n)) in enumerate(DOMAINS.items()):
         rows = synthetic_rows(n, 100 + i)
-        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        write_jsonl(root / f"{name}.jsonl", rows)
 
 
 def tiny_config(**federated) -> ExperimentConfig:
@@ -554,3 +542,31 @@ def test_server_without_local_data_distils_from_the_valid_clients_only(tmp_path,
 def spoiled_reply(reply: TeacherReply) -> TeacherReply:
     reply.soft_labels["train"][0] = np.nan
     return reply
+
+
+def test_a_federated_run_has_stage_hashes_a_report_and_resumes(tmp_path):
+    """The server runs the pipeline's stages on a Run: stages.json records them (the round in
+    place of the local teachers, soft labels and bias), report.md is written, and a rerun
+    skips every finished stage, the round included (no client is asked again)."""
+    write_data(tmp_path / "data")
+    cfg = tiny_config(evaluate_local=False)
+    layout = RunLayout(tmp_path / "run")
+    asked = []
+
+    def client(name, seed):
+        return lambda r: (asked.append(name), fitting_reply(r, name, seed))[1]
+
+    handlers = {"n1": client("books", 1), "n2": client("games", 2), "n3": client("tools", 3)}
+
+    first = run_in_process(cfg, layout, data_root=tmp_path / "data", handlers=handlers)
+    log = json.loads(layout.stages.read_text())
+    weights = {p: p.stat().st_mtime_ns for p in layout.root.rglob("model.safetensors")}
+    again = run_in_process(cfg, layout, data_root=tmp_path / "data", handlers=handlers)
+
+    assert list(log) == ["prepare", "global", "federated", *(f"distill:{m.name}" for m in cfg.distill.methods),
+                         "evaluate", "report"]
+    assert layout.report.is_file() and first["results"]["rows"] == again["results"]["rows"]
+    assert asked == ["books", "games", "tools"]  # asked once: the second run skipped the round
+    assert {k: v["hash"] for k, v in json.loads(layout.stages.read_text()).items()} == {k: v["hash"] for k, v in log.items()}
+    assert {p: p.stat().st_mtime_ns for p in layout.root.rglob("model.safetensors")} == weights
+    assert read_status(layout.root)["status"] == "ok" and again["distill"]["students"] == first["distill"]["students"]

@@ -15,14 +15,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import write_pipeline_corpus
+from helpers import pipeline_config, write_pipeline_corpus
 from knot.cli import app
 from knot.config import ConfigError, ExperimentConfig, ModelConfig, load_config
 from knot.features import FeatureCache, encoding_delta, encoding_stats
 from knot.geometry import LabelGeometry
 from knot.layout import RunLayout
 from knot.models import FrozenClassifier, build_model, load, save_checkpoint
-from knot.pipeline import read_stage_log, run_pipeline
+from knot.pipeline import Run, read_stage_log, run_pipeline
+from knot.run import RunContext
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_stage_hashes_of_finetune_configs_are_unchanged(path, tmp_path):
     from knot.pipeline import plan_stages
     from knot.utils import sha256_json
 
-    stages = plan_stages(load_config(REPO / path), RunLayout(tmp_path))
+    stages = plan_stages(Run(load_config(REPO / path), RunLayout(tmp_path)))
     keys = {
         s.name: sha256_json({"stage": s.name, "inputs": s.inputs})[:16]
         for s in stages
@@ -165,28 +166,18 @@ def test_the_shared_encoder_is_built_once_and_leaves_the_rng_alone():
 # the pipeline
 # ---------------------------------------------------------------------------
 
-CONFIG = """\
-name: tiny-frozen
-seed: 3
-device: cpu
-task:
-  geometry: {neg: [-1.0], pos: [1.0]}
-data:
-  dedup: false  # the counts and accuracies below were set on this corpus with its repeated texts
-  domains:
-    - {name: books, role: local, sources: [{reader: jsonl, path: books.jsonl, text: text, label: label}]}
-    - {name: films, role: local, sources: [{reader: jsonl, path: films.jsonl, text: text, label: label}]}
-    - {name: mixed, role: global, sources: [{reader: jsonl, path: mixed.jsonl, text: text, label: label}]}
-    - {name: public, role: transfer, sources: [{reader: jsonl, path: public.jsonl, text: text, label: label}]}
-model: {encoder: tiny, encoder_mode: frozen, head: HEAD, max_length: 16, dropout: 0.0}
-local: {epochs: 25, batch_size: 8, lr: 3.0e-3}
-global_model: {epochs: 25, batch_size: 8, lr: 3.0e-3}
-bias: {n_samples: 16, length: 8}
-distill:
-  train: {epochs: 3, batch_size: 8, lr: 1.0e-3}
-  methods:
-    - {name: ot, loss: ot}
-"""
+def frozen_config(head: str, **sections) -> str:
+    """The pipeline tests' config in frozen mode with ``head``, trained longer (a frozen
+    random encoder needs more epochs)."""
+    return pipeline_config(
+        name="tiny-frozen",
+        data={"dedup": False},  # the counts and accuracies below were set on this corpus with its repeated texts
+        model={"encoder_mode": "frozen", "head": head},
+        local={"epochs": 25, "lr": 3.0e-3},
+        global_model={"epochs": 25, "lr": 3.0e-3},
+        distill={"train": {"epochs": 3, "batch_size": 8, "lr": 1.0e-3}, "methods": [{"name": "ot", "loss": "ot"}]},
+        **sections,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +196,7 @@ def frozen_run(request, corpus):
     base, root = corpus
     head = request.param
     cfg_path = base / f"{head}.yaml"
-    cfg_path.write_text(CONFIG.replace("HEAD", head))
+    cfg_path.write_text(frozen_config(head))
     out = base / f"run-{head}"
     saved = os.environ.pop("KNOT_CACHE", None)
     try:
@@ -248,7 +239,7 @@ def test_a_second_stage_over_the_same_texts_encodes_nothing(frozen_run):
 
     _, cfg_path, out = frozen_run
     before = encoding_stats()
-    evaluate_run(load_config(cfg_path), RunLayout(out))
+    evaluate_run(RunContext(load_config(cfg_path), RunLayout(out)))
     delta = encoding_delta(before)
     assert delta["texts_encoded"] == 0 and delta["cache_hits"] > 0
 
@@ -256,7 +247,7 @@ def test_a_second_stage_over_the_same_texts_encodes_nothing(frozen_run):
 def test_the_seeds_of_an_experiment_share_one_encoding(corpus):
     base, root = corpus
     cfg_path = base / "seeds.yaml"
-    cfg_path.write_text(CONFIG.replace("HEAD", "pooled").replace("seed: 3", "seeds: [1, 2]"))
+    cfg_path.write_text(frozen_config("pooled", seed=None, seeds=[1, 2]))
     logs = run_pipeline(load_config(cfg_path), base / "seeds", data_root=root, stages=["prepare", "local"])
     encoded = {seed: log["local:books"]["summary"]["encoding"]["texts_encoded"] for seed, log in logs.items()}
     assert encoded == {"seed-1": 32, "seed-2": 0}
@@ -269,7 +260,7 @@ def test_a_student_cannot_start_from_a_global_model_of_the_other_mode(frozen_run
     _, cfg_path, out = frozen_run
     cfg = load_config(cfg_path, ["model.encoder_mode=finetune", "model.head=knot"])
     with pytest.raises(ValueError, match="frozen encoder but model.encoder_mode is finetune"):
-        distill(cfg, RunLayout(out), method="ot")
+        distill(RunContext(cfg, RunLayout(out)), method="ot")
 
 
 def test_knot_predict_reads_a_frozen_checkpoint(frozen_run):

@@ -19,6 +19,8 @@ from test_distill import LABELS, transfer_run  # noqa: F401  (fixture)
 
 from knot.config import ConfigError, DistillMethod, ExperimentConfig
 from knot.geometry import LabelGeometry, parse_derived_spec
+from knot.pipeline import Run
+from knot.run import RunContext
 
 WORDS = ["joy", "happiness", "sadness", "anger", "rage", "terrible", "awful", "excellent"]
 STAR_TEXTS = {
@@ -196,7 +198,7 @@ def test_unset_method_geometry_keeps_to_dict_and_stage_hashes(transfer_run):  # 
     cfg, layout, _ = transfer_run
     assert all("geometry" not in m.to_dict() for m in cfg.distill.methods)
     assert {m.name: sha256_json(m.to_dict()) for m in cfg.distill.methods} == OLD_METHOD_HASHES
-    stages = {s.name: s for s in plan_stages(cfg, layout)}
+    stages = {s.name: s for s in plan_stages(Run(cfg, layout))}
     for m in cfg.distill.methods:
         assert stages[f"distill:{m.name}"].inputs["method"] == m.to_dict()
     # a set geometry is part of the method (and of its stage's inputs), and round-trips
@@ -205,7 +207,7 @@ def test_unset_method_geometry_keeps_to_dict_and_stage_hashes(transfer_run):  # 
     cfg2 = ExperimentConfig.from_dict(raw)
     assert cfg2.distill.methods[0].to_dict()["geometry"] == raw["distill"]["methods"][0]["geometry"]
     assert ExperimentConfig.from_dict(cfg2.to_dict()).to_dict() == cfg2.to_dict()
-    stages2 = {s.name: s for s in plan_stages(cfg2, layout)}
+    stages2 = {s.name: s for s in plan_stages(Run(cfg2, layout))}
     assert sha256_json(stages2["distill:ot"].inputs) != sha256_json(stages["distill:ot"].inputs)
     assert stages2["distill:entropy"].inputs == stages["distill:entropy"].inputs
 
@@ -237,7 +239,7 @@ def test_method_geometry_drives_the_loss_only(transfer_run):  # noqa: F811
     """A student whose OT loss uses a derived geometry: geometry_loss.json records it, the
     val loss is computed under it, while the model and its val metrics keep the task's."""
     from knot.data import load_split
-    from knot.distill import GEOMETRY_LOSS_FILE, consensus_eval_fn, distill, make_loss_fn, pack_targets
+    from knot.distill import GEOMETRY_LOSS_FILE, consensus_eval_fn, distill, make_loss_fn
     from knot.models import load, read_checkpoint_config
     from knot.soft_labels import SoftLabels
 
@@ -253,7 +255,7 @@ def test_method_geometry_drives_the_loss_only(transfer_run):  # noqa: F811
     cfg = ExperimentConfig.from_dict(raw)
     task = LabelGeometry.from_task(cfg.task)
 
-    out = distill(cfg, layout, method="ot-derived")
+    out = distill(RunContext(cfg, layout), method="ot-derived")
 
     saved = json.loads((layout.student("ot-derived") / GEOMETRY_LOSS_FILE).read_text())
     assert saved["source"] == "method" and saved["name"] == "derived" and saved["labels"] == LABELS
@@ -269,13 +271,13 @@ def test_method_geometry_drives_the_loss_only(transfer_run):  # noqa: F811
     val_sl = SoftLabels.load(layout.soft_labels, "val")
     val_texts = [e.text for e in load_split(layout.data, "transfer", "val")]
     probs = model.predict_proba(val_texts)  # (N, K)
-    targets = pack_targets(val_sl.probs, np.array([0.25, 0.75]))  # size weights 30 : 90
-    batch = {"target": targets}
+    weights = np.array([0.25, 0.75])  # size weights 30 : 90
+    batch = {"target": torch.from_numpy(val_sl.probs).double(), "index": torch.arange(len(val_texts))}
     logits = torch.log(torch.from_numpy(probs).double().clamp_min(1e-12))
     best = out["students"]["ot-derived"]["best_metrics"]
-    loss_derived = float(make_loss_fn(method, expected)(logits, {"target": targets.double()}))
-    loss_task = float(make_loss_fn(method, task)(logits, {"target": targets.double()}))
+    loss_derived = float(make_loss_fn(method, expected, weights)(logits, batch))
+    loss_task = float(make_loss_fn(method, task, weights)(logits, batch))
     assert best["loss"] == pytest.approx(loss_derived, rel=1e-3, abs=1e-5)
     assert abs(loss_derived - loss_task) > 1e-2  # the two geometries give other losses
-    metrics = consensus_eval_fn(probs, batch["target"].numpy(), task)
+    metrics = consensus_eval_fn(weights)(probs, val_sl.probs, task)
     assert best["semantic_distance"] == pytest.approx(metrics["semantic_distance"], rel=1e-3, abs=1e-5)

@@ -221,7 +221,7 @@ def test_minilm_truncated_few_batches(geometry, tmp_path):
 
 
 def test_local_folder_encoder(geometry):
-    from knot.models import minilm_path
+    from knot.encoders import minilm_path
 
     model = build_model(ModelConfig(encoder=str(minilm_path()), encoder_layers=1, max_length=16), geometry)
     assert model.config_dict()["encoder"]["source"] == str(minilm_path().resolve())

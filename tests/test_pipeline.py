@@ -80,11 +80,11 @@ def test_killed_run_resumes_after_the_last_finished_stage(tiny, monkeypatch):
     real = knot.teachers.train_teacher
     calls = []
 
-    def dies_on_films(cfg, layout, role="local", domain=None, resume=False, data_root=None):
+    def dies_on_films(run, role="local", domain=None, resume=False):
         calls.append(domain or role)
         if domain == "films":
             raise KeyboardInterrupt  # the run is killed during the second teacher
-        return real(cfg, layout, role=role, domain=domain, resume=resume, data_root=data_root)
+        return real(run, role=role, domain=domain, resume=resume)
 
     monkeypatch.setattr(knot.teachers, "train_teacher", dies_on_films)
     with pytest.raises(KeyboardInterrupt):

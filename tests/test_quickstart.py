@@ -13,11 +13,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from helpers import QUICKSTART, quickstart_sets
 from knot.cli import app
 
 
 @pytest.mark.slow
-def test_quickstart_runs_without_a_data_folder(quickstart_run):
+def test_quickstart_runs_without_a_data_folder(quickstart_run, tmp_path):
     out, output = quickstart_run
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     assert all(src.startswith("builtin:vader/") for src in manifest["sources"])
@@ -32,6 +33,13 @@ def test_quickstart_runs_without_a_data_folder(quickstart_run):
     assert set(results["gold_baselines"]) == {t["name"] for t in results["test_sets"]}
     assert "W1 to gold" in output and "| union | `student:ot` |" in output
     assert "Against the human label distributions" in (out / "report.md").read_text()
+
+    # the Python API reproduces `knot run` exactly: same rows in results.json
+    import knot
+
+    api = knot.Run(QUICKSTART, tmp_path / "api", overrides=quickstart_sets()).run()
+    assert api.rows == results["rows"]
+    assert api.rows == json.loads((tmp_path / "api" / "results.json").read_text())["rows"]
 
 
 def test_data_list_shows_the_builtin_data():

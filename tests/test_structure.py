@@ -1,5 +1,7 @@
 """The package's import structure: no import cycle between knot's modules (counting the
-imports inside functions too), and no module imports another module's private name."""
+imports inside functions too), none between its packages either (``knot.data`` and
+``knot.federated`` counted as one node each), no module imports another module's private
+name, and the shipped package holds no test configuration."""
 
 from __future__ import annotations
 
@@ -74,6 +76,35 @@ def test_no_import_cycle_between_knot_modules():
     cycle = _find_cycle(_graph())
 
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def _package(module: str) -> str:
+    """The top-level unit of a module: ``knot.data.readers`` -> ``knot.data``, ``knot.ot`` -> ``knot.ot``."""
+    return ".".join(module.split(".")[:2])
+
+
+def _package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {_package(m): set() for m in graph}
+    for m, targets in graph.items():
+        out[_package(m)] |= {_package(t) for t in targets} - {_package(m)}
+    return out
+
+
+def test_package_graph_merges_subpackages():
+    graph = {"knot.config": {"knot.data.readers"}, "knot.data.prepare": {"knot.config"}, "knot.data.readers": set()}
+
+    assert _package_graph(graph) == {"knot.config": {"knot.data"}, "knot.data": {"knot.config"}}
+    assert _find_cycle(_package_graph(graph)) == ["knot.config", "knot.data", "knot.config"]
+
+
+def test_no_import_cycle_between_knot_packages():
+    cycle = _find_cycle(_package_graph(_graph()))
+
+    assert cycle is None, "import cycle between packages: " + " -> ".join(cycle or [])
+
+
+def test_the_shipped_package_has_no_conftest():
+    assert sorted(p.relative_to(SRC) for p in SRC.rglob("conftest.py")) == []
 
 
 def test_no_module_imports_another_modules_private_name():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from knot.config import load_config
+from knot.pipeline import Run
 
 STUDY = Path(__file__).resolve().parents[1] / "configs" / "study"
 TASKS = ["sentiment", "erc", "goemotions", "vader"]
@@ -76,6 +77,6 @@ def test_the_study_section_changes_no_stage_hash():
     bare = load_config(STUDY / "vader.yaml")
     bare.study = None
     assert "study" not in bare.to_dict()
-    a = {s.name: s.inputs for s in plan_stages(cfg, RunLayout(Path("/nonexistent")))}
-    b = {s.name: s.inputs for s in plan_stages(bare, RunLayout(Path("/nonexistent")))}
+    a = {s.name: s.inputs for s in plan_stages(Run(cfg, RunLayout(Path("/nonexistent"))))}
+    b = {s.name: s.inputs for s in plan_stages(Run(bare, RunLayout(Path("/nonexistent"))))}
     assert a == b

@@ -19,6 +19,7 @@ from knot.config import ExperimentConfig, TrainConfig, load_config
 from knot.geometry import LabelGeometry
 from knot.layout import RunLayout
 from knot.models import load, read_checkpoint_config
+from knot.run import RunContext
 from knot.teachers import teacher_loss, train_teacher
 
 runner = CliRunner()
@@ -61,7 +62,7 @@ def trained(setup):
     cfg_path, root, base = setup
     cfg = load_config(cfg_path)
     layout = RunLayout(base / "run")
-    result = train_teacher(cfg, layout, role="local", data_root=root)
+    result = train_teacher(RunContext(cfg, layout, data_root=root), role="local")
     return cfg, layout, result
 
 
@@ -86,7 +87,7 @@ def test_local_teachers_learn_their_domain(trained):
 def test_resume_of_finished_teachers_is_quick_and_changes_nothing(trained):
     cfg, layout, result = trained
     before = {n: (layout.teacher(n) / "best" / "model.safetensors").read_bytes() for n in ("books", "films")}
-    again = train_teacher(cfg, layout, role="local", resume=True)
+    again = train_teacher(RunContext(cfg, layout), role="local", resume=True)
     for n in ("books", "films"):
         assert again["models"][n]["resumed_from"] == 3
         assert (layout.teacher(n) / "best" / "model.safetensors").read_bytes() == before[n]
@@ -96,11 +97,11 @@ def test_global_model_and_one_domain(setup, tmp_path):
     cfg_path, root, _ = setup
     cfg = load_config(cfg_path)
     layout = RunLayout(tmp_path / "run")
-    result = train_teacher(cfg, layout, role="global", data_root=root)
+    result = train_teacher(RunContext(cfg, layout, data_root=root), role="global")
     info = result["models"]["global"]
     assert info["domains"] == ["mixed"] and info["n_train"] == 28
     assert read_checkpoint_config(layout.global_model)["metadata"]["role"] == "global"
-    one = train_teacher(cfg, layout, role="local", domain="films")
+    one = train_teacher(RunContext(cfg, layout), role="local", domain="films")
     assert list(one["models"]) == ["films"] and not layout.teacher("books").exists()
 
 
@@ -109,16 +110,16 @@ def test_role_and_domain_errors(setup, tmp_path):
     cfg = load_config(cfg_path)
     layout = RunLayout(tmp_path / "run")
     with pytest.raises(ValueError, match="--domain mixed: is not a local domain"):
-        train_teacher(cfg, layout, role="local", domain="mixed", data_root=root)
+        train_teacher(RunContext(cfg, layout, data_root=root), role="local", domain="mixed")
     with pytest.raises(ValueError, match="--domain nope: is not a domain of the config"):
-        train_teacher(cfg, layout, role="local", domain="nope", data_root=root)
+        train_teacher(RunContext(cfg, layout, data_root=root), role="local", domain="nope")
     with pytest.raises(ValueError, match="cannot be used with --role global"):
-        train_teacher(cfg, layout, role="global", domain="books", data_root=root)
+        train_teacher(RunContext(cfg, layout, data_root=root), role="global", domain="books")
     with pytest.raises(ValueError, match="role: expected local or global"):
-        train_teacher(cfg, layout, role="student")
+        train_teacher(RunContext(cfg, layout), role="student")
     no_global = load_config(cfg_path, ["data.domains.2.role=transfer"])
     with pytest.raises(ValueError, match="no domain with role global"):
-        train_teacher(no_global, layout, role="global", data_root=root)
+        train_teacher(RunContext(no_global, layout, data_root=root), role="global")
 
 
 def test_teacher_losses():
@@ -136,7 +137,7 @@ def test_teacher_losses():
 def test_ot_ce_teacher_trains(setup, tmp_path):
     cfg_path, root, _ = setup
     cfg = load_config(cfg_path, ["local.loss=ot+ce", "local.epochs=1", "local.max_steps=2"])
-    out = train_teacher(cfg, RunLayout(tmp_path / "run"), role="local", domain="films", data_root=root)
+    out = train_teacher(RunContext(cfg, RunLayout(tmp_path / "run"), data_root=root), role="local", domain="films")
     assert out["models"]["films"]["epochs_completed"] == 1
 
 

@@ -167,6 +167,32 @@ def test_early_stopping_and_lower_is_better(geometry, tmp_path):
     assert [h["best"] for h in result.history] == [True, True, False, False]
 
 
+@pytest.mark.parametrize("start, kept", [(0.05, True), (0.4, False), (0.2, False)])
+def test_keep_initial_lets_the_start_compete_as_epoch_0(geometry, tmp_path, start, kept):
+    """The starting model (val value ``start``) is kept only when it beats every epoch
+    (0.3, 0.2, 0.25: best epoch 2); a tie goes to the epoch. Selection and patience among
+    the epochs are unchanged."""
+    model, train, val = _setup(geometry)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    values = iter([start, 0.3, 0.2, 0.25])
+
+    def metric(probs, targets, geometry):
+        return {"semantic_distance": next(values)}
+
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, max_steps=2)
+    result = fit(model, ce, train, val, cfg, out_dir=tmp_path, select_by="semantic_distance", eval_fn=metric,
+                 keep_initial=True)
+
+    assert result.initial_metrics["semantic_distance"] == start
+    assert [h["best"] for h in result.history] == [True, True, False]
+    assert result.best_epoch == (0 if kept else 2) and result.best_metrics["semantic_distance"] == (start if kept else 0.2)
+    meta = json.loads((tmp_path / "best" / "config.json").read_text())["metadata"]
+    assert meta["epoch"] == result.best_epoch and meta["metrics"] == result.best_metrics
+    saved = load_file(str(tmp_path / "best" / "model.safetensors"))
+    same = all(torch.equal(saved[k], before[k]) for k in saved if k in before)
+    assert same is kept and all(torch.equal(model.state_dict()[k], saved[k]) for k in saved)
+
+
 def test_soft_targets_with_loss_selection(geometry, tmp_path):
     """The distillation shape: FloatTensor targets, no classification metrics, select by loss."""
     soft = torch.softmax(torch.randn(len(TEXTS), 3, 2, generator=torch.Generator().manual_seed(0)), -1)

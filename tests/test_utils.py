@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from knot.models import atomic_dir
+from knot.utils import atomic_dir
 from knot.utils import atomic_write_json, atomic_write_text, read_json
 
 

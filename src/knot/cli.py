@@ -1,7 +1,7 @@
 """The ``knot`` command line: one subcommand per pipeline stage.
 
 Each command parses its options, loads the config (:func:`knot.config.load_config`) and
-calls one stage function; user errors (a bad config, a missing or malformed data file)
+calls one stage method of a :class:`knot.pipeline.Run` (or ``knot.load`` for ``predict``); user errors (a bad config, a missing or malformed data file)
 are printed as one ``error:`` line and exit with status 2, never as a traceback.
 """
 
@@ -85,6 +85,14 @@ def run_dir(cfg, out: Optional[Path]) -> Path:
     return Path(out) if out is not None else Path("runs") / cfg.name
 
 
+def open_run(config: Path, out: Optional[Path], sets: Optional[List[str]], data_root: Optional[Path] = None):
+    """The :class:`knot.pipeline.Run` of a config file and ``--out`` (default runs/<name>)."""
+    from knot.pipeline import Run
+
+    cfg = load(config, sets)
+    return Run(cfg, run_dir(cfg, out), data_root=data_root)
+
+
 @contextlib.contextmanager
 def locked(folder: Path, wait: bool):
     """Hold the run folder's lock (:func:`knot.locking.run_lock`) for the ``with`` block, or
@@ -136,13 +144,13 @@ def data_prepare_cmd(
 
     A no-op when neither the config's data section nor any source file changed.
     """
-    from knot.data.prepare import format_summary, run_prepare
-    from knot.layout import RunLayout
+    from knot.data.prepare import format_summary
 
-    cfg = load(config, sets)
-    layout = RunLayout(run_dir(cfg, out))
+    run = open_run(config, out, sets, data_root)
+    layout = run.layout
     with locked(layout.root, wait):
-        manifest, reasons = guarded(run_prepare, cfg, layout, data_root, force=force)
+        prepared = guarded(run.prepare, force=force)
+    manifest, reasons = prepared.manifest, prepared.changed
     if reasons:
         typer.echo(f"prepared {layout.data} ({'; '.join(reasons)})")
     else:
@@ -210,19 +218,16 @@ def train_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Train the local teachers or the global model (data is prepared first if needed)."""
-    from knot.layout import RunLayout
-    from knot.teachers import train_teacher
     from knot.utils import atomic_write_text
 
     if role not in ("local", "global"):
         _fail(f"--role: expected local or global, got {role!r}")
-    cfg = load(config, sets)
-    layout = RunLayout(run_dir(cfg, out))
-    with locked(layout.root, wait):
-        guarded(atomic_write_text, layout.config, cfg.to_yaml())
-        result = guarded(
-            train_teacher, cfg, layout, role=role, domain=domain, resume=resume, data_root=data_root
-        )
+    run = open_run(config, out, sets, data_root)
+    with locked(run.root, wait):
+        guarded(atomic_write_text, run.layout.config, run.cfg.to_yaml())
+        if data_root is not None:  # the sources may have changed: a no-op when they did not
+            guarded(run.prepare)
+        result = guarded(run.train_teachers, role, domain, resume=resume).summary
     for name, info in result["models"].items():
         m = info["best_metrics"]
         shown = ", ".join(
@@ -251,8 +256,7 @@ def predict_cmd(
 
     import numpy as np
 
-    from knot.models import load as load_model
-    from knot.utils import resolve_device
+    from knot.api import load as load_predictor
 
     items = list(texts or [])
     for i, text in enumerate(items, 1):
@@ -269,12 +273,11 @@ def predict_cmd(
         items += kept
     if not items:
         _fail("nothing to predict: give texts or --file")
-    model = guarded(load_model, checkpoint, device=resolve_device(device))
+    predictor = guarded(load_predictor, checkpoint, device)
     # a frozen-encoder checkpoint names its encoder: built here, fingerprint checked
-    probs = guarded(model.predict_proba, items, batch_size=batch_size)  # (N, K)
-    coords = model.geometry.coords.numpy()  # (K, D)
-    expected = probs.astype(np.float64) @ coords  # (N, D)
-    labels = model.labels
+    probs = guarded(predictor.predict_proba, items, batch_size=batch_size)  # (N, K)
+    expected = probs @ np.asarray(predictor.coords, dtype=np.float64)  # (N, D)
+    labels = predictor.labels
     for text, p, e in zip(items, probs, expected):
         label = labels[int(p.argmax())]
         coord = [round(float(x), 4) for x in e]
@@ -393,13 +396,6 @@ def cache_clear_cmd(
 # ---- soft-labels / bias / distill / evaluate (issue: distillation) ---------------------
 
 
-def _stage_layout(config: Path, out: Optional[Path], sets: Optional[List[str]]):
-    from knot.layout import RunLayout
-
-    cfg = load(config, sets)
-    return cfg, RunLayout(run_dir(cfg, out))
-
-
 @app.command("soft-labels")
 def soft_labels_cmd(
     config: Path = ConfigArg,
@@ -412,13 +408,11 @@ def soft_labels_cmd(
     Every teacher (each local one, then the global model) predicts class probabilities;
     written to RUN/soft_labels/{train,val}.safetensors + .json.
     """
-    from knot.soft_labels import produce_soft_labels
-
-    cfg, layout = _stage_layout(config, out, sets)
-    with locked(layout.root, wait):
-        summary = guarded(produce_soft_labels, cfg, layout)
+    run = open_run(config, out, sets)
+    with locked(run.root, wait):
+        summary = guarded(run.soft_labels).summary
     for split, info in summary["splits"].items():
-        typer.echo(f"{split}: {info['n']} texts x {len(summary['teachers'])} teachers -> {layout.soft_labels}")
+        typer.echo(f"{split}: {info['n']} texts x {len(summary['teachers'])} teachers -> {run.layout.soft_labels}")
         for name, m in (info.get("teacher_metrics") or {}).items():
             typer.echo(f"  {name}: accuracy {m.get('accuracy', float('nan')):.4f}, "
                        f"macro-F1 {m.get('macro_f1', float('nan')):.4f} (vs gold, report only)")
@@ -436,11 +430,11 @@ def bias_cmd(
     The predicted-class distribution on bias.n_samples seeded inputs of bias.length random
     vocabulary tokens; written to RUN/soft_labels/bias.json and printed as a table.
     """
-    from knot.soft_labels import bias_table, distribution_bias
+    from knot.soft_labels import bias_table
 
-    cfg, layout = _stage_layout(config, out, sets)
-    with locked(layout.root, wait):
-        result = guarded(distribution_bias, cfg, layout)
+    run = open_run(config, out, sets)
+    with locked(run.root, wait):
+        result = guarded(run.bias).summary
     typer.echo(bias_table(result))
 
 
@@ -448,8 +442,8 @@ def bias_cmd(
 def distill_cmd(
     config: Path = ConfigArg,
     loss: Optional[str] = typer.Option(
-        None, "--loss", help="ot, entropy, kl or ce: train the configured students with this loss "
-        "(a default one named after the loss when none is configured)."
+        None, "--loss", help="A registered distillation loss (knot.losses.available_losses(), e.g. ot or entropy): "
+        "train the configured students with this loss (a default one named after the loss when none is configured)."
     ),
     method: Optional[List[str]] = typer.Option(
         None, "--method", help="Train only this distill.methods entry (repeatable; default: all)."
@@ -464,13 +458,14 @@ def distill_cmd(
     Each student starts from the global model (distill.init: global) or from scratch and
     is written to RUN/students/<method>/.
     """
-    from knot.distill import distill
+    if loss is not None:
+        from knot.losses import available_losses
 
-    if loss is not None and loss not in ("ot", "entropy", "kl", "ce"):
-        _fail(f"--loss: expected ot, entropy, kl or ce, got {loss!r}")
-    cfg, layout = _stage_layout(config, out, sets)
-    with locked(layout.root, wait):
-        result = guarded(distill, cfg, layout, method=method or None, loss=loss, resume=resume)
+        if loss not in available_losses():
+            _fail(f"--loss: expected one of {', '.join(available_losses())}, got {loss!r}")
+    run = open_run(config, out, sets)
+    with locked(run.root, wait):
+        result = guarded(run.distill, method or None, loss=loss, resume=resume).summary
     for name, info in result["students"].items():
         best = info["best_metrics"]
         before = info["initial_val"].get("loss")
@@ -491,11 +486,11 @@ def evaluate_cmd(
     Teachers, the global model and the students on each local test set, the global test
     set and the union of the local ones; written to RUN/results.json and RUN/results.md.
     """
-    from knot.evaluation import evaluate_run, render_markdown
+    from knot.evaluation import render_markdown
 
-    cfg, layout = _stage_layout(config, out, sets)
-    with locked(layout.root, wait):
-        results = guarded(evaluate_run, cfg, layout)
+    run = open_run(config, out, sets)
+    with locked(run.root, wait):
+        results = guarded(run.evaluate).summary
     typer.echo(render_markdown(results))
 
 
@@ -520,13 +515,11 @@ def run_cmd(
 ) -> None:
     """Run the whole experiment (or resume it): prepare -> teachers -> soft labels -> bias ->
     distillation -> evaluation -> report. Rerunning skips the stages whose inputs did not change."""
-    from knot.pipeline import run_pipeline
-
-    cfg = load(config, sets)
-    out_dir = run_dir(cfg, out)
+    run = open_run(config, out, sets, data_root)
+    out_dir = run.root
     selected = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
     with locked(out_dir, wait):  # the top folder: a multi-seed run's seed-*/ are inside
-        guarded(run_pipeline, cfg, out_dir, data_root=data_root, stages=selected, force=force)
+        guarded(run.run, selected, force=force)
     report = out_dir / "report.md"
     typer.echo(f"run directory: {out_dir}")
     if report.is_file():

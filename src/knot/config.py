@@ -46,7 +46,6 @@ __all__ = [
     "ExperimentConfig",
     "load_config",
     "apply_overrides",
-    "resolve_data_root",
 ]
 
 
@@ -309,7 +308,7 @@ class DataConfig(ConfigBase):
 
     ``root`` is the folder relative source paths are read from (``builtin``: the datasets
     packaged with knot; a ``builtin:`` source path ignores the root); when null, the
-    ``KNOT_DATA`` environment variable is used (see :func:`resolve_data_root`).
+    ``KNOT_DATA`` environment variable is used (see :func:`knot.data.prepare.resolve_data_root`).
     ``seed`` drives partitions, splits and subsets. ``context_turns`` previous
     utterances follow each utterance of a dialogue corpus, joined by
     ``context_separator`` (``" [SEP] "``: a BERT tokenizer reads it as its ``[SEP]``).
@@ -451,7 +450,9 @@ class TrainConfig(ConfigBase):
         _check(self.eval_batch_size >= 1, "eval_batch_size: expected >= 1")
         _check(self.lr > 0, "lr: expected > 0")
         _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio: expected in [0, 1)")
-        _check(self.loss in ("ce", "ot+ce"), f"loss: expected ce or ot+ce, got {self.loss!r}")
+        from knot.losses import TEACHER_LOSSES
+
+        _check(self.loss in TEACHER_LOSSES, f"loss: expected {' or '.join(TEACHER_LOSSES)}, got {self.loss!r}")
         _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing: expected in [0, 1)")
         _check(self.max_steps is None or self.max_steps >= 1, "max_steps: expected >= 1")
 
@@ -550,7 +551,7 @@ class DistillMethod(ConfigBase):
 
     def __post_init__(self) -> None:
         _check_folder_name(self.name, "name", "students/<name> of the run")
-        from knot.losses import available_losses, lambda_schedule, loss_options
+        from knot.losses import AGGREGATES, WEIGHT_KINDS, available_losses, lambda_schedule, loss_options
 
         _check(self.init in (None, "global", "scratch"), f"init: expected global or scratch, got {self.init!r}")
         _check(self.lr is None or self.lr > 0, "lr: expected > 0")
@@ -559,8 +560,8 @@ class DistillMethod(ConfigBase):
         losses = available_losses()
         _check(self.loss in losses, f"loss: expected one of {', '.join(losses)}, got {self.loss!r}")
         _check(
-            self.aggregate in ("per_teacher", "mixture"),
-            f"aggregate: expected per_teacher or mixture, got {self.aggregate!r}",
+            self.aggregate in AGGREGATES,
+            f"aggregate: expected {' or '.join(AGGREGATES)}, got {self.aggregate!r}",
         )
         if self.sharpen is not None:
             _check(0.0 < self.sharpen <= 1.0, f"sharpen: expected a temperature in (0, 1], got {self.sharpen!r}")
@@ -574,16 +575,16 @@ class DistillMethod(ConfigBase):
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         _check(
-            self.weights in ("uniform", "size", "explicit", "bias"),
-            f"weights: expected uniform, size, explicit or bias, got {self.weights!r}",
+            self.weights in WEIGHT_KINDS,
+            f"weights: expected {', '.join(WEIGHT_KINDS[:-1])} or {WEIGHT_KINDS[-1]}, got {self.weights!r}",
         )
         _check(
             self.weights != "explicit" or bool(self.explicit_weights),
             "explicit_weights: needed when weights is explicit",
         )
         _check(
-            self.bias_base in ("uniform", "size", "explicit"),
-            f"bias_base: expected uniform, size or explicit, got {self.bias_base!r}",
+            self.bias_base in WEIGHT_KINDS[:-1],
+            f"bias_base: expected {', '.join(WEIGHT_KINDS[:-2])} or {WEIGHT_KINDS[-2]}, got {self.bias_base!r}",
         )
         _check(
             self.bias_base != "explicit" or bool(self.explicit_weights),
@@ -921,22 +922,3 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         return ExperimentConfig.from_dict(raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-
-
-def resolve_data_root(cfg: ExperimentConfig, override: str | os.PathLike | None = None) -> Path:
-    """The data root: ``override`` (``--data-root``), else ``KNOT_DATA``, else ``data.root``.
-
-    A relative ``data.root`` is taken relative to the current directory; ``builtin``
-    names the datasets packaged with knot (:mod:`knot.data.builtin`).
-    """
-    for candidate in (override, os.environ.get("KNOT_DATA"), cfg.data.root):
-        if candidate:
-            if str(candidate) == "builtin":
-                from knot.data.builtin import builtin_root
-
-                return builtin_root()
-            return Path(candidate).expanduser()
-    raise ConfigError(
-        "no data root: pass --data-root DIR, set the KNOT_DATA environment variable, "
-        "or set data.root in the config (`builtin` names the data shipped with knot, see `knot data list`)"
-    )

@@ -48,72 +48,61 @@ import torch
 from knot.batching import make_loader
 from knot.config import DistillMethod
 from knot.data import load_split
-from knot.features import run_feature_cache
 from knot.geometry import LabelGeometry, parse_learned_spec
-from knot.losses import distillation_loss, lambda_schedule
+from knot.losses import distillation_loss, lambda_schedule, loss_uses_geometry
 from knot.metrics import evaluate_probs
-from knot.models import build_model, class_weight_rows, load, make_dataset, read_checkpoint_config, save_checkpoint
-from knot.run import has_checkpoint, run_teachers, transfer_domain
+from knot.models import build_model, class_weight_rows, load, make_dataset
+from knot.run import RunContext, has_checkpoint
 from knot.soft_labels import SoftLabels, load_bias, teacher_weights, texts_hash
-from knot.training import LOWER_IS_BETTER, evaluate, fit
-from knot.utils import atomic_write_json, resolve_device, set_seed, sha256_file
+from knot.training import fit
+from knot.utils import atomic_write_json, set_seed, sha256_file
 
 __all__ = [
-    "distill", "select_methods", "initial_is_better", "pack_targets", "make_loss_fn", "consensus_eval_fn",
+    "distill", "select_methods", "weight_rows", "make_loss_fn", "consensus_eval_fn",
     "method_weights", "loss_geometry", "GEOMETRY_LOSS_FILE", "lambda_of_epoch", "learned_inputs",
 ]
 
 #: File in each student's folder with the geometry its loss used (labels, coords, p, name, cost).
 GEOMETRY_LOSS_FILE = "geometry_loss.json"
-#: Built-in losses that read the label geometry.
-GEOMETRY_LOSSES = ("ot", "ot_kl", "sord")
 
 log = logging.getLogger(__name__)
 
 
-def pack_targets(probs: np.ndarray, weights: np.ndarray) -> torch.Tensor:
-    """Soft labels and teacher weights as one target tensor for :class:`~knot.batching.TextDataset`.
+def weight_rows(weights: Any, n: int) -> torch.Tensor:
+    """Teacher weights as one row per example: FloatTensor (N, T) from (T,) or (N, T).
 
-    Parameters
-    ----------
-    probs : ndarray (N, T, K)
-    weights : ndarray (T,) or (N, T)
-
-    Returns
-    -------
-    FloatTensor (N, T, K + 1): ``[..., :K]`` the probabilities, ``[..., K]`` the weights.
-
-    >>> t = pack_targets(np.full((2, 3, 4), 0.25), np.array([0.2, 0.3, 0.5]))
-    >>> tuple(t.shape), t[1, :, 4].tolist()
-    ((2, 3, 5), [0.20000000298023224, 0.30000001192092896, 0.5])
+    >>> weight_rows(np.array([0.2, 0.8]), 3).shape
+    torch.Size([3, 2])
     """
-    probs = np.asarray(probs, dtype=np.float32)
-    n, t, _ = probs.shape
-    w = np.broadcast_to(np.asarray(weights, dtype=np.float32), (n, t))
-    return torch.from_numpy(np.concatenate([probs, w[..., None]], axis=2))
+    w = np.asarray(weights, dtype=np.float32)
+    return torch.from_numpy(np.broadcast_to(w, (n, w.shape[-1])).copy())
 
 
 def make_loss_fn(
-    method: Any, geometry: Any, lam: float | Callable[[], float] | None = None
+    method: Any, geometry: Any, weights: Any, lam: float | Callable[[], float] | None = None
 ) -> Callable[[torch.Tensor, dict], torch.Tensor]:
     """``loss_fn(logits, batch)`` for :func:`knot.training.fit` from one DistillMethod.
 
-    ``batch["target"]`` is the packed tensor of :func:`pack_targets`, (B, T, K + 1).
+    ``batch["target"]`` holds the soft labels (B, T, K) and ``batch["index"]`` (B,) the
+    rows of the dataset; ``weights`` are the teacher weights of that dataset's rows, (N, T)
+    (or (T,), the same for every row), kept beside the soft labels and looked up per batch.
     ``lam`` (a number, or a callable read at every call) replaces the ``lam`` option.
     """
     options = dict(method.options)
-    k = geometry.num_labels
     sharpen = getattr(method, "sharpen", None)
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float32))  # (N, T) or (T,)
 
     def loss_fn(logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        target = batch["target"]  # (B, T, K + 1)
+        target = batch["target"]  # (B, T, K)
+        b, t = target.shape[0], target.shape[1]
+        rows = w.expand(b, t) if w.dim() == 1 else w[batch["index"].cpu()]  # (B, T)
         if lam is not None:
             options["lam"] = lam() if callable(lam) else lam
         return distillation_loss(
             method.loss,
             logits,
-            target[..., :k],  # (B, T, K)
-            target[..., k],  # (B, T)
+            target,
+            rows.to(target.device),
             geometry,
             aggregate=method.aggregate,
             temperature=method.temperature,
@@ -161,32 +150,22 @@ def learned_inputs(method: Any, soft_labels: SoftLabels, model: Any, global_name
     return {"soft_labels": probs}
 
 
-def consensus_eval_fn(probs: np.ndarray, targets: np.ndarray | None, geometry: Any) -> dict:
-    """Validation metrics against the teachers' weighted consensus (no gold labels).
-
-    ``targets`` is the packed (N, T, K + 1) array; the reference label of example n is
-    ``argmax_k sum_j w_nj p_njk``. Returns :func:`knot.metrics.evaluate_probs`'s metrics.
+def consensus_eval_fn(weights: Any) -> Callable[[np.ndarray, np.ndarray | None, Any], dict]:
+    """``eval_fn(probs, targets, geometry)`` scoring against the teachers' weighted consensus
+    (no gold labels): ``targets`` are the soft labels (N, T, K) in dataset order, ``weights``
+    the teacher weights of those rows, (N, T) or (T,); the reference label of example n is
+    ``argmax_k sum_j w_nj p_njk``. The metrics are :func:`knot.metrics.evaluate_probs`'s.
     """
-    if targets is None:
-        return {}
-    k = probs.shape[1]
-    p, w = targets[..., :k].astype(np.float64), targets[..., k].astype(np.float64)  # (N,T,K), (N,T)
-    mixture = np.einsum("nt,ntk->nk", w / w.sum(axis=1, keepdims=True), p)
-    return dict(evaluate_probs(probs, mixture.argmax(axis=1), geometry))
 
+    def eval_fn(probs: np.ndarray, targets: np.ndarray | None, geometry: Any) -> dict:
+        if targets is None:
+            return {}
+        p = targets.astype(np.float64)  # (N, T, K)
+        w = weight_rows(weights, p.shape[0]).numpy().astype(np.float64)  # (N, T)
+        mixture = np.einsum("nt,ntk->nk", w / w.sum(axis=1, keepdims=True), p)
+        return dict(evaluate_probs(probs, mixture.argmax(axis=1), geometry))
 
-def initial_is_better(initial: dict, best: dict, select_by: str) -> bool:
-    """Whether the starting model beats the best trained epoch on ``select_by``.
-
-    >>> initial_is_better({"loss": 0.1}, {"loss": 0.2}, "loss"), initial_is_better({"loss": 0.2}, {"loss": 0.2}, "loss")
-    (True, False)
-    >>> initial_is_better({"macro_f1": 0.5}, {"macro_f1": 0.4}, "macro_f1")
-    True
-    """
-    a, b = initial.get(select_by), best.get(select_by)
-    if a is None or b is None:
-        return False
-    return a < b if select_by in LOWER_IS_BETTER else a > b
+    return eval_fn
 
 
 def select_methods(cfg: Any, method: Any = None, loss: str | None = None) -> list[Any]:
@@ -261,7 +240,7 @@ def _save_loss_geometry(method: Any, loss_geo: Any, task_spec: Any, out_dir: Any
     """Write ``out_dir/geometry_loss.json`` (LabelGeometry.to_dict plus ``cost`` (K, K),
     ``source`` method|task and the config ``spec``) and log the cost matrix."""
     source = "task" if getattr(method, "geometry", None) is None else "method"
-    if source == "method" and method.loss not in GEOMETRY_LOSSES:
+    if source == "method" and not loss_uses_geometry(method.loss):
         log.warning("student %s: loss %s does not use a label geometry; its geometry is unused", method.name, method.loss)
     cost = loss_geo.cost
     atomic_write_json(
@@ -326,21 +305,18 @@ def _load_soft_labels(layout: Any, split: str, teachers: Sequence[str], labels: 
 
 
 def distill(
-    cfg: Any,
-    layout: Any,
+    run: RunContext,
     method: Any = None,
     *,
     loss: str | None = None,
     resume: bool = False,
-    data_root: Any = None,
 ) -> dict:
     """Train one student per selected method (see :func:`select_methods`).
 
     Parameters
     ----------
-    cfg : knot.config.ExperimentConfig
-    layout : knot.layout.RunLayout
-        Reads ``layout.soft_labels`` (train, and val when present), ``bias.json`` for
+    run : knot.run.RunContext
+        Reads ``run.layout.soft_labels`` (train, and val when present), ``bias.json`` for
         ``bias`` weights, the prepared transfer texts and ``layout.global_model``; writes
         ``layout.student(name)``.
     method, loss : which students (see :func:`select_methods`).
@@ -351,11 +327,11 @@ def distill(
     -------
     dict ``{"students": {name: {"checkpoint", "init", "initial_val", "best_metrics", ...}}}``
     """
+    cfg, layout = run.cfg, run.layout
     methods = select_methods(cfg, method, loss)
-    device = resolve_device(cfg.device)
-    geometry = LabelGeometry.from_task(cfg.task)
-    transfer = transfer_domain(cfg)
-    teacher_models = run_teachers(cfg, layout)
+    device, geometry = run.device, run.geometry
+    transfer = run.transfer_domain()
+    teacher_models = run.teachers()
     teachers = [r.name for r in teacher_models]
 
     train_texts = [e.text for e in load_split(layout.data, transfer.name, "train")]
@@ -390,7 +366,7 @@ def distill(
         w_train = method_weights(m, train_sl, bias, global_name)
         w_val = method_weights(m, val_sl, bias, global_name) if val_sl is not None else None
         set_seed(cfg.seed)
-        features = run_feature_cache(layout)  # frozen mode only; a global init copies the global head
+        features = run.feature_cache  # frozen mode only; a global init copies the global head
         model = (
             load(layout.global_model, feature_cache=features)
             if init == "global"
@@ -407,7 +383,8 @@ def distill(
         model.to(device)
         cache = layout.token_cache
         train_ds = make_dataset(
-            model, train_texts, pack_targets(train_sl.probs, w_train), cache_dir=cache, name=f"{transfer.name}-train"
+            model, train_texts, torch.from_numpy(np.asarray(train_sl.probs, dtype=np.float32)), cache_dir=cache,
+            name=f"{transfer.name}-train"
         )
         train_loader = make_loader(
             train_ds, train_cfg.batch_size, shuffle=True, group_by_length=train_cfg.group_by_length, seed=cfg.seed
@@ -415,7 +392,8 @@ def distill(
         val_loader = None
         if val_sl is not None:
             val_ds = make_dataset(
-                model, val_texts, pack_targets(val_sl.probs, w_val), cache_dir=cache, name=f"{transfer.name}-val"
+                model, val_texts, torch.from_numpy(np.asarray(val_sl.probs, dtype=np.float32)), cache_dir=cache,
+                name=f"{transfer.name}-val"
             )
             val_loader = make_loader(val_ds, train_cfg.eval_batch_size, shuffle=False, group_by_length=True)
         if (parse_learned_spec(m.geometry) or {}).get("from") == "head" and init != "global":
@@ -438,15 +416,13 @@ def distill(
                 lam_now["lam"] = schedule(epoch, epochs)
                 return {"lam": lam_now["lam"]}
 
-        loss_fn = make_loss_fn(m, loss_geo, lam=(lambda: lam_now["lam"]) if schedule is not None else None)
-        val_loss_fn = (
-            make_loss_fn(m, loss_geo, lam=schedule(train_cfg.epochs - 1, train_cfg.epochs))  # the last epoch's
-            if schedule is not None
-            else loss_fn
+        loss_fn = make_loss_fn(m, loss_geo, w_train, lam=(lambda: lam_now["lam"]) if schedule is not None else None)
+        # the val set's own weights; a schedule is scored at the last epoch's lam
+        val_loss_fn = make_loss_fn(
+            m, loss_geo, w_val if w_val is not None else w_train,
+            lam=schedule(train_cfg.epochs - 1, train_cfg.epochs) if schedule is not None else None,
         )
         model.to(device)
-        initial = evaluate(model, val_loader, device, val_loss_fn, consensus_eval_fn) if val_loader is not None else {}
-        initial_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         log.info(
             "distilling student %s (%s, %s, %s weights) from %s on %s: %d train / %d val texts, init %s",
             m.name, m.loss, m.aggregate, m.weights, ", ".join(teachers), transfer.name,
@@ -463,9 +439,11 @@ def distill(
             device=device,
             seed=cfg.seed,
             resume=resume,
-            eval_fn=consensus_eval_fn,
+            eval_fn=consensus_eval_fn(w_val if w_val is not None else w_train),
             on_epoch=on_epoch,
             val_loss_fn=val_loss_fn,
+            evaluate_initial=True,  # initial_val: where the student started
+            keep_initial=cfg.distill.keep_initial,
             metadata={
                 "role": "student",
                 "name": m.name,
@@ -483,6 +461,7 @@ def distill(
                 **({"loss_geometry": loss_geo.to_dict()} if loss_geo.origin is not None else {}),
             },
         )
+        initial = result.initial_metrics
         summary = {
             "checkpoint": str(result.best_dir),
             "method": m.to_dict(),
@@ -490,19 +469,8 @@ def distill(
             "n_train": len(train_texts),
             "n_val": len(val_texts),
             "initial_val": initial,
-            **result.to_dict(),
+            **result.to_dict(),  # best epoch 0: the initial weights were kept (distill.keep_initial)
         }
-        if cfg.distill.keep_initial and initial_is_better(initial, result.best_metrics, cfg.distill.select_by):
-            # the reference's rule: a student is only replaced by an epoch that beats the
-            # starting model on the transfer val split
-            log.info(
-                "student %s: no epoch beat the initial model on val %s; keeping the initial weights",
-                m.name, cfg.distill.select_by,
-            )
-            model.load_state_dict(initial_state)
-            meta = read_checkpoint_config(result.best_dir).get("metadata", {})
-            save_checkpoint(model, result.best_dir, {**meta, "metrics": initial, "epoch": 0})
-            summary.update(best_metrics=initial, best_epoch=0)
         out["students"][m.name] = summary
         best = summary["best_metrics"]
         log.info(

@@ -62,23 +62,18 @@ import numpy as np
 
 from knot import __version__
 from knot.data import load_split
-from knot.features import run_feature_cache
-from knot.geometry import LabelGeometry
 from knot.metrics import GOLD_METRICS, GOLD_TITLES, evaluate_gold, evaluate_probs
-from knot.models import checkpoint_hash, load
-from knot.run import RunModel, run_models  # noqa: F401 (run_models: re-exported)
+from knot.models import checkpoint_hash
+from knot.run import RunContext, RunModel
 from knot.soft_labels import predict_probs
-from knot.utils import atomic_path, atomic_write_json, atomic_write_text, read_json, resolve_device
+from knot.utils import atomic_path, atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
-#: A model of the run (teacher, global or student); the record type is :class:`knot.run.RunModel`.
-ModelEntry = RunModel
 
 __all__ = [
     "RESULTS_FORMAT",
     "METRICS",
-    "ModelEntry",
     "TestSet",
     "score_models",
     "confusion_matrices",
@@ -253,7 +248,7 @@ def _row(rows: Sequence[Mapping[str, Any]], model: str, test_set: str) -> Mappin
 
 
 def pick_baselines(
-    models: Sequence[ModelEntry],
+    models: Sequence[RunModel],
     rows: Sequence[Mapping[str, Any]],
     selection_set: str,
 ) -> dict[str, str | None]:
@@ -262,8 +257,8 @@ def pick_baselines(
     ``best_single_teacher`` is the local teacher with the highest macro-F1 on
     ``selection_set`` (ties: the first in order).
 
-    >>> ms = [ModelEntry("teacher", "a"), ModelEntry("teacher", "b"), ModelEntry("global", "global"),
-    ...       ModelEntry("student", "x", method={"loss": "kl", "aggregate": "mixture"})]
+    >>> ms = [RunModel("teacher", "a"), RunModel("teacher", "b"), RunModel("global", "global"),
+    ...       RunModel("student", "x", method={"loss": "kl", "aggregate": "mixture"})]
     >>> rows = [{"model": "teacher:a", "test_set": "union", "macro_f1": 0.4},
     ...         {"model": "teacher:b", "test_set": "union", "macro_f1": 0.6}]
     >>> pick_baselines(ms, rows, "union")
@@ -298,7 +293,7 @@ def build_results(
     name: str,
     geometry: Mapping[str, Any] | None,
     label_names: Sequence[str],
-    models: Sequence[ModelEntry],
+    models: Sequence[RunModel],
     test_sets: Sequence[TestSet],
     rows: Sequence[Mapping[str, Any]],
     missing: Sequence[Mapping[str, Any]] = (),
@@ -598,15 +593,14 @@ def run_test_sets(cfg: Any) -> list[TestSet]:
     return sets
 
 
-def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, Any]:
+def evaluate_run(run: RunContext) -> dict[str, Any]:
     """Evaluation stage: score every model present on every test set.
 
     Writes ``layout.results_json`` and ``layout.results_md`` and returns the results dict.
     Models without a checkpoint are listed under ``missing`` (an error if there is none at all).
     """
-    device = resolve_device(cfg.device)
-    geometry = LabelGeometry.from_task(cfg.task)
-    models, missing = run_models(cfg, layout)
+    cfg, layout, geometry, device = run.cfg, run.layout, run.geometry, run.device
+    models, missing = run.models()
     if not models:
         raise FileNotFoundError(
             f"{layout.root}: no model checkpoints to evaluate; run `knot train` / `knot distill` first"
@@ -620,11 +614,7 @@ def evaluate_run(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, A
 
     probs: dict[str, dict[str, dict[str, np.ndarray]]] = {s: {} for s in splits}
     for m in models:
-        model = load(m.path, device=device, feature_cache=run_feature_cache(layout))
-        if list(model.geometry.labels) != list(geometry.labels):
-            raise ValueError(
-                f"{m.path}: {m.id} has labels {list(model.geometry.labels)}, the task has {list(geometry.labels)}"
-            )
+        model = run.load_model(m.path, name=m.id)
         m.checkpoint_hash = checkpoint_hash(m.path)
         for s in splits:
             texts = sets[s][0]

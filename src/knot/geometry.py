@@ -57,21 +57,19 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from knot.encoders import embed_texts
 
 __all__ = [
-    "LabelGeometry", "PRESETS", "DERIVED", "CONTROLS", "parse_derived_spec", "parse_control_spec", "embed_texts",
+    "LabelGeometry", "PRESETS", "PRESET_COORDS", "DERIVED", "CONTROLS", "parse_derived_spec", "parse_control_spec", "embed_texts",
     "LEARNED", "LEARNED_SOURCES", "parse_learned_spec", "soft_label_cost", "head_cost",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Names accepted by :meth:`LabelGeometry.preset`.
-PRESETS = ("sentiment5", "sentiment5-knot6d", "emotion5", "ekman7", "uniform")
 #: The spec (a string, or the single key of a mapping) of a derived geometry.
 DERIVED = "derived"
 #: Options of a ``{"derived": {...}}`` spec.
@@ -109,29 +107,45 @@ _EKMAN7 = {
 }
 
 
+def _sentiment5(labels: Sequence[str] | None) -> tuple[list[str], list[list[float]]]:
+    return list(_STARS), [[float(i - 2)] for i in range(5)]
+
+
+def _sentiment5_knot6d(labels: Sequence[str] | None) -> tuple[list[str], list[list[float]]]:
+    coords = []
+    for i in range(5):
+        onehot = [0.0] * 5
+        onehot[i] = 1.0
+        coords.append(onehot + [float(i - 2)])
+    return list(_STARS), coords
+
+
+def _uniform(labels: Sequence[str] | None) -> tuple[list[str], list[list[float]]]:
+    if labels is None:
+        raise ValueError("geometry 'uniform' needs labels (e.g. task.labels: [neg, pos])")
+    labels = [str(label) for label in labels]
+    k = len(labels)
+    # one-hot codes scaled by 1/sqrt(2): every pair of labels is at distance 1
+    scale = math.sqrt(0.5)
+    return labels, [[scale if j == i else 0.0 for j in range(k)] for i in range(k)]
+
+
+#: The presets' registry: name -> ``fn(labels or None) -> (labels, coords)``; adding a
+#: preset is one entry here (:data:`PRESETS` and the config follow).
+PRESET_COORDS: dict[str, Callable[[Sequence[str] | None], tuple[list[str], list[list[float]]]]] = {
+    "sentiment5": _sentiment5,
+    "sentiment5-knot6d": _sentiment5_knot6d,
+    "emotion5": lambda labels: (list(_EMOTION5), [list(v) for v in _EMOTION5.values()]),
+    "ekman7": lambda labels: (list(_EKMAN7), [list(v) for v in _EKMAN7.values()]),
+    "uniform": _uniform,
+}
+PRESETS = tuple(PRESET_COORDS)
+
+
 def _preset_coords(name: str, labels: Sequence[str] | None) -> tuple[list[str], list[list[float]]]:
-    if name == "sentiment5":
-        return list(_STARS), [[float(i - 2)] for i in range(5)]
-    if name == "sentiment5-knot6d":
-        coords = []
-        for i in range(5):
-            onehot = [0.0] * 5
-            onehot[i] = 1.0
-            coords.append(onehot + [float(i - 2)])
-        return list(_STARS), coords
-    if name == "emotion5":
-        return list(_EMOTION5), [list(v) for v in _EMOTION5.values()]
-    if name == "ekman7":
-        return list(_EKMAN7), [list(v) for v in _EKMAN7.values()]
-    if name == "uniform":
-        if labels is None:
-            raise ValueError("geometry 'uniform' needs labels (e.g. task.labels: [neg, pos])")
-        labels = [str(label) for label in labels]
-        k = len(labels)
-        # one-hot codes scaled by 1/sqrt(2): every pair of labels is at distance 1
-        scale = math.sqrt(0.5)
-        return labels, [[scale if j == i else 0.0 for j in range(k)] for i in range(k)]
-    raise ValueError(f"unknown geometry preset {name!r} (expected one of: {', '.join(PRESETS)})")
+    if name not in PRESET_COORDS:
+        raise ValueError(f"unknown geometry preset {name!r} (expected one of: {', '.join(PRESETS)})")
+    return PRESET_COORDS[name](labels)
 
 
 def parse_derived_spec(spec: Any, where: str = "geometry") -> dict | None:

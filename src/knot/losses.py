@@ -76,6 +76,8 @@ __all__ = [
     "register_loss",
     "get_loss",
     "available_losses",
+    "loss_uses_geometry",
+    "TEACHER_LOSSES",
     "loss_options",
     "lambda_schedule",
     "sord_targets",
@@ -86,6 +88,7 @@ __all__ = [
     "ot_ce_loss",
     "soften",
     "AGGREGATES",
+    "WEIGHT_KINDS",
     "PROB_ATOL",
 ]
 
@@ -93,14 +96,17 @@ log = logging.getLogger(__name__)
 
 #: Values accepted by ``distillation_loss(aggregate=...)``.
 AGGREGATES = ("per_teacher", "mixture")
+#: Teacher weightings of a distillation method (``distill.methods[].weights``, see
+#: :func:`knot.soft_labels.teacher_weights`); the others are the ``bias`` kind's bases.
+WEIGHT_KINDS = ("uniform", "size", "explicit", "bias")
 #: Default tolerance on a teacher distribution's sum (soft labels are stored in float32).
 PROB_ATOL = 1e-3
 
-# name -> (pairwise loss function, names of its options)
-_REGISTRY: dict[str, tuple[Callable[..., torch.Tensor], frozenset[str]]] = {}
+# name -> (pairwise loss function, names of its options, whether it reads the geometry)
+_REGISTRY: dict[str, tuple[Callable[..., torch.Tensor], frozenset[str], bool]] = {}
 
 
-def register_loss(name: str, options: Sequence[str] | None = None) -> Callable:
+def register_loss(name: str, options: Sequence[str] | None = None, *, uses_geometry: bool = False) -> Callable:
     """Register a pairwise distillation loss under ``name`` (decorator).
 
     The function is called as ``fn(student_logits (B, K), targets (B, M, K), geometry, *,
@@ -108,6 +114,10 @@ def register_loss(name: str, options: Sequence[str] | None = None) -> Callable:
     temperature; the function softens the student), and returns the loss of every
     (example, target) pair, shape (B, M). The options :func:`distillation_loss` accepts for
     it are its keyword-only parameters besides ``temperature``, plus ``options``.
+    ``uses_geometry`` says whether it reads ``geometry`` (a method's own ``geometry`` is
+    then meaningful; see :func:`loss_uses_geometry`). Once registered (the module imported
+    before the config is read), the name is valid in ``distill.methods[].loss`` and
+    ``knot distill --loss``.
 
     >>> @register_loss("l1")
     ... def _l1(student_logits, targets, geometry, *, temperature=1.0):
@@ -125,7 +135,7 @@ def register_loss(name: str, options: Sequence[str] | None = None) -> Callable:
         allowed = frozenset(
             p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "temperature"
         ) | frozenset(options or ())
-        _REGISTRY[name] = (fn, allowed)
+        _REGISTRY[name] = (fn, allowed, bool(uses_geometry))
         return fn
 
     return deco
@@ -148,6 +158,16 @@ def get_loss(name: str) -> Callable[..., torch.Tensor]:
 def available_losses() -> list[str]:
     """Registered loss names, sorted."""
     return sorted(_REGISTRY)
+
+
+def loss_uses_geometry(name: str) -> bool:
+    """Whether the loss ``name`` reads the label geometry (registered with ``uses_geometry``).
+
+    >>> [n for n in available_losses() if loss_uses_geometry(n)]
+    ['ot', 'ot_kl', 'sord']
+    """
+    get_loss(name)
+    return _REGISTRY[name][2]
 
 
 def loss_options(name: str) -> frozenset[str]:
@@ -351,7 +371,7 @@ _OT_OPTIONS = ("eps", "rel_eps", "max_iter", "tol", "debias", "entropic", "annea
                "check_every", "warn", "threads", "max_vertices")
 
 
-@register_loss("ot", options=_OT_OPTIONS)
+@register_loss("ot", options=_OT_OPTIONS, uses_geometry=True)
 def _ot_loss(student_logits, targets, geometry, *, temperature=1.0, method="auto", **solver):
     """OT cost between the student and each target, (B, M)."""
     s = _student_log_probs(student_logits, temperature).exp()  # (B, K)
@@ -402,7 +422,7 @@ def _ce_loss(student_logits, targets, geometry, *, temperature=1.0):
     return -(t * log_s).sum(-1) * temperature**2
 
 
-@register_loss("ot_kl", options=_OT_OPTIONS)
+@register_loss("ot_kl", options=_OT_OPTIONS, uses_geometry=True)
 def _ot_kl_loss(student_logits, targets, geometry, *, temperature=1.0, lam=0.5, method="auto", **solver):
     """lam * OT + (1 - lam) * KL(t || s) tau^2, (B, M); a term with weight 0 is not computed."""
     lam = _check_unit("ot_kl: lam", lam)
@@ -438,7 +458,7 @@ def sord_targets(labels: torch.Tensor, cost: torch.Tensor, tau: float = 1.0) -> 
     return torch.softmax(-cost[labels] / tau, dim=-1)
 
 
-@register_loss("sord")
+@register_loss("sord", uses_geometry=True)
 def _sord_loss(student_logits, targets, geometry, *, temperature=1.0, tau=1.0):
     """KL(q || s) tau^2 to the SORD target q of each target's argmax, (B, M)."""
     cost = geometry.ground_cost.matrix(targets.dtype, targets.device)  # (K, K)
@@ -556,6 +576,15 @@ def distillation_loss(
         return per[:, 0].mean()
     per = fn(student_logits, teachers, geometry, temperature=temperature, **kwargs)  # (B, T)
     return (w * per).sum(-1).mean()
+
+
+#: The teachers' hard-label losses (``local.loss``, ``global_model.loss``) by name: each maps
+#: the training settings to the OT term's weight in :func:`ot_ce_loss` (``ce``: the
+#: cross-entropy alone; ``ot+ce``: the reference's local OT variant, weighted by ``ot_weight``).
+TEACHER_LOSSES: dict[str, Callable[[Any], float]] = {
+    "ce": lambda train_cfg: 0.0,
+    "ot+ce": lambda train_cfg: float(train_cfg.ot_weight),
+}
 
 
 def ot_ce_loss(

@@ -52,19 +52,18 @@ from torch import nn
 
 from knot import __version__
 from knot.batching import TextDataset, make_loader
-from knot.encoders import (  # noqa: F401 (minilm_path: re-export)
+from knot.encoders import (
     NAMED_ENCODERS,
     check_no_remote_code,
     encoder_folder,
     load_pretrained,
     load_tokenizer,
-    minilm_path,
 )
 from knot.features import FeatureCache, FeatureDataset, FeatureEntry, encoder_fingerprint
 from knot.geometry import LabelGeometry
 from knot.heads import PooledHead, TokenHead, knot_head_layers
 from knot.progress import progress as progress_bar
-from knot.utils import atomic_dir, atomic_write_json, sha256_file  # atomic_dir: re-export
+from knot.utils import atomic_dir, atomic_write_json, sha256_file
 
 __all__ = [
     "KnotClassifier",
@@ -80,7 +79,6 @@ __all__ = [
     "checkpoint_hash",
     "read_checkpoint_config",
     "class_weight_rows",
-    "atomic_dir",
     "CHECKPOINT_FORMAT",
 ]
 

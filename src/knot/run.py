@@ -10,18 +10,29 @@ what counts as present:
   other student folder with a checkpoint under ``students/``.
 
 The teachers (locals, then the global model) are the soft labels' columns, in that order.
+
+:class:`RunContext` is what every stage function takes: the resolved config, the run
+folder's layout, and what the stages used to rebuild each on their own (the task geometry,
+the device, the feature cache, the teachers, model loading). :class:`knot.pipeline.Run`
+extends it with the stages as methods.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from knot.config import ExperimentConfig, apply_overrides, load_config
+from knot.layout import RunLayout
 from knot.models import read_checkpoint_config, resolve_checkpoint
 from knot.utils import sha256_json
 
 __all__ = [
+    "RunContext",
+    "as_config",
     "RunModel",
     "run_teachers",
     "run_students",
@@ -201,3 +212,112 @@ def require_checkpoint(ref: RunModel) -> None:
         raise FileNotFoundError(
             f"{ref.path}: no checkpoint for {what}; run `knot train CONFIG {cmd}` first"
         )
+
+
+def as_config(config: Any, overrides: list[str] | None = None) -> ExperimentConfig:
+    """An :class:`~knot.config.ExperimentConfig` from a YAML path, a dict (the YAML's
+    content) or a config, with ``--set``-style ``overrides`` applied.
+
+    >>> as_config({"name": "x", "task": {"geometry": "sentiment5"}}, ["seed=7"]).seed
+    7
+    """
+    if isinstance(config, ExperimentConfig):
+        if not overrides:
+            return config
+        config = config.to_dict()
+    if isinstance(config, Mapping):
+        return ExperimentConfig.from_dict(apply_overrides(dict(config), overrides))
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config, overrides)
+    raise ValueError(f"config: expected a YAML path, a dict or an ExperimentConfig, got {type(config).__name__}")
+
+
+class RunContext:
+    """One run folder and its config: what every stage reads before it works.
+
+    Parameters
+    ----------
+    config : a YAML path, a dict (the YAML's content) or an :class:`~knot.config.ExperimentConfig`.
+    out : the run folder (a path or a :class:`~knot.layout.RunLayout`); default ``runs/<name>``.
+    data_root : the folder the config's data paths are relative to (``--data-root``;
+        else ``KNOT_DATA``, then ``data.root``).
+    overrides : ``--set`` overrides (``["local.epochs=2", ...]``).
+
+    The geometry, device and feature cache are built once, on first use.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        out: str | os.PathLike | RunLayout | None = None,
+        *,
+        data_root: str | os.PathLike | None = None,
+        overrides: list[str] | None = None,
+    ) -> None:
+        self.cfg: ExperimentConfig = as_config(config, overrides)
+        if isinstance(out, RunLayout):
+            self.layout = out
+        else:
+            self.layout = RunLayout(Path(out) if out is not None else Path("runs") / self.cfg.name)
+        self.data_root = data_root
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.cfg.name!r}, {str(self.layout.root)!r})"
+
+    @property
+    def root(self) -> Path:
+        """The run folder."""
+        return self.layout.root
+
+    def with_config(self, cfg: ExperimentConfig) -> "RunContext":
+        """The same run folder and data root under another config (a federated client's
+        view, a seed of a multi-seed run); the geometry and device are rebuilt from it."""
+        return type(self)(cfg, self.layout, data_root=self.data_root)
+
+    @cached_property
+    def geometry(self) -> Any:
+        """The task's :class:`~knot.geometry.LabelGeometry` (``cfg.task``)."""
+        from knot.geometry import LabelGeometry
+
+        return LabelGeometry.from_task(self.cfg.task)
+
+    @cached_property
+    def device(self) -> Any:
+        """The torch device of ``cfg.device`` (``auto``: CUDA, then MPS, then CPU)."""
+        from knot.utils import resolve_device
+
+        return resolve_device(self.cfg.device)
+
+    @cached_property
+    def feature_cache(self) -> Any:
+        """The run's frozen-encoder feature cache (``$KNOT_CACHE`` when set, else ``RUN/features``)."""
+        from knot.features import run_feature_cache
+
+        return run_feature_cache(self.layout)
+
+    def teachers(self) -> list[RunModel]:
+        """The teachers in soft-label column order (see :func:`run_teachers`)."""
+        return run_teachers(self.cfg, self.layout)
+
+    def students(self) -> list[RunModel]:
+        """The configured students, then other student checkpoints (see :func:`run_students`)."""
+        return run_students(self.cfg, self.layout)
+
+    def models(self) -> tuple[list[RunModel], list[RunModel]]:
+        """The models with a checkpoint, and those without (see :func:`run_models`)."""
+        return run_models(self.cfg, self.layout)
+
+    def transfer_domain(self) -> Any:
+        """The config's transfer domain (exactly one)."""
+        return transfer_domain(self.cfg)
+
+    def load_model(self, path: str | os.PathLike, *, name: str | None = None, device: Any = None) -> Any:
+        """Load the checkpoint at ``path`` on the run's device with the run's feature cache;
+        a model whose labels differ from the task's is a ValueError naming ``name``."""
+        from knot.models import load
+
+        model = load(path, device=self.device if device is None else device, feature_cache=self.feature_cache)
+        labels, task = list(model.geometry.labels), list(self.geometry.labels)
+        if labels != task:
+            raise ValueError(f"{path}: {name or 'the model'} has labels {labels}, the task has {task}")
+        return model

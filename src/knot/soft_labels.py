@@ -40,22 +40,19 @@ import numpy as np
 
 from knot import __version__
 from knot.data import load_split, read_manifest
-from knot.features import run_feature_cache
-from knot.geometry import LabelGeometry
+from knot.losses import WEIGHT_KINDS
 from knot.metrics import evaluate_probs
-from knot.models import checkpoint_hash, load
+from knot.models import checkpoint_hash
 from knot.progress import progress
-from knot.run import (  # noqa: F401 (run_teachers, transfer_domain, has_checkpoint: re-exported)
+from knot.run import (
+    RunContext,
     RunModel,
-    has_checkpoint,
     require_checkpoint,
-    run_teachers,
     teacher_size,
-    transfer_domain,
     transfer_hash,
 )
 from knot.errors import parse_finite
-from knot.utils import atomic_path, atomic_write_json, read_json, resolve_device, sha256_file
+from knot.utils import atomic_path, atomic_write_json, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +63,6 @@ __all__ = [
     "teacher_weights",
     "bias_weights",
     "texts_hash",
-    "run_teachers",
     "predict_probs",
     "random_token_inputs",
     "predicted_class_distribution",
@@ -538,7 +534,7 @@ def teacher_weights(
             raise ValueError("bias weights: base must be uniform, size or explicit")
         base_w = teacher_weights(base, soft_labels, explicit=explicit)
         return bias_weights(soft_labels.probs, np.asarray(bias, dtype=np.float64), base_w, floor)
-    raise ValueError(f"teacher weights: unknown kind {kind!r} (expected uniform, size, explicit or bias)")
+    raise ValueError(f"teacher weights: unknown kind {kind!r} (expected one of {', '.join(WEIGHT_KINDS)})")
 
 
 # ---------------------------------------------------------------------------
@@ -730,7 +726,7 @@ def load_bias(directory: str | Path, teacher_names: Sequence[str] | None = None)
 # ---------------------------------------------------------------------------
 
 
-def produce_soft_labels(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, Any]:
+def produce_soft_labels(run: RunContext) -> dict[str, Any]:
     """Soft-label stage: every teacher predicts on the transfer set's splits.
 
     Reads the teacher checkpoints (``layout.teacher(d)`` for each local domain, then
@@ -741,10 +737,9 @@ def produce_soft_labels(cfg: Any, layout: Any, *, data_root: Any = None) -> dict
 
     Returns a summary: per split, N and each teacher's metrics on it (when labelled).
     """
-    device = resolve_device(cfg.device)
-    geometry = LabelGeometry.from_task(cfg.task)
-    transfer = transfer_domain(cfg)
-    refs = run_teachers(cfg, layout)
+    cfg, layout, geometry, device = run.cfg, run.layout, run.geometry, run.device
+    transfer = run.transfer_domain()
+    refs = run.teachers()
     for ref in refs:
         require_checkpoint(ref)
     manifest = read_manifest(layout.data)
@@ -757,12 +752,7 @@ def produce_soft_labels(cfg: Any, layout: Any, *, data_root: Any = None) -> dict
         splits[split] = examples
 
     def teacher_output(ref: RunModel) -> TeacherOutput:  # one teacher in memory at a time
-        model = load(ref.path, device=device, feature_cache=run_feature_cache(layout))
-        if list(model.geometry.labels) != list(geometry.labels):
-            raise ValueError(
-                f"{ref.path}: teacher {ref.name!r} has labels {list(model.geometry.labels)}, "
-                f"the task has {list(geometry.labels)}"
-            )
+        model = run.load_model(ref.path, name=f"teacher {ref.name!r}")
         probs = {}
         for split, examples in splits.items():
             log.info("soft labels: teacher %s on %s/%s (%d texts)", ref.name, transfer.name, split, len(examples))
@@ -908,7 +898,7 @@ def teacher_bias(model: Any, cfg: Any, device: Any, name: str) -> dict[str, Any]
     )
 
 
-def distribution_bias(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[str, Any]:
+def distribution_bias(run: RunContext) -> dict[str, Any]:
     """Distribution-bias stage: each teacher's predicted-class distribution on random inputs.
 
     ``cfg.bias.n_samples`` inputs of ``cfg.bias.length`` random vocabulary tokens (seed
@@ -916,14 +906,13 @@ def distribution_bias(cfg: Any, layout: Any, *, data_root: Any = None) -> dict[s
     ``layout.soft_labels / "bias.json"``, logs the table, and returns the bias dict
     (``distribution`` and ``mean_probs`` per teacher, ``teachers``, ``label_names``).
     """
-    device = resolve_device(cfg.device)
-    geometry = LabelGeometry.from_task(cfg.task)
-    refs = run_teachers(cfg, layout)
+    cfg, layout, device = run.cfg, run.layout, run.device
+    refs = run.teachers()
     for ref in refs:
         require_checkpoint(ref)
-    out = bias_record(cfg, refs, geometry.labels)
+    out = bias_record(cfg, refs, run.geometry.labels)
     for ref in refs:
-        model = load(ref.path, device=device, feature_cache=run_feature_cache(layout))
+        model = run.load_model(ref.path, name=f"teacher {ref.name!r}")
         add_bias(out, ref.name, teacher_bias(model, cfg, device, ref.name), checkpoint_hash(ref.path))
         del model
     atomic_write_json(layout.bias, out)

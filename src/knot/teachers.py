@@ -25,27 +25,15 @@ import torch
 
 from knot.batching import make_loader
 from knot.data import load_split, prepare_data
-from knot.geometry import LabelGeometry
-from knot.losses import ot_ce_loss
-from knot.features import run_feature_cache
+from knot.losses import TEACHER_LOSSES, ot_ce_loss
 from knot.models import build_model, make_dataset
 from knot.training import fit
-from knot.utils import resolve_device, set_seed
+from knot.run import RunContext
+from knot.utils import set_seed
 
-__all__ = ["train_teacher", "teacher_loss", "token_cache_dir", "labelled_split"]
+__all__ = ["train_teacher", "teacher_loss", "labelled_split"]
 
 log = logging.getLogger(__name__)
-
-
-def token_cache_dir(layout) -> Path:
-    """Where tokenised splits of a run are cached (``RUN/cache/tokens``); kept for
-    compatibility, the path is :attr:`knot.layout.RunLayout.token_cache`."""
-    return layout.token_cache
-
-
-def task_geometry(cfg):
-    """The task's :class:`~knot.geometry.LabelGeometry` from ``cfg.task``."""
-    return LabelGeometry.from_task(cfg.task)
 
 
 def teacher_loss(train_cfg, geometry) -> Callable[[torch.Tensor, dict], torch.Tensor]:
@@ -56,10 +44,10 @@ def teacher_loss(train_cfg, geometry) -> Callable[[torch.Tensor, dict], torch.Te
     variant, ``ot_weight`` times the OT cost to the label smoothed by
     ``label_smoothing``, plus the cross-entropy.
     """
-    if train_cfg.loss not in ("ce", "ot+ce"):
-        raise ValueError(f"loss: expected ce or ot+ce, got {train_cfg.loss!r}")
+    if train_cfg.loss not in TEACHER_LOSSES:
+        raise ValueError(f"loss: expected {' or '.join(TEACHER_LOSSES)}, got {train_cfg.loss!r}")
     smoothing = train_cfg.label_smoothing
-    weight = 0.0 if train_cfg.loss == "ce" else train_cfg.ot_weight
+    weight = TEACHER_LOSSES[train_cfg.loss](train_cfg)
 
     def loss_fn(logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return ot_ce_loss(logits, batch["target"], geometry, smoothing=smoothing, ot_weight=weight)
@@ -88,27 +76,25 @@ def labelled_split(layout, domain: str, split: str, geometry) -> tuple[list[str]
     return texts, torch.tensor(targets, dtype=torch.long)
 
 
-def _ensure_data(cfg, layout, data_root) -> None:
-    """Prepare the data when it is missing (or when a data root is given: a no-op if unchanged)."""
-    if data_root is None and Path(layout.manifest).is_file():
+def _ensure_data(run: RunContext) -> None:
+    """Prepare the data when it is missing."""
+    if Path(run.layout.manifest).is_file():
         return
-    log.info("preparing data into %s", layout.data)
-    prepare_data(cfg, layout, data_root)  # resolves the data root only if a source needs it
+    log.info("preparing data into %s", run.layout.data)
+    prepare_data(run.cfg, run.layout, run.data_root)  # resolves the data root only if a source needs it
 
 
 def _train_one(
-    cfg,
-    layout,
+    run: RunContext,
     *,
     name: str,
     role: str,
     domains: list[str],
-    train_cfg,
+    train_cfg: Any,
     out_dir: Path,
-    geometry,
-    device,
     resume: bool,
 ) -> dict:
+    cfg, layout, geometry, device = run.cfg, run.layout, run.geometry, run.device
     tr_texts, tr_y, va_texts, va_y = [], [], [], []
     for d in domains:
         t, y = labelled_split(layout, d, "train", geometry)
@@ -120,7 +106,7 @@ def _train_one(
     train_targets, val_targets = torch.cat(tr_y), torch.cat(va_y)
 
     set_seed(cfg.seed)
-    model = build_model(cfg.model, geometry, feature_cache=run_feature_cache(layout))
+    model = build_model(cfg.model, geometry, feature_cache=run.feature_cache)
     model.to(device)  # frozen mode: the encoder encodes (once per text set) where the head trains
     cache = layout.token_cache
     train_ds = make_dataset(model, tr_texts, train_targets, cache_dir=cache, name=f"{name}-train")
@@ -172,31 +158,25 @@ def _train_one(
 
 
 def train_teacher(
-    cfg,
-    layout,
+    run: RunContext,
     role: str = "local",
     domain: str | None = None,
     resume: bool = False,
-    *,
-    data_root: Any = None,
 ) -> dict:
     """Train the local teachers (one per local domain, or only ``domain``) or the global model.
 
     Parameters
     ----------
-    cfg : knot.config.ExperimentConfig
-        ``cfg.local`` / ``cfg.global_model`` give the training settings, ``cfg.model``
-        the classifier, ``cfg.task`` the geometry, ``cfg.seed`` and ``cfg.device``.
-    layout : knot.layout.RunLayout
-        Reads ``layout.data`` (prepared first when missing); writes
-        ``layout.teacher(domain)`` or ``layout.global_model``.
+    run : knot.run.RunContext
+        ``run.cfg.local`` / ``run.cfg.global_model`` give the training settings,
+        ``run.cfg.model`` the classifier. Reads ``run.layout.data`` (prepared first, from
+        ``run.data_root``, when missing); writes ``run.layout.teacher(domain)`` or
+        ``run.layout.global_model``.
     role : {"local", "global"}
     domain : str, optional
         Only this local domain.
     resume : bool
         Continue each model after its last completed epoch.
-    data_root : path, optional
-        Data root for preparing the data (``--data-root``).
 
     Returns
     -------
@@ -204,6 +184,7 @@ def train_teacher(
         ``{"role": ..., "models": {name: {"checkpoint", "n_train", "best_metrics", ...}}}``;
         the global model's name is ``global``.
     """
+    cfg, layout = run.cfg, run.layout
     if role not in ("local", "global"):
         raise ValueError(f"role: expected local or global, got {role!r}")
     if role == "global" and domain is not None:
@@ -223,35 +204,27 @@ def train_teacher(
         if not gnames:
             raise ValueError("the config has no domain with role global")
 
-    _ensure_data(cfg, layout, data_root)
-    geometry = task_geometry(cfg)
-    device = resolve_device(cfg.device)
+    _ensure_data(run)
     models: dict[str, dict] = {}
     if role == "local":
         for name in names:
             models[name] = _train_one(
-                cfg,
-                layout,
+                run,
                 name=name,
                 role="local",
                 domains=[name],
                 train_cfg=cfg.local,
                 out_dir=layout.teacher(name),
-                geometry=geometry,
-                device=device,
                 resume=resume,
             )
     else:
         models["global"] = _train_one(
-            cfg,
-            layout,
+            run,
             name="global",
             role="global",
             domains=gnames,
             train_cfg=cfg.global_model,
             out_dir=layout.global_model,
-            geometry=geometry,
-            device=device,
             resume=resume,
         )
     return {"role": role, "models": models}

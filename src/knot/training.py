@@ -44,6 +44,7 @@ __all__ = [
     "TrainResult",
     "SelectionState",
     "fit",
+    "train_epoch",
     "evaluate",
     "predict_loader",
     "model_logits",
@@ -75,6 +76,12 @@ class TrainResult:
     best_epoch : int
         1-based epoch of the best checkpoint.
     stopped_early : bool
+    resumed_from : int
+        The epochs already done when this call started (resume).
+    initial_metrics : dict
+        Validation metrics of the starting model (``fit(..., evaluate_initial=True)`` or
+        ``keep_initial=True``; empty otherwise or without a val set). Best epoch 0: the
+        starting model was kept.
     """
 
     best_metrics: dict
@@ -83,6 +90,7 @@ class TrainResult:
     best_epoch: int
     stopped_early: bool = False
     resumed_from: int = 0
+    initial_metrics: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -413,6 +421,19 @@ class SelectionState:
         """Whether ``patience`` epochs in a row have not improved (never, without patience)."""
         return patience is not None and self.bad_epochs >= patience
 
+    def initial_wins(self, initial: dict, select_by: str) -> bool:
+        """Whether the starting model (validation metrics ``initial``, "epoch 0") beats the
+        best trained epoch on ``select_by``; ties go to the trained epoch.
+
+        >>> s = SelectionState(best_epoch=1, best_metrics={"loss": 0.2})
+        >>> s.initial_wins({"loss": 0.1}, "loss"), s.initial_wins({"loss": 0.2}, "loss"), s.initial_wins({}, "loss")
+        (True, False, False)
+        """
+        a, b = initial.get(select_by), self.best_metrics.get(select_by)
+        if a is None or b is None:
+            return False
+        return a < b if select_by in LOWER_IS_BETTER else a > b
+
     def update(self, epoch: int, value: float | None, metrics: dict, lower: bool, always: bool = False) -> bool:
         """Record finished epoch ``epoch`` (1-based) with validation ``value``; returns
         whether it is the new best (``always``: every epoch is, when there is no val set)."""
@@ -426,6 +447,98 @@ class SelectionState:
 
 
 # ---------------------------------------------------------------------------
+
+
+def _resume_state(out_dir: Path, fingerprint: str, train_cfg: Any, model, optimizer, scheduler) -> dict | None:
+    """The saved selection state to continue from (model, optimiser, scheduler and RNG
+    restored from ``out_dir/last``), or None to start from epoch 1."""
+    if not (out_dir / "last" / "state.json").is_file():
+        log.info("%s: nothing to resume, starting from epoch 1", out_dir)
+        return None
+    saved = _peek_state(out_dir)
+    if saved.get("fingerprint") != fingerprint:
+        log.warning(
+            "%s: the saved state was trained with other settings (model, data, loss or "
+            "optimiser); starting again from epoch 1",
+            out_dir / "last",
+        )
+        return None
+    if not saved.get("complete"):
+        return _load_last(out_dir, model, optimizer, scheduler)
+    done = SelectionState.from_dict(saved)
+    if done.epoch >= train_cfg.epochs or (done.stopped and done.patience_exhausted(train_cfg.early_stopping_patience)):
+        return saved  # finished: nothing to train, the best checkpoint stands
+    log.warning(
+        "%s: the finished run kept no optimiser state to continue from; "
+        "training again from epoch 1 to reach %d epochs (use keep_last_state=True "
+        "to keep it)",
+        out_dir / "last",
+        train_cfg.epochs,
+    )
+    return None
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    train_loader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    *,
+    device: torch.device,
+    steps: int,
+    grad_clip: float | None = None,
+    desc: str = "train",
+    where: str = "",
+    out_dir: Path | None = None,
+    progress: bool | None = None,
+) -> dict:
+    """One training epoch of at most ``steps`` batches; returns ``train_loss`` (mean over
+    the items), ``train_samples``, ``train_steps``, ``train_seconds``, ``samples_per_s``, ``lr``.
+
+    Raises ``FloatingPointError`` on a non-finite loss (naming ``where``: the epoch, step
+    and training folder).
+    """
+    model.train()
+    t0 = time.perf_counter()
+    loss_sum, n_items, n_steps = 0.0, 0, 0
+    bar = progress_bar(total=steps, desc=desc, unit="batch", enabled=progress)
+    try:
+        for batch in train_loader:
+            if n_steps >= steps:
+                break
+            batch = _to_device(batch, device)
+            logits = model_logits(model, batch)  # (B, K)
+            loss = loss_fn(logits, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"fit: loss is {float(loss.detach())} at {where or desc}, step {n_steps + 1}"
+                    + (f" ({out_dir})" if out_dir is not None else "") + "; try a lower lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            scheduler.step()
+            b = logits.shape[0]
+            loss_sum += float(loss.detach()) * b
+            n_items += b
+            n_steps += 1
+            elapsed = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / n_items:.4f}", sps=f"{n_items / max(elapsed, 1e-9):.0f}")
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    return {
+        "train_loss": loss_sum / max(n_items, 1),
+        "train_samples": n_items,
+        "train_steps": n_steps,
+        "train_seconds": round(seconds, 3),
+        "samples_per_s": n_items / max(seconds, 1e-9),
+        "lr": scheduler.get_last_lr()[0],
+    }
 
 
 def fit(
@@ -446,6 +559,8 @@ def fit(
     keep_last_state: bool = False,
     on_epoch: Callable[[int, int], dict] | None = None,
     val_loss_fn: LossFn | None = None,
+    evaluate_initial: bool = False,
+    keep_initial: bool = False,
 ) -> TrainResult:
     """Train ``model`` with AdamW, evaluate each epoch, keep the best checkpoint.
 
@@ -492,6 +607,12 @@ def fit(
     val_loss_fn : callable, optional
         The validation loss (default ``loss_fn``), e.g. a scheduled loss at a fixed weight
         so that every epoch is scored on the same objective.
+    evaluate_initial : bool
+        Score the starting model on the val set first (``TrainResult.initial_metrics``).
+    keep_initial : bool
+        The starting model competes as epoch 0 (implies ``evaluate_initial``): when no
+        trained epoch beats it on ``select_by``, ``best/`` holds the starting weights
+        (``best_epoch`` 0). Epochs are selected, and patience counted, among themselves.
 
     Returns
     -------
@@ -510,12 +631,18 @@ def fit(
     if steps_per_epoch == 0:
         raise ValueError("fit: the training set is empty")
     cfg_dict = train_cfg.to_dict() if hasattr(train_cfg, "to_dict") else dict(vars(train_cfg))
+    stamp = {"train": cfg_dict, "select_by": select_by, "seed": seed}  # besides metadata, in every best/
 
     model.to(device)
+    initial: dict = {}
+    initial_state = None
+    if (evaluate_initial or keep_initial) and val_loader is not None:
+        initial = evaluate(model, val_loader, device, val_loss_fn or loss_fn, eval_fn)
+        if keep_initial:
+            initial_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     optimizer = make_optimizer(model, train_cfg.lr, train_cfg.weight_decay)
     scheduler = make_scheduler(optimizer, epochs * steps_per_epoch, train_cfg.warmup_ratio)
 
-    sel = SelectionState()
     # What must not change for a resume to continue the same training (epochs and
     # patience may: a finished run can be extended).
     fingerprint = sha256_json(
@@ -526,31 +653,8 @@ def fit(
             "seed": seed,
         }
     )
-    state = None
-    if resume and (out_dir / "last" / "state.json").is_file():
-        saved = _peek_state(out_dir)
-        if saved.get("fingerprint") != fingerprint:
-            log.warning(
-                "%s: the saved state was trained with other settings (model, data, loss or "
-                "optimiser); starting again from epoch 1",
-                out_dir / "last",
-            )
-        elif saved.get("complete"):
-            done = SelectionState.from_dict(saved)
-            if done.epoch >= epochs or (done.stopped and done.patience_exhausted(train_cfg.early_stopping_patience)):
-                state = saved  # finished: nothing to train, the best checkpoint stands
-            else:
-                log.warning(
-                    "%s: the finished run kept no optimiser state to continue from; "
-                    "training again from epoch 1 to reach %d epochs (use keep_last_state=True "
-                    "to keep it)",
-                    out_dir / "last",
-                    epochs,
-                )
-        else:
-            state = _load_last(out_dir, model, optimizer, scheduler)
-    elif resume:
-        log.info("%s: nothing to resume, starting from epoch 1", out_dir)
+    state = _resume_state(out_dir, fingerprint, train_cfg, model, optimizer, scheduler) if resume else None
+    sel = SelectionState()
     if state is not None:
         sel = SelectionState.from_dict(state)
         if sel.stopped and not sel.patience_exhausted(train_cfg.early_stopping_patience):
@@ -567,49 +671,12 @@ def fit(
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         scheduled = dict(on_epoch(epoch, epochs)) if on_epoch is not None else {}
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum, n_items, n_steps = 0.0, 0, 0
-        bar = progress_bar(total=steps_per_epoch, desc=f"train epoch {epoch + 1}/{epochs}", unit="batch",
-                           enabled=progress)
-        try:
-            for batch in train_loader:
-                if n_steps >= steps_per_epoch:
-                    break
-                batch = _to_device(batch, device)
-                logits = model_logits(model, batch)  # (B, K)
-                loss = loss_fn(logits, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"fit: loss is {float(loss.detach())} at epoch {epoch + 1}, step {n_steps + 1} "
-                        f"({out_dir}); try a lower lr"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if train_cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                b = logits.shape[0]
-                loss_sum += float(loss.detach()) * b
-                n_items += b
-                n_steps += 1
-                elapsed = time.perf_counter() - t0
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / n_items:.4f}", sps=f"{n_items / max(elapsed, 1e-9):.0f}")
-        finally:
-            bar.close()
-        train_seconds = time.perf_counter() - t0
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(n_items, 1),
-            "train_samples": n_items,
-            "train_steps": n_steps,
-            "train_seconds": round(train_seconds, 3),
-            "samples_per_s": n_items / max(train_seconds, 1e-9),
-            "lr": scheduler.get_last_lr()[0],
-            **scheduled,
-        }
+        trained = train_epoch(
+            model, loss_fn, train_loader, optimizer, scheduler, device=device, steps=steps_per_epoch,
+            grad_clip=train_cfg.grad_clip, desc=f"train epoch {epoch + 1}/{epochs}", progress=progress,
+            where=f"epoch {epoch + 1}", out_dir=out_dir,
+        )
+        record: dict[str, Any] = {"epoch": epoch + 1, **trained, **scheduled}
         if val_loader is not None:
             val = evaluate(model, val_loader, device, val_loss_fn or loss_fn, eval_fn)
             if select_by not in val:
@@ -624,33 +691,13 @@ def fit(
         improved = sel.update(epoch + 1, value, val, lower, always=val_loader is None)
         record["best"] = improved
         if improved:
-            save_checkpoint(
-                model,
-                out_dir / "best",
-                {
-                    **(metadata or {}),
-                    "train": cfg_dict,
-                    "metrics": val,
-                    "epoch": epoch + 1,
-                    "select_by": select_by,
-                    "seed": seed,
-                },
-            )
+            save_checkpoint(model, out_dir / "best", {**(metadata or {}), **_best_stamp(stamp, val, epoch + 1)})
         sel.history.append(record)
         if sel.patience_exhausted(train_cfg.early_stopping_patience) and epoch + 1 < epochs:
             sel.stopped = True
         _save_last(
-            out_dir,
-            model,
-            optimizer,
-            scheduler,
-            {
-                **sel.to_dict(),
-                "select_by": select_by,
-                "seed": seed,
-                "train": cfg_dict,
-                "fingerprint": fingerprint,
-            },
+            out_dir, model, optimizer, scheduler,
+            {**sel.to_dict(), "select_by": select_by, "seed": seed, "train": cfg_dict, "fingerprint": fingerprint},
         )
         _write_history(out_dir, sel.history)
         shown = ", ".join(f"{k}={v:.4f}" for k, v in val.items() if isinstance(v, float))
@@ -669,15 +716,29 @@ def fit(
     if not keep_last_state and sel.history:
         _finish_last(out_dir)
     best_dir = out_dir / "best"
-    if (best_dir / "model.safetensors").is_file():
+    best_metrics, best_epoch = sel.best_metrics, sel.best_epoch
+    if initial_state is not None and sel.initial_wins(initial, select_by):
+        # the reference's rule: the start is only replaced by an epoch that beats it on val
+        log.info("%s: no epoch beat the initial model on val %s; keeping the initial weights", out_dir, select_by)
+        model.load_state_dict(initial_state)
+        save_checkpoint(model, best_dir, {**(metadata or {}), **_best_stamp(stamp, initial, 0)})
+        best_metrics, best_epoch = initial, 0
+    elif (best_dir / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(best_dir / "model.safetensors")), strict=False)
     return TrainResult(
-        best_metrics=sel.best_metrics,
+        best_metrics=best_metrics,
         history=sel.history,
         best_dir=best_dir,
-        best_epoch=sel.best_epoch,
+        best_epoch=best_epoch,
         stopped_early=sel.stopped,
         resumed_from=resumed_from,
+        initial_metrics=initial,
     )
+
+
+def _best_stamp(stamp: dict, metrics: dict, epoch: int) -> dict:
+    """The training entries of a ``best/`` checkpoint's metadata, in their saved order."""
+    return {"train": stamp["train"], "metrics": metrics, "epoch": epoch, "select_by": stamp["select_by"],
+            "seed": stamp["seed"]}

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from knot import __version__
-from knot.config import DomainConfig, ExperimentConfig, resolve_data_root
+from knot.errors import ConfigError
 from knot.data.builtin import resolve_builtin
 from knot.data.context import add_context
 from knot.data.example import Example
@@ -67,6 +67,7 @@ __all__ = [
     "data_status",
     "task_labels",
     "format_summary",
+    "resolve_data_root",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,20 +84,20 @@ NOT_PREPARED = "run `knot data prepare CONFIG` first"
 # ---------------------------------------------------------------------------
 
 
-def task_labels(cfg: ExperimentConfig) -> list[str]:
+def task_labels(cfg: Any) -> list[str]:
     """The task's label names, in geometry order (``task.geometry`` / ``task.labels``)."""
     g = LabelGeometry.from_task(cfg.task)
     return list(g.labels)
 
 
-def _domain_specs(cfg: ExperimentConfig) -> list[list[dict]]:
+def _domain_specs(cfg: Any) -> list[list[dict]]:
     return [
         [validate_source(s, f"data.domains[{i}].sources[{j}]") for j, s in enumerate(d.sources)]
         for i, d in enumerate(cfg.data.domains)
     ]
 
 
-def _check_labels(cfg: ExperimentConfig, labels: list[str]) -> None:
+def _check_labels(cfg: Any, labels: list[str]) -> None:
     """Label maps and required labels must name task labels."""
     known = set(labels)
     for i, d in enumerate(cfg.data.domains):
@@ -114,7 +115,7 @@ def _check_labels(cfg: ExperimentConfig, labels: list[str]) -> None:
                 )
 
 
-def _config_hash(cfg: ExperimentConfig, specs: list[list[dict]], labels: list[str]) -> str:
+def _config_hash(cfg: Any, specs: list[list[dict]], labels: list[str]) -> str:
     d = cfg.data
     domains = []
     for dom, dspecs in zip(d.domains, specs):
@@ -135,7 +136,7 @@ def _config_hash(cfg: ExperimentConfig, specs: list[list[dict]], labels: list[st
     )
 
 
-def _resolver(cfg: ExperimentConfig, data_root: str | os.PathLike | None) -> Callable[[str], Path]:
+def _resolver(cfg: Any, data_root: str | os.PathLike | None) -> Callable[[str], Path]:
     """Map config paths to files: ``builtin:REL`` to the packaged file, absolute as is,
     relative under the data root (resolved only when such a path is met)."""
     root: list[Path] = []
@@ -204,7 +205,7 @@ def _try_manifest(data_dir: Path) -> dict | None:
 
 
 def data_status(
-    cfg: ExperimentConfig, layout: RunLayout, data_root: str | os.PathLike | None = None
+    cfg: Any, layout: RunLayout, data_root: str | os.PathLike | None = None
 ) -> list[str]:
     """Reasons the run's prepared data does not match the config and sources (empty: up to date)."""
     labels = task_labels(cfg)
@@ -220,7 +221,7 @@ def data_status(
 
 
 def prepare_data(
-    cfg: ExperimentConfig,
+    cfg: Any,
     layout: RunLayout,
     data_root: str | os.PathLike | None = None,
     *,
@@ -230,14 +231,14 @@ def prepare_data(
 
     Parameters
     ----------
-    cfg : ExperimentConfig
+    cfg : Any
         Its ``data`` section says what to read and how to split; ``task`` gives the
         label space.
     layout : RunLayout
         Output goes to ``layout.data``.
     data_root : path, optional
         Folder relative source paths are read from (else ``KNOT_DATA``, else
-        ``data.root``; see :func:`knot.config.resolve_data_root`).
+        ``data.root``; see :func:`resolve_data_root`).
     force : bool
         Redo even when the prepared data is up to date.
 
@@ -264,7 +265,7 @@ def prepare_data(
 
 
 def run_prepare(
-    cfg: ExperimentConfig,
+    cfg: Any,
     layout: RunLayout,
     data_root: str | os.PathLike | None = None,
     *,
@@ -381,9 +382,9 @@ def _raw_key(label: Any) -> str | None:
 
 
 def _prepare_domain(
-    cfg: ExperimentConfig,
+    cfg: Any,
     i: int,
-    dom: DomainConfig,
+    dom: Any,
     dspecs: list[dict],
     labels: list[str],
     resolve: Callable[[str], Path],
@@ -690,3 +691,22 @@ def format_summary(manifest: dict) -> str:
     if dups:
         lines += ["", "duplicate texts:", *dups]
     return "\n".join(lines)
+
+
+def resolve_data_root(cfg: Any, override: str | os.PathLike | None = None) -> Path:
+    """The data root: ``override`` (``--data-root``), else ``KNOT_DATA``, else ``data.root``.
+
+    A relative ``data.root`` is taken relative to the current directory; ``builtin``
+    names the datasets packaged with knot (:mod:`knot.data.builtin`).
+    """
+    for candidate in (override, os.environ.get("KNOT_DATA"), cfg.data.root):
+        if candidate:
+            if str(candidate) == "builtin":
+                from knot.data.builtin import builtin_root
+
+                return builtin_root()
+            return Path(candidate).expanduser()
+    raise ConfigError(
+        "no data root: pass --data-root DIR, set the KNOT_DATA environment variable, "
+        "or set data.root in the config (`builtin` names the data shipped with knot, see `knot data list`)"
+    )

@@ -51,15 +51,14 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from knot.config import MAX_CLIENT_EXAMPLES, ExperimentConfig
-from knot.data import load_split, prepare_data, read_manifest
+from knot.data import load_split, read_manifest
 from knot.data.prepare import run_prepare
-from knot.features import encoding_delta, encoding_stats, run_feature_cache
-from knot.distill import distill, method_weights
-from knot.evaluation import evaluate_run
+from knot.features import encoding_delta, encoding_stats
+from knot.distill import method_weights
 from knot.layout import RunLayout
 from knot.metrics import evaluate_probs
 from knot.models import checkpoint_hash, load
-from knot.run import require_checkpoint, run_teachers, teacher_size, transfer_domain, transfer_hash
+from knot.run import RunContext, require_checkpoint, run_teachers, teacher_size, transfer_domain, transfer_hash
 from knot.soft_labels import (
     SUM_TOL,
     SoftLabels,
@@ -72,8 +71,8 @@ from knot.soft_labels import (
     teacher_bias,
     texts_hash,
 )
-from knot.teachers import task_geometry, train_teacher
-from knot.utils import atomic_write_json, atomic_write_text, read_json, resolve_device, sha256_json
+from knot.teachers import train_teacher
+from knot.utils import atomic_write_json, atomic_write_text, read_json, sha256_json
 
 __all__ = [
     "PROTOCOL",
@@ -99,7 +98,6 @@ __all__ = [
     "local_handlers",
     "run_in_process",
     "read_status",
-    "status_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -340,14 +338,14 @@ def handle_request(
             stamp = {}
     resume = not reasons and stamp.get("fingerprint") == fingerprint
     log.info("client %s: %s teacher in %s", domain, "resuming" if resume else "training", layout.teacher(domain))
-    trained = train_teacher(ccfg, layout, role="local", domain=domain, resume=resume)["models"][domain]
+    run = RunContext(ccfg, layout, data_root=data_root)
+    trained = train_teacher(run, role="local", domain=domain, resume=resume)["models"][domain]
     atomic_write_json(stamp_file, {"domain": domain, "fingerprint": fingerprint})
 
-    device = resolve_device(ccfg.device)
-    geometry = task_geometry(ccfg)
+    device, geometry = run.device, run.geometry
     # frozen mode: features go to the client's own cache (its work dir's features/, or
     # its KNOT_CACHE), which only ever holds this client's texts and the public ones
-    model = load(layout.teacher(domain), device=device, feature_cache=run_feature_cache(layout))
+    model = load(layout.teacher(domain), device=device, feature_cache=run.feature_cache)
     soft: dict[str, np.ndarray] = {}
     for split, n, digest in zip(transfer.splits, transfer.num_examples, transfer.texts_sha256):
         texts = [e.text for e in load_split(layout.data, transfer.domain, split)]
@@ -571,6 +569,13 @@ def validate_reply(
     return None
 
 
+def exclusions(excluded: list[dict[str, Any]], silent: list[str], timeout: float | None = None) -> list[dict[str, Any]]:
+    """Every node whose reply is not used, with the reason: the excluded replies, then the
+    silent nodes (``"no answer within TIMEOUT s"``), as a round record lists them."""
+    limit = "the timeout" if timeout is None else f"{timeout:g} s"
+    return [*excluded, *({"node": n, "client": None, "reason": f"no answer within {limit}"} for n in silent)]
+
+
 @dataclass
 class RoundResult:
     """Outcome of one round.
@@ -598,11 +603,8 @@ class RoundResult:
         return {cid: n / total for cid, n in sizes.items()} if total else {}
 
     def exclusions(self, timeout: float | None = None) -> list[dict[str, Any]]:
-        """Every node whose reply is not used, with the reason: the excluded replies, then
-        the silent nodes (``"no answer within TIMEOUT s"``)."""
-        limit = "the timeout" if timeout is None else f"{timeout:g} s"
-        return [*self.excluded, *({"node": n, "client": None, "reason": f"no answer within {limit}"}
-                                  for n in self.silent)]
+        """Every node whose reply is not used, with the reason (:func:`exclusions`)."""
+        return exclusions(self.excluded, self.silent, timeout)
 
     def to_dict(self) -> dict[str, Any]:
         shares = self.size_weights()
@@ -757,18 +759,17 @@ def run_round(
 # ---------------------------------------------------------------------------
 
 
-def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str, TeacherReply]) -> dict[str, Any]:
+def write_soft_labels(run: RunContext, request: TeacherRequest, replies: Mapping[str, TeacherReply]) -> dict[str, Any]:
     """Write the SoftLabels artefact and ``bias.json`` from the clients' replies.
 
-    ``cfg`` names exactly the teachers to include (its local domains must all have a
-    reply); the global model (``layout.global_model``) is run here on the server. The
+    ``run.cfg`` names exactly the teachers to include (its local domains must all have a
+    reply); the global model (``run.layout.global_model``) is run here on the server. The
     files are those of :func:`knot.soft_labels.produce_soft_labels` and
     :func:`knot.soft_labels.distribution_bias`, so the distillation and evaluation stages
     read them unchanged. Returns a summary like ``produce_soft_labels``.
     """
-    device = resolve_device(cfg.device)
-    geometry = task_geometry(cfg)
-    refs = run_teachers(cfg, layout)
+    cfg, layout, device, geometry = run.cfg, run.layout, run.device, run.geometry
+    refs = run.teachers()
     transfer = request.transfer
     manifest = read_manifest(layout.data)
     examples = {s: load_split(layout.data, transfer.domain, s) for s in transfer.splits}
@@ -784,7 +785,7 @@ def write_soft_labels(cfg, layout, request: TeacherRequest, replies: Mapping[str
             res = reply.bias or {}
         else:  # the global model lives on the server
             require_checkpoint(ref)
-            model = load(ref.path, device=device, feature_cache=run_feature_cache(layout))
+            model = load(ref.path, device=device, feature_cache=run.feature_cache)
             probs = {
                 s: predict_probs(model, [e.text for e in ex], batch_size=cfg.soft_labels.batch_size,
                                  device=device, desc=f"{ref.name} -> {s}")
@@ -837,13 +838,8 @@ def _effective_config(cfg, kept: Sequence[str]):
     return dataclasses.replace(out, distill=dataclasses.replace(cfg.distill, methods=methods))
 
 
-def status_path(layout) -> Path:
-    """``RUN/federated/status.json`` (:attr:`knot.layout.RunLayout.federated_status`)."""
-    return layout.federated_status
-
-
 def _write_status(layout, status: str, **info: Any) -> None:
-    path = status_path(layout)
+    path = layout.federated_status
     old = {}
     if path.is_file():
         try:
@@ -871,7 +867,15 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
 
 
 def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, round: int = 1) -> dict[str, Any]:
-    """The server's whole job: prepare, one round, global model, soft labels, students, evaluation.
+    """The server's whole job, as the stages of ``knot run`` on a :class:`knot.pipeline.Run`:
+    prepare -> global model -> *the federated round* -> students -> evaluation -> report.
+
+    The round (stage ``federated``, group ``soft-labels``) takes the place of the local
+    teachers, the soft-label and the bias stages: the clients train their teachers and
+    reply with soft labels and bias, the server adds its global model's, and writes the
+    same files. Every stage is recorded in ``RUN/stages.json`` as in ``knot run``: rerun,
+    the finished stages are skipped (the round too: its replies are on disk), and the
+    students and evaluation use the round's valid clients (from its record).
 
     Parameters
     ----------
@@ -887,7 +891,7 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
 
     Returns
     -------
-    dict: ``{"round": RoundResult.to_dict(), "soft_labels", "distill", "results"}``.
+    dict: ``{"round": the round record, "soft_labels", "distill", "results", "stages"}``.
 
     Raises
     ------
@@ -896,6 +900,9 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
         stage errors propagate. Either way ``RUN/federated/status.json`` says ``failed``
         with the error (and, when the round failed, ``excluded``: each node not used and why).
     """
+    from knot.pipeline import Run, Stage, config_sections, evaluate_stage, prepare_stage, report_stage, run_stages
+    from knot.pipeline import student_stages, teacher_stage
+
     layout.root.mkdir(parents=True, exist_ok=True)
     _write_status(layout, "running")
     try:
@@ -916,35 +923,67 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
                 f"federated.client_examples: {', '.join(map(repr, unknown))} not a local domain ({', '.join(locals_)})"
             )
         atomic_write_text(layout.config, cfg.to_yaml())
-        server_cfg = cfg if fed.evaluate_local else _only_domains(cfg, lambda d: d.role != "local")
-        prepare_data(server_cfg, layout, data_root)
-        request = make_request(cfg, layout, round)
-        geometry = task_geometry(cfg)
-        record = {"format": ROUND_FORMAT, "transfer": request.transfer.to_dict(),
-                  "config_sha256": sha256_json(request.config), "min_clients": min_clients,
-                  "timeout": fed.timeout, "max_client_examples": fed.max_client_examples,
-                  "client_examples": declared}
-        try:
-            result = run_round(
-                request, transport, local_domains=locals_, num_labels=geometry.num_labels,
-                min_clients=min_clients, timeout=fed.timeout, max_examples=fed.max_client_examples, declared=declared,
-            )
-        except FederatedError as exc:
-            if exc.result is not None:  # who answered and who did not, for the operator
-                atomic_write_json(layout.federated_round(round), record | exc.result.to_dict() | {"status": "failed"})
-            raise
-        record |= result.to_dict()
-        atomic_write_json(layout.federated_round(round), record)
+        server = Run(cfg if fed.evaluate_local else _only_domains(cfg, lambda d: d.role != "local"), layout,
+                     data_root=data_root)
+        round_file = layout.federated_round(round)
 
-        eff = _effective_config(cfg, list(result.valid))
-        if cfg.domains("global"):
-            train_teacher(server_cfg, layout, role="global")
-        soft = write_soft_labels(eff, layout, request, result.valid)
-        weights = teacher_weight_record(eff, layout)
-        atomic_write_json(layout.federated_round(round), record | {"teacher_weights": weights})
-        students = distill(eff, layout)
-        eval_cfg = eff if fed.evaluate_local else _only_domains(eff, lambda d: d.role != "local")
-        results = evaluate_run(eval_cfg, layout)
+        def effective() -> Run:
+            """The run over the round's valid clients (read from its record)."""
+            return server.with_config(_effective_config(cfg, list(read_json(round_file)["clients"])))
+
+        def evaluated() -> Run:
+            eff = effective()
+            return eff if fed.evaluate_local else eff.with_config(_only_domains(eff.cfg, lambda d: d.role != "local"))
+
+        def federated_round() -> dict[str, Any]:
+            request = make_request(cfg, layout, round)
+            record = {"format": ROUND_FORMAT, "transfer": request.transfer.to_dict(),
+                      "config_sha256": sha256_json(request.config), "min_clients": min_clients,
+                      "timeout": fed.timeout, "max_client_examples": fed.max_client_examples,
+                      "client_examples": declared}
+            try:
+                result = run_round(
+                    request, transport, local_domains=locals_, num_labels=server.geometry.num_labels,
+                    min_clients=min_clients, timeout=fed.timeout, max_examples=fed.max_client_examples,
+                    declared=declared,
+                )
+            except FederatedError as exc:
+                if exc.result is not None:  # who answered and who did not, for the operator
+                    # beside the round file, so a rerun asks the clients again (the stage is not done)
+                    atomic_write_json(round_file, record | exc.result.to_dict() | {"status": "failed"})
+                raise
+            record |= result.to_dict()
+            atomic_write_json(round_file, record)
+            eff = effective()
+            soft = write_soft_labels(eff, request, result.valid)
+            weights = teacher_weight_record(eff.cfg, layout)
+            atomic_write_json(round_file, record | {"teacher_weights": weights})
+            return soft
+
+        has_global = bool(cfg.domains("global"))
+        teachers = [teacher_stage(server, "global")] if has_global else []
+        federated = Stage(
+            "federated",
+            "soft-labels",
+            {**config_sections(cfg, "soft_labels", "bias", "federated"), "round": round},
+            ["prepare", *(t.name for t in teachers)],
+            federated_round,
+            lambda: round_file.is_file() and layout.bias.is_file()
+            and all((layout.soft_labels / f"{s}.json").is_file() for s in cfg.soft_labels.splits),
+        )
+        deps = ["federated"] + (["global"] if has_global and cfg.distill.init == "global" else [])
+        students = student_stages(server.with_config(cfg), deps, effective)
+        stages = [
+            prepare_stage(server),
+            *teachers,
+            federated,
+            *students,
+            evaluate_stage(server.with_config(cfg), ["prepare", "federated", *(t.name for t in teachers),
+                                                     *(s.name for s in students)], evaluated),
+            report_stage(server.with_config(cfg)),
+        ]
+        log_ = run_stages(server, stages)
+        record = read_json(round_file)
     except BaseException as exc:
         failed = getattr(exc, "result", None)
         extra = {} if not isinstance(failed, RoundResult) else {
@@ -953,11 +992,16 @@ def run_server(cfg, layout, transport: Transport, *, data_root: Any = None, roun
         _write_status(layout, "failed", error=f"{type(exc).__name__}: {exc}", **extra)
         raise
     _write_status(
-        layout, "ok", error=None, clients=list(result.valid),
-        excluded=result.exclusions(fed.timeout), silent=result.silent,
-        size_weights={cid: c["size_weight"] for cid, c in record["clients"].items()}, teacher_weights=weights,
+        layout, "ok", error=None, clients=list(record["clients"]),
+        excluded=exclusions(record["excluded"], record["silent"], fed.timeout), silent=record["silent"],
+        size_weights={cid: c["size_weight"] for cid, c in record["clients"].items()},
+        teacher_weights=record["teacher_weights"],
     )
-    return {"round": result.to_dict(), "soft_labels": soft, "distill": students, "results": results}
+    students_summary = {}
+    for s in students:
+        students_summary.update((log_.get(s.name, {}).get("summary") or {}).get("students", {}))
+    return {"round": record, "soft_labels": log_.get("federated", {}).get("summary"),
+            "distill": {"students": students_summary}, "results": read_json(layout.results_json), "stages": log_}
 
 
 # ---------------------------------------------------------------------------
