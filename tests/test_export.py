@@ -129,7 +129,10 @@ def test_quickstart_student_parity_on_every_test_set(quickstart_run, tmp_path):
     run, _ = quickstart_run
     res = CliRunner().invoke(app, ["export", str(run / "students" / "ot"), "--out", str(tmp_path / "ot")])
     assert res.exit_code == 0, res.output
-    torch_model, pred = load(run / "students" / "ot"), OnnxPredictor(tmp_path / "ot")
+    import knot
+
+    torch_model, pred = knot.load(run / "students" / "ot"), knot.load(tmp_path / "ot")  # one predictor API
+    assert isinstance(pred, OnnxPredictor) and not isinstance(torch_model, OnnxPredictor)
     sets = run_test_sets(run, pred.labels)
     assert set(sets) == {"tweets", "amazon", "nyt", "movies", "union"}
     for name, (texts, _) in sets.items():
