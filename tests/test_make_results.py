@@ -6,7 +6,6 @@ should show can be worked out by hand.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,16 +13,14 @@ import numpy as np
 import pytest
 
 from knot.config import ExperimentConfig
+from helpers import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def mr():
-    spec = importlib.util.spec_from_file_location("make_results", ROOT / "bench" / "make_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("make_results")
 
 
 TEACHERS = ["a", "b"]
