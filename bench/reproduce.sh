@@ -21,14 +21,24 @@
 # runs/logs/study-<task>.log.
 #
 # Estimated wall time on 2 cores, LANES=2, from the last study (docs/results.md of
-# 2026-12-04: 189 min of compute in 8 runs, 90-103 min wall): the two geometry controls add
-# about 13 min of compute (distill about 1.7/0.9/1.7/1.1 min per student and 10 seeds on
-# sentiment/ERC/GoEmotions/VADER, evaluation about 18 % more models); the confirmation runs,
-# which retrain teachers on their fresh seeds, about 32 + 30 + 20 + 15 = 97 min of compute,
-# about 50 min wall in two lanes after the first phase. That is about 101 + 50 = 151 min: over
-# the 2.5 h budget, so the sensitivity runs drop three variants (ot-scratch, ot-lr3e-3, ot-p2,
-# which lowered val SD on no task last time), about 10 min of compute, for about 145 min in
-# all. Never cut: the controls and the confirmation runs.
+# 2026-12-04: 189 min of compute in 8 runs, 90-103 min wall, about 2 min of compute per
+# minute of wall). A pooled-head student costs about 5.3 min of distillation (1.7/0.9/1.7/1.1
+# min per student and 10 seeds on sentiment/ERC/GoEmotions/VADER) plus about 1.3 min of
+# evaluation over the four tasks; the newer losses are at most about 3x the exact OT loss's
+# ~1 ms per step at B = 1024 (bench/ot_loss.py --only-new, 2026-12-06), a small share of a
+# step, so each newer student costs about what `ot` does. Issue 20's study was estimated
+# at 145 min (controls +13 min of compute, confirmation runs about 97 min of compute, three
+# sensitivity variants cut). Issue 21 (2026-12-06) adds seven students to every comparison
+# run (wkl, ot-kl, ot-learned, ot-head, dsfl, sord, uld): about 7 x 6.6 = 46 min of compute,
+# +23 min wall, 168 min. To stay within about 2.5 h the sensitivity runs were cut, old
+# variants first (the order the claims issue sets): ot-lr3e-4, ot-t2, ot-sinkhorn (about
+# 15 min of compute on GoEmotions alone, its solver still 300-500x the exact loss), ot-wuniform,
+# ot-bias and ot-local, about 40 min of compute; then the newer students' knobs other than
+# ot-kl's lam (wkl's schedule, dsfl's sharpening, sord's tau, ot-head's kappa). The
+# sensitivity runs now train ot, ot-kl, ot-kl-lam0.25 and ot-kl-lam0.75 (about 14 min of
+# compute); a chosen lam adds ot-kl and its variant to the confirmation runs (about 6 min of
+# compute at most). Estimate: about 152 min wall in all. Never cut: the controls, the
+# confirmation runs and the newer students of the comparison runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-${KNOT_DATA:-../shared/datasets}}"

@@ -3,6 +3,7 @@ keyword corpus, and the tiny pipeline config that reads the first."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from pathlib import Path
@@ -152,3 +153,12 @@ def quickstart_fast_sets(num_domains: int) -> list[str]:
         "distill.train.epochs=1", "distill.train.max_steps=2", "bias.n_samples=8", "model.max_length=32",
         *[f"data.domains.{i}.{key}=20" for i in range(num_domains) for key in ("max_train", "max_val", "max_test")],
     ]
+
+
+def load_bench(name: str):
+    """The script ``bench/<name>.py`` imported as a module (bench/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

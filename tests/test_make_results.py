@@ -6,7 +6,6 @@ should show can be worked out by hand.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,16 +13,14 @@ import numpy as np
 import pytest
 
 from knot.config import ExperimentConfig
+from helpers import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def mr():
-    spec = importlib.util.spec_from_file_location("make_results", ROOT / "bench" / "make_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("make_results")
 
 
 TEACHERS = ["a", "b"]
@@ -354,3 +351,94 @@ def test_geometry_controls_are_compared(mr):
     lines, _ = mr._paired_table(r, "union", found=found)
     assert any("geometry control" in line and "Δ" not in line for line in lines)
     assert "mean entropy" in lines[0]
+
+
+def _with_students(results: list[dict], sds: dict[str, list[float]], f1: dict[str, float] | None = None) -> list[dict]:
+    """Add students (union SD per seed from ``sds``; other rows copied from ot) to each seed's results."""
+    for i, res in enumerate(results):
+        ot_rows = [row for row in res["rows"] if row["model"] == "student:ot"]
+        for name, per_seed in sds.items():
+            mid = f"student:{name}"
+            res["rows"] = [row for row in res["rows"] if row["model"] != mid]
+            if mid not in {m["id"] for m in res["models"]}:
+                res["models"].append({"id": mid, "kind": "student", "name": name, "path": f"students/{name}", "best_epoch": 1})
+            res["rows"] += [{**row, "model": mid, "semantic_distance": per_seed[i],
+                             "macro_f1": row["macro_f1"] + (f1 or {}).get(name, 0.0)} for row in ot_rows]
+    return results
+
+
+def _task(mr, results):
+    found = mr.compare_all(results, "union")
+    mr.apply_families([{"cfg": type("C", (), {"name": "toy"})(), "found": found}], None)
+    return {"cfg": type("C", (), {"name": "toy"})(), "results": results, "union": "union", "found": found,
+            "best_kl": mr.best_of(results, "union", mr.FAMILIES["KL"])}
+
+
+def test_family_winner_table_names_the_best_of_each_family_and_the_margin(mr):
+    # ot 0.70/0.71/0.69 (from _results, per seed below); wkl lower; dsfl the best KL member
+    res = [_results(0.0, sd, 0.80) for sd in (0.70, 0.71, 0.69)]
+    _with_students(res, {"wkl": [0.60, 0.62, 0.61], "dsfl": [0.75, 0.76, 0.74], "kl": [0.79, 0.80, 0.78],
+                         "uld": [0.90, 0.90, 0.90], "sord": [0.65, 0.66, 0.70]})
+    task = _task(mr, res)
+    assert task["best_kl"] == "student:dsfl"
+    w = mr.family_winner(task)
+    assert w["bests"] == {"OT": "student:wkl", "KL": "student:dsfl", "label-order-free": "student:uld",
+                          "SORD": "student:sord"}
+    assert (w["winner"], w["runner_up"]) == ("OT", "SORD")
+    # wkl - sord per seed: -0.05, -0.04, -0.09 -> mean -0.06; runner-up mean SD 0.67: -9.0 %
+    line = next(l for l in mr.family_lines([task]) if l.startswith("| toy |"))
+    assert "| `student:wkl` (0.6100) | `student:dsfl` (0.7500) |" in line
+    assert "| OT | -0.0600 [" in line and "| -9.0 % |" in line
+
+
+def test_goal_check_met_and_not_met_with_the_reason(mr, tmp_path):
+    res = [_results(0.0, sd, 0.80) for sd in (0.70, 0.71, 0.69)]
+    # ot-kl: below the best KL-family student (entropy, 0.80) and both controls by an almost constant
+    # margin on every seed, so that each reading survives Holm over the page's comparisons
+    _with_students(res, {"kl": [0.80, 0.811, 0.822], "ot-permuted": [0.75, 0.761, 0.772],
+                         "ot-uniform": [0.74, 0.7505, 0.761], "ot-kl": [0.60, 0.61, 0.62]})
+    below = lambda task, a, b: {"ci_low": -0.2, "ci_high": -0.01}  # noqa: E731
+    ok, why = mr.goal_check(_task(mr, res), two_level=below)
+    assert ok and "met by `student:ot-kl`" in why
+    # a two-level interval that includes 0 fails it, and the reason says so
+    ok, why = mr.goal_check(_task(mr, res), two_level=lambda task, a, b: {"ci_low": -0.1, "ci_high": 0.01})
+    assert not ok and "two-level interval [-0.1000, +0.0100] includes 0" in why
+    # a run folder without per-item predictions: the default two-level bootstrap cannot run
+    run = _toy_run(tmp_path, seeds=(1, 2, 3), sds=((0.0, 0.7, 0.8),) * 3)
+    for seed, r in zip((1, 2, 3), res):
+        (run / f"seed-{seed}" / "results.json").write_text(json.dumps(r))
+    task = mr.load_task(run)
+    mr.apply_families([task], None)
+    ok, why = mr.goal_check(task)
+    assert not ok and "no per-item predictions" in why
+    # a worse macro-F1 than the best KL-family student fails it too
+    _with_students(res, {"ot-kl": [0.60, 0.61, 0.62]}, f1={"ot-kl": -0.05})
+    ok, why = mr.goal_check(_task(mr, res), two_level=below)
+    assert not ok and "macro-F1 worse than `student:entropy`" in why
+    # without the controls: not met, and which comparison is missing is named
+    bare = [_results(0.0, sd, 0.80) for sd in (0.70, 0.71, 0.69)]
+    ok, why = mr.goal_check(_task(mr, _with_students(bare, {"kl": [0.80, 0.811, 0.822]})), two_level=below)
+    assert not ok and "no student:ot-permuted in this run" in why
+    lines = mr.goal_lines([_task(mr, res)], "toy", two_level=below)
+    assert "- **toy**: not met:" in "\n".join(lines) and lines[-2] == "Met on 0 of 1 tasks: the goal is not met."
+
+
+def test_sensitivity_variants_of_another_base_are_read_against_it(mr):
+    methods = {"ot": {"loss": "ot"}, "ot-kl": {"loss": "ot_kl", "options": {"lam": 0.5}},
+               "ot-kl-lam0.25": {"loss": "ot_kl", "options": {"lam": 0.25}}, "ot-t2": {"loss": "ot", "temperature": 2}}
+    bases = mr.sensitivity_bases(methods, {"ot": {"loss": "ot"}, "ot-kl": {"loss": "ot_kl", "options": {"lam": 0.5}}})
+    assert bases == {"ot", "ot-kl"}
+    assert mr.base_of("ot-kl-lam0.25", bases) == "ot-kl" and mr.base_of("ot-t2", bases) == "ot"
+    # a student changed from its comparison-config definition is a variant, not a base
+    assert mr.sensitivity_bases(methods, {"ot-kl": {"loss": "ot_kl", "options": {"lam": 0.75}}}) == {"ot"}
+    sens_cfg = ExperimentConfig.from_dict({
+        "name": "study-vader-sensitivity", "seeds": [2021, 2022], "study": STUDY,
+        "task": {"geometry": "uniform", "labels": ["1", "2", "3"]},
+        "data": {"domains": [{"name": n, "role": r, "sources": [{"reader": "csv", "path": f"{n}.csv", "text": "text", "label": "label"}]}
+                             for n, r in (("a", "local"), ("b", "local"), ("t", "transfer"))]},
+        "distill": {"methods": [{"name": "ot", "loss": "ot"},
+                                {"name": "ot-kl-lam0.25", "loss": "ot_kl", "options": {"lam": 0.25}}]}})
+    # the confirmation reruns each chosen variant with its base (ot-kl from configs/study/vader.yaml)
+    d = mr.confirm_config_dicts([{"cfg": sens_cfg, "chosen": None, "chosen_by_base": {"ot": None, "ot-kl": "ot-kl-lam0.25"}}],
+                                sens_cfg.study)["study-vader-confirm"]
+    assert [m["name"] for m in d["distill"]["methods"]] == ["ot", "entropy", "ot-kl", "ot-kl-lam0.25"]

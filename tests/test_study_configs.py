@@ -1,6 +1,7 @@
 """The study configs (configs/study/): each task's sensitivity run must match its comparison
-run in everything but the students and seeds, so its `ot` is the comparison's `ot`, and each
-of its variants must change exactly one knob of `ot`."""
+run in everything but the students and seeds, so its bases (`ot`, `ot-kl`) are the
+comparison's, and each of its variants must change exactly one knob of its base (the
+student whose name it extends)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import pytest
 
 from knot.config import load_config
 from knot.pipeline import Run
+
+from helpers import load_bench
+
+_mr = load_bench("make_results")
+base_of, sensitivity_bases = _mr.base_of, _mr.sensitivity_bases
 
 STUDY = Path(__file__).resolve().parents[1] / "configs" / "study"
 TASKS = ["sentiment", "erc", "goemotions", "vader"]
@@ -24,14 +30,18 @@ def test_sensitivity_run_matches_its_comparison_run(task):
     assert {k: v for k, v in comp["distill"].items() if k != "methods"} == {
         k: v for k, v in sens["distill"].items() if k != "methods"}
     assert set(sens["seeds"]) <= set(comp["seeds"]) and len(comp["seeds"]) >= 10
-    ot = next(m for m in comp["distill"]["methods"] if m["name"] == "ot")
-    assert next(m for m in sens["distill"]["methods"] if m["name"] == "ot") == ot
+    comp_methods = {m["name"]: m for m in comp["distill"]["methods"]}
+    sens_methods = {m["name"]: m for m in sens["distill"]["methods"]}
+    assert sens_methods["ot"] == comp_methods["ot"]
     assert comp["evaluate"]["val"] is True
-    for m in sens["distill"]["methods"]:
-        if m["name"] == "ot":
+    bases = {n for n, m in sens_methods.items() if comp_methods.get(n) == m}
+    assert sensitivity_bases(sens_methods, comp_methods) == bases
+    for name, m in sens_methods.items():
+        if name in bases:
             continue
-        changed = {k for k in set(m) | set(ot) if k != "name" and m.get(k) != ot.get(k)}
-        assert len(changed) == 1, (m["name"], changed)
+        base = sens_methods[base_of(name, bases)]
+        changed = {k for k in set(m) | set(base) if k != "name" and m.get(k) != base.get(k)}
+        assert len(changed) == 1, (name, changed)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -51,8 +61,13 @@ def test_every_task_has_the_geometry_controls_equal_to_ot_but_for_the_geometry(t
     ot = methods["ot"]
     for name, geometry in CONTROLS.items():
         assert methods[name] == {**ot, "name": name, "geometry": geometry}
-    # the comparisons of the last study are all still there
+    # the comparisons of the last study are all still there, and the newer students (issue 21)
     assert {"ot", "entropy", "kl", "feddf", "ot-mixture", "ot-derived"} <= set(methods)
+    assert methods["wkl"]["schedule"] == {"kind": "cosine", "start": 1.0, "end": 0.0}
+    assert methods["ot-kl"]["options"] == {"lam": 0.5} and methods["dsfl"]["sharpen"] == 0.5
+    assert methods["sord"]["options"] == {"tau": 1.0} and methods["uld"]["loss"] == "uld"
+    assert methods["ot-learned"]["geometry"] == {"learned": "soft_labels", "scale": "task"}
+    assert methods["ot-head"]["geometry"] == {"learned": "head", "kappa": 4, "scale": "task"}
 
 
 def test_every_study_config_declares_the_same_analysis_and_fresh_confirmation_seeds():
@@ -67,6 +82,18 @@ def test_every_study_config_declares_the_same_analysis_and_fresh_confirmation_se
     assert len(study.confirmation.seeds) >= 10 and not used & set(study.confirmation.seeds)
     controls = next(f for f in study.families if f.name == "geometry controls")
     assert controls.comparisons == [["student:ot", f"student:{n}"] for n in CONTROLS]
+    # issue 21: every newer student is in the families the goal check reads, under the
+    # names make_results uses, and every compared student is trained in every task
+    fams = {f.name: f for f in study.families}
+    assert {a for a, _ in fams["new methods vs ot"].comparisons} == {
+        f"student:{n}" for n in _mr.NEW_STUDENTS}
+    assert {b for _, b in fams["new methods vs best KL-family"].comparisons} == {_mr.BEST_KL}
+    assert {a for a, _ in fams["new OT students vs geometry controls"].comparisons} == {
+        f"student:{n}" for n in _mr.FAMILIES["OT"] if n != "ot"}
+    for task in TASKS:
+        trained = {f"student:{m.name}" for m in load_config(STUDY / f"{task}.yaml").distill.methods}
+        named = {x for f in study.families for pair in f.comparisons for x in pair if x.startswith("student:")}
+        assert named <= trained, (task, named - trained)
 
 
 def test_the_study_section_changes_no_stage_hash():
