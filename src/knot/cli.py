@@ -117,6 +117,17 @@ def guarded(fn, *args, **kwargs):
         _fail(str(exc) if not isinstance(exc, KeyError) else f"missing key {exc}")
 
 
+def federated_guarded(fn, *args, **kwargs):
+    """Call a federated run as :func:`guarded` does; a failed round (too few clients) exits 1."""
+    from knot.federated.core import FederatedError
+
+    try:
+        return guarded(fn, *args, **kwargs)
+    except FederatedError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
+
+
 @app.callback()
 def _main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
@@ -611,7 +622,7 @@ def federated_run_cmd(
     SuperLink (TLS on loopback); its logs go to RUN_DIR/federated/local. Exits 1 when the
     round or the server fails.
     """
-    from knot.federated.core import FederatedError, run_in_process
+    from knot.federated.core import run_in_process
     from knot.layout import RunLayout
 
     cfg = load(config, sets)
@@ -622,16 +633,12 @@ def federated_run_cmd(
         _need_flower()
     # held for the whole run; the ServerApp (another process under Flower) is told so
     with locked(out_dir, wait):
-        try:
-            if in_process:
-                guarded(run_in_process, cfg, RunLayout(out_dir), data_root=data_root)
-            else:
-                from knot.federated.flower import run_simulation
+        if in_process:
+            federated_guarded(run_in_process, cfg, RunLayout(out_dir), data_root=data_root)
+        else:
+            from knot.federated.flower import run_simulation
 
-                guarded(run_simulation, cfg, out_dir, data_root=data_root, num_clients=clients, holds_lock=True)
-        except FederatedError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=1)
+            federated_guarded(run_simulation, cfg, out_dir, data_root=data_root, num_clients=clients, holds_lock=True)
     _federated_summary(out_dir)
 
 
@@ -663,7 +670,6 @@ def federated_local_cmd(
     (RUN/federated/clients/<domain>) and feature cache; TLS and SuperNode authentication
     unless --insecure. Every process is stopped at the end. Exits 1 when the run fails.
     """
-    from knot.federated.core import FederatedError
     from knot.federated.local import INSECURE_WARNING, run_local, write_certs
     from knot.layout import RunLayout
 
@@ -679,12 +685,8 @@ def federated_local_cmd(
         if not insecure:
             certs = certs or guarded(write_certs, work / "certs")["ca"].parent
             keys = keys or work / "keys"
-        try:
-            guarded(run_local, cfg, out_dir, data_root=data_root, clients=clients, certs=certs, keys=keys,
-                    insecure=insecure, work=work, holds_lock=True)
-        except FederatedError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=1)
+        federated_guarded(run_local, cfg, out_dir, data_root=data_root, clients=clients, certs=certs, keys=keys,
+                          insecure=insecure, work=work, holds_lock=True)
     _federated_summary(out_dir)
 
 
