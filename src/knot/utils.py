@@ -68,10 +68,12 @@ def _writing(target: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike, *, private: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it over ``target`` on success.
 
-    The file gets the mode ``open()`` would give (:func:`follow_umask`). On any error the
+    The file gets the mode ``open()`` would give (:func:`follow_umask`), or 0600 with
+    ``private`` (a secret such as a private key: never readable by others, whatever the
+    umask; the writer must write into the yielded file, not replace it). On any error the
     temporary is removed and ``target`` is untouched; an I/O error (a full disk, ...:
     an ``OSError``, or safetensors' report of one) becomes a
     :class:`~knot.errors.WriteError` naming ``target``.
@@ -94,7 +96,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         with _writing(target):
             yield tmp
-            follow_umask(tmp)
+            if private:
+                os.chmod(tmp, 0o600)  # mkstemp's mode; said again in case the writer changed it
+            else:
+                follow_umask(tmp)
             os.replace(tmp, target)
     finally:
         with contextlib.suppress(OSError):

@@ -28,6 +28,7 @@ dependency) for the certificates and keys. Nothing here imports Flower itself.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import logging
@@ -42,7 +43,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from knot.utils import atomic_write_text
+from knot.utils import atomic_path, atomic_write_text
 
 __all__ = [
     "TAG_VARIABLE",
@@ -202,25 +203,24 @@ def write_node_key(folder: str | os.PathLike, name: str) -> tuple[Path, Path]:
 
 
 def _write_secret(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically with mode 0600 (a private key): a ``mkstemp`` file (0600
-    from its creation, never widened to the umask as :func:`knot.utils.atomic_path` does)
-    renamed over ``path``."""
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(name, path)
-    finally:
-        if os.path.exists(name):
-            os.unlink(name)
+    """Write ``data`` atomically with mode 0600 (a private key)."""
+    with atomic_path(path, private=True) as tmp:
+        tmp.write_bytes(data)
 
 
 # ---------------------------------------------------------------------------
 # processes
 # ---------------------------------------------------------------------------
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> bool:
+    """Send ``sig`` to the process group of ``proc`` (started in a session of its own) if it
+    is still running; returns whether it was."""
+    if proc.poll() is not None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    return True
 
 
 def tagged_processes(tag: str, variable: str = TAG_VARIABLE) -> list[int]:
@@ -443,11 +443,7 @@ class LocalFederation:
         """Stop everything: SIGTERM to each started process group, then SIGKILL to whatever
         carries this federation's tag (Flower's detached SuperExec and app processes)."""
         for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for proc in self.procs.values():
             try:
@@ -459,17 +455,11 @@ class LocalFederation:
             if not left:
                 break
             for pid in left:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             time.sleep(0.3)
         for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            if _signal_group(proc, signal.SIGKILL):
                 proc.wait(10)
 
 
