@@ -69,7 +69,7 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PARITY_ATOL = 1e-4
 EXTRA_HINT = 'pip install "knot[onnx]"'
 
-#: Licence of the data each reader reads (/work/shared/datasets/PROVENANCE.md, the
+#: Licence of the data each reader reads (the datasets folder's PROVENANCE.md, the
 #: built-in VADER data's LICENSE.txt); ``jsonl``/``csv`` are the user's own files.
 LICENCES: dict[str, str] = {
     "vader": "MIT (Hutto & Gilbert, ICWSM 2014; cite them)",
