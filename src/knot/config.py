@@ -742,11 +742,13 @@ class PrimaryClaim(ConfigBase):
 @dataclass
 class StudyFamily(ConfigBase):
     """A declared family of comparisons: every (task, ``a - b`` pair, metric) of it is
-    Holm-adjusted together."""
+    Holm-adjusted together, over the runs named in ``tasks`` (config names; empty: every
+    run the page reads)."""
 
     name: str = "family"
     comparisons: list[list[str]] = field(default_factory=list)
     metrics: list[str] = field(default_factory=lambda: ["semantic_distance"])
+    tasks: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(all(len(c) == 2 for c in self.comparisons), "comparisons: expected [a, b] pairs of model ids")
@@ -766,11 +768,15 @@ class SensitivityRule(ConfigBase):
 
 @dataclass
 class Confirmation(ConfigBase):
-    """Fresh seeds on which the settings chosen on validation are rerun, with ``students``
-    (the chosen variant is added)."""
+    """Fresh seeds on which the settings chosen on validation are rerun, with ``students``.
+    Added to them, from the comparison run's val splits: the one of ``candidates`` the
+    sensitivity rule chooses against ``ot`` (with its own geometry controls where its loss
+    is not ``ot``'s) and the one of ``kl_candidates`` with the lowest mean val SD."""
 
     seeds: list[int] = field(default_factory=list)
     students: list[str] = field(default_factory=lambda: ["ot", "entropy"])
+    candidates: list[str] = field(default_factory=list)
+    kl_candidates: list[str] = field(default_factory=list)
 
 
 @dataclass
