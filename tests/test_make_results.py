@@ -308,30 +308,83 @@ def test_study_declaration_hash_families_predictions_and_confirmation(mr, tmp_pa
         mr.main([str(run), "--out", str(out)])
 
 
-def test_confirmation_configs_and_table(mr, tmp_path):
-    sens_cfg = ExperimentConfig.from_dict({
-        "name": "study-vader-sensitivity", "seeds": [2021, 2022], "study": STUDY,
-        "task": {"geometry": "uniform", "labels": ["1", "2", "3"]},
-        "data": {"domains": [{"name": n, "role": r, "sources": [{"reader": "csv", "path": f"{n}.csv", "text": "text", "label": "label"}]}
-                             for n, r in (("a", "local"), ("b", "local"), ("t", "transfer"))]},
-        "distill": {"methods": [{"name": "ot", "loss": "ot"}, {"name": "ot-t2", "loss": "ot", "temperature": 2.0}]}})
-    sens = [{"cfg": sens_cfg, "chosen": "ot-t2"}]
-    dicts = mr.confirm_config_dicts(sens, sens_cfg.study)
-    d = dicts["study-vader-confirm"]
-    assert d["seeds"] == [11, 12, 13] and d["seed"] == 11
-    # entropy comes from the task's comparison config (configs/study/vader.yaml)
-    assert [m["name"] for m in d["distill"]["methods"]] == ["ot", "entropy", "ot-t2"]
-    paths = mr.write_confirm_configs(sens, sens_cfg.study, tmp_path / "confirm")
-    assert [p.name for p in paths] == ["study-vader-confirm.yaml"]
+def _val_task(sd: dict[str, float], f1: dict[str, float], name: str = "study-vader", seeds=(1, 2, 3)) -> dict:
+    """A comparison task (three seeds) whose val rows have the given union SD and macro-F1."""
     from knot.config import load_config
 
-    assert load_config(paths[0]).seeds == [11, 12, 13]
-    # the confirmation table from a (toy) confirmation run: ot vs entropy on its fresh seeds
-    run = _toy_run(tmp_path, name="toy-confirm", seeds=(11, 12, 13),
+    cfg = load_config(ROOT / "configs" / "study" / "vader.yaml")
+    cfg.name = name
+    return {"cfg": cfg, "run": Path("runs") / name, "union": "union",
+            "results": [_sens_results(seed, sd, f1) for seed in seeds]}
+
+
+def test_the_confirmed_setting_is_chosen_on_validation_with_its_controls(mr, tmp_path):
+    study = _val_task({}, {})["cfg"].study
+    sd = {"ot": 0.80, "wkl": 0.80, "ot-kl": 0.75, "ot-learned": 0.70, "ot-head": 0.81,
+          "kl": 0.78, "entropy": 0.77, "feddf": 0.78, "dsfl": 0.76}
+    f1 = {n: 0.40 for n in sd} | {"ot-learned": 0.30}  # the lowest val SD, but a worse val macro-F1
+    lines, choice = mr.validation_choice(_val_task(sd, f1), study)
+    assert choice["chosen"] == "ot-kl" and choice["best_kl"] == "dsfl"
+    assert choice["choices"] == {"sd_better_acc_f1_w1_not_worse": "ot-kl", "sd_better_f1_not_worse": "ot-kl"}
+    text = "\n".join(lines)
+    assert "| `ot-learned` | +0.000 [+0.000, +0.000] | -0.100 [-0.100, -0.100] | -0.100 [-0.100, -0.100] |" in text
+    assert "the lowest, `dsfl`, is confirmed." in text
+    d = mr.confirm_config_dicts([choice], study)["study-vader-confirm"]
+    assert d["seeds"] == study.confirmation.seeds and d["seed"] == study.confirmation.seeds[0]
+    methods = {m["name"]: m for m in d["distill"]["methods"]}
+    assert list(methods) == ["ot", "entropy", "ot-permuted", "ot-uniform", "ot-kl", "ot-kl-permuted",
+                             "ot-kl-uniform", "dsfl"]
+    # the OT+KL student's own controls: its loss and options under the controls' geometries
+    assert methods["ot-kl-permuted"] == {**methods["ot-kl"], "name": "ot-kl-permuted",
+                                         "geometry": methods["ot-permuted"]["geometry"]}
+    paths = mr.write_confirm_configs([choice], study, tmp_path / "confirm")
+    from knot.config import load_config
+
+    assert load_config(paths[0]).study.sha256() == study.sha256()  # the same declaration
+    # a learned-cost student shares ot's loss, so ot-permuted and ot-uniform are its controls;
+    # entropy as the best KL-family student adds nothing
+    lines, choice = mr.validation_choice(_val_task(sd | {"entropy": 0.70}, f1 | {"ot-learned": 0.40}), study)
+    assert choice["chosen"] == "ot-learned" and choice["best_kl"] == "entropy"
+    assert [m["name"] for m in mr.confirm_config_dicts([choice], study)["study-vader-confirm"]["distill"]["methods"]] \
+        == ["ot", "entropy", "ot-permuted", "ot-uniform", "ot-learned"]
+    # no candidate better than ot on val: ot alone
+    lines, choice = mr.validation_choice(_val_task(sd | {"ot-kl": 0.80, "ot-learned": 0.80}, f1), study)
+    assert choice["chosen"] is None and "`ot` alone" in "\n".join(lines)
+    # val rows are required
+    task = _val_task(sd, f1)
+    for r in task["results"]:
+        r.pop("validation")
+    with pytest.raises(SystemExit, match="evaluate.val: true"):
+        mr.validation_choice(task, study)
+
+
+def test_confirmation_table_reads_the_primary_and_the_goal_family_of_the_confirmation_runs(mr, tmp_path):
+    study = {**STUDY, "families": [{"name": "goal", "tasks": ["toy-study-confirm"],
+                                    "comparisons": [["student:ot", "student:entropy"]], "metrics": ["macro_f1"]},
+                                   {"name": "other", "tasks": ["toy-study"],
+                                    "comparisons": [["student:ot", "student:entropy"]], "metrics": ["accuracy"]}]}
+    run = _toy_run(tmp_path, study=study, name="toy-study-confirm", seeds=(11, 12, 13),
                    sds=((0.0, 0.70, 0.80), (0.0, 0.66, 0.75), (0.0, 0.6, 0.71)))
-    lines = "\n".join(mr.confirmation_lines([run], sens_cfg.study))
+    task = mr.load_task(run)
+    fams = dict(mr.apply_families([task], task["cfg"].study))
+    # the primary is read in a confirmation run of a primary task; "other" covers another run only
+    assert fams["primary"] == 1 and fams["goal"] == 1 and "other" not in fams
+    lines = "\n".join(mr.confirmation_lines([task], task["cfg"].study))
     assert "## Confirmation on fresh seeds" in lines
-    assert "| toy-confirm | `student:ot` − `student:entropy` | -0.100 [" in lines and "| better |" in lines
+    row = next(x for x in lines.splitlines() if x.startswith("| toy-study-confirm | `student:ot` − `student:entropy` | SD |"))
+    assert "| -0.1000 [" in row and "(primary, 1)" in row and row.endswith("| better |")
+    assert "no per-item" not in row and "| macro-F1 |" in lines and "(goal, 1)" in lines
+
+
+def test_goal_check_reads_a_students_own_controls_where_the_run_trained_them(mr):
+    res = [_results(0.0, sd, 0.80) for sd in (0.70, 0.71, 0.69)]
+    _with_students(res, {"ot-permuted": [0.50, 0.51, 0.49], "ot-uniform": [0.50, 0.51, 0.49],
+                         "ot-kl": [0.60, 0.61, 0.62], "ot-kl-permuted": [0.75, 0.761, 0.772],
+                         "ot-kl-uniform": [0.74, 0.7505, 0.761]})
+    below = lambda task, a, b: {"ci_low": -0.2, "ci_high": -0.01}  # noqa: E731
+    ok, why = mr.goal_check(_task(mr, res), two_level=below)
+    # ot-kl is above ot-permuted and ot-uniform, but below its own controls: met against those
+    assert ok and "met by `student:ot-kl`" in why and "`ot-kl-permuted` and `ot-kl-uniform`" in why
 
 
 def test_geometry_controls_are_compared(mr):
@@ -414,7 +467,7 @@ def test_goal_check_met_and_not_met_with_the_reason(mr, tmp_path):
     # a worse macro-F1 than the best KL-family student fails it too
     _with_students(res, {"ot-kl": [0.60, 0.61, 0.62]}, f1={"ot-kl": -0.05})
     ok, why = mr.goal_check(_task(mr, res), two_level=below)
-    assert not ok and "macro-F1 worse than `student:entropy`" in why
+    assert not ok and "macro-F1 lower than `student:entropy`" in why
     # without the controls: not met, and which comparison is missing is named
     bare = [_results(0.0, sd, 0.80) for sd in (0.70, 0.71, 0.69)]
     ok, why = mr.goal_check(_task(mr, _with_students(bare, {"kl": [0.80, 0.811, 0.822]})), two_level=below)
@@ -431,14 +484,3 @@ def test_sensitivity_variants_of_another_base_are_read_against_it(mr):
     assert mr.base_of("ot-kl-lam0.25", bases) == "ot-kl" and mr.base_of("ot-t2", bases) == "ot"
     # a student changed from its comparison-config definition is a variant, not a base
     assert mr.sensitivity_bases(methods, {"ot-kl": {"loss": "ot_kl", "options": {"lam": 0.75}}}) == {"ot"}
-    sens_cfg = ExperimentConfig.from_dict({
-        "name": "study-vader-sensitivity", "seeds": [2021, 2022], "study": STUDY,
-        "task": {"geometry": "uniform", "labels": ["1", "2", "3"]},
-        "data": {"domains": [{"name": n, "role": r, "sources": [{"reader": "csv", "path": f"{n}.csv", "text": "text", "label": "label"}]}
-                             for n, r in (("a", "local"), ("b", "local"), ("t", "transfer"))]},
-        "distill": {"methods": [{"name": "ot", "loss": "ot"},
-                                {"name": "ot-kl-lam0.25", "loss": "ot_kl", "options": {"lam": 0.25}}]}})
-    # the confirmation reruns each chosen variant with its base (ot-kl from configs/study/vader.yaml)
-    d = mr.confirm_config_dicts([{"cfg": sens_cfg, "chosen": None, "chosen_by_base": {"ot": None, "ot-kl": "ot-kl-lam0.25"}}],
-                                sens_cfg.study)["study-vader-confirm"]
-    assert [m["name"] for m in d["distill"]["methods"]] == ["ot", "entropy", "ot-kl", "ot-kl-lam0.25"]

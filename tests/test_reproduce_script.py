@@ -1,4 +1,4 @@
-"""bench/reproduce.sh with a stand-in `knot`: each study run runs once, in both lane modes,
+"""bench/reproduce.sh with a stand-in `knot`: each comparison and confirmation run runs once, in both lane modes,
 and a failed task stops the script before the results page is written."""
 
 from __future__ import annotations
@@ -44,18 +44,15 @@ def test_every_task_runs_once_then_the_page(tmp_path, lanes):
     lines = sorted(calls.read_text().splitlines())
     threads = "1" if lanes == "2" else ""
     tasks = ("sentiment", "erc", "goemotions", "vader")
-    assert lines == sorted([f"{threads} run configs/study/{t}{kind}.yaml --data-root /data"
-                            for t in tasks for kind in ("", "-sensitivity")]
+    assert lines == sorted([f"{threads} run configs/study/{t}.yaml --data-root /data" for t in tasks]
                            + [f"{threads} run runs/confirm-configs/study-{t}-confirm.yaml --data-root /data" for t in tasks])
     calls_py = (tmp_path / "page.txt.all").read_text().splitlines()
-    assert len(calls_py) == 2  # the confirmation configs are written after the sensitivity runs, then the page
+    assert len(calls_py) == 2  # the confirmation configs are written after the comparison runs, then the page
     runs = [f"runs/study-{t}" for t in ("sentiment", "erc", "goemotions", "vader")]
-    sens = [f"{r}-sensitivity" for r in runs]
-    assert calls_py[0].split() == ["bench/make_results.py", *runs, "--sensitivity", *sens,
-                                   "--write-confirm-configs", "runs/confirm-configs"]
+    assert calls_py[0].split() == ["bench/make_results.py", *runs, "--write-confirm-configs", "runs/confirm-configs"]
     page = (tmp_path / "page.txt").read_text().split()
-    assert page[:16] == ["bench/make_results.py", *runs, "--sensitivity", *sens, "--confirm",
-                         *(f"{r}-confirm" for r in runs), "--out", "docs/results.md"][:16]
+    assert page[:12] == ["bench/make_results.py", *runs, "--confirm", *(f"{r}-confirm" for r in runs),
+                         "--out", "docs/results.md"][:12]
     assert page[page.index("--out") + 1] == "docs/results.md"
     wall = page[page.index("--wall"):][:3]  # the stand-ins finish within a minute
     assert wall[1] in ("0", "1") and wall[2] == "min"
