@@ -331,7 +331,7 @@ def verdict(p: Mapping[str, Any]) -> str:
 
 def _ps(d: Mapping[str, Any]) -> str:
     """The p-values behind a reading: paired t, Holm-adjusted in its family, Wilcoxon beside."""
-    fam = f", Holm in a family of {d['family']} {d['p_holm']:.2g}" if d.get("family", 1) > 1 else ""
+    fam = f", Holm p = {d['p_holm']:.2g} in a family of {d['family']}" if d.get("family", 1) > 1 else ""
     return f"t-test p = {d['p_t']:.2g}{fam}; Wilcoxon p = {d['p_wilcoxon']:.2g}"
 
 
