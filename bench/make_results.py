@@ -951,7 +951,7 @@ def primary_lines(tasks: Sequence[Mapping[str, Any]], study: Any) -> list[str]:
                      f"{d['better']} / {d['worse']} of {d['n']} | {bs} | {d['reading']} |")
     lines += ["", "The two-level bootstrap resamples seeds, then each drawn seed's test items within each true "
               "class (Semantic Distance is a class-balanced mean), so it adds the sampling of the test items "
-              "that the seed-only interval leaves out. It is a percentile interval, optimistic at 10 seeds at "
+              "that the seed-only interval leaves out. It is a percentile interval, optimistic at 5-10 seeds at "
               "the seed level: read its width beside the t interval's.", ""]
     return lines
 
