@@ -48,7 +48,7 @@ trap 'rm -rf "$claims"' EXIT
 
 run() {  # run CONFIG: one study config, its log in runs/logs/
   local cfg="$1" t
-  t=$(basename "$cfg" .yaml)
+  t=$(basename "$cfg" .yaml); t="${t#study-}"  # study-erc-confirm -> erc-confirm
   echo "[$(date +%T)] start $cfg (log: runs/logs/study-$t.log)"
   if ! "$KNOT" run "$cfg" --data-root "$DATA" >> "runs/logs/study-$t.log" 2>&1; then
     echo "[$(date +%T)] FAILED $cfg (see runs/logs/study-$t.log)" >&2

@@ -54,6 +54,8 @@ def test_every_task_runs_once_then_the_page(tmp_path, lanes):
     assert page[:12] == ["bench/make_results.py", *runs, "--confirm", *(f"{r}-confirm" for r in runs),
                          "--out", "docs/results.md"][:12]
     assert page[page.index("--out") + 1] == "docs/results.md"
+    logs = sorted(p.name for p in (tmp_path / "runs" / "logs").iterdir())
+    assert logs == sorted(f"study-{t}{kind}.log" for t in tasks for kind in ("", "-confirm"))
     wall = page[page.index("--wall"):][:3]  # the stand-ins finish within a minute
     assert wall[1] in ("0", "1") and wall[2] == "min"
 
