@@ -484,3 +484,15 @@ def test_sensitivity_variants_of_another_base_are_read_against_it(mr):
     assert mr.base_of("ot-kl-lam0.25", bases) == "ot-kl" and mr.base_of("ot-t2", bases) == "ot"
     # a student changed from its comparison-config definition is a variant, not a base
     assert mr.sensitivity_bases(methods, {"ot-kl": {"loss": "ot_kl", "options": {"lam": 0.75}}}) == {"ot"}
+
+
+def test_geometry_lines_say_whether_the_label_order_helps(mr):
+    res = [_results(0.0, sd, 0.80) for sd in (0.70, 0.71, 0.69)]
+    # ot (0.70/0.71/0.69) below ot-permuted on every seed, above ot-uniform on every seed
+    _with_students(res, {"ot-permuted": [0.75, 0.761, 0.742], "ot-uniform": [0.60, 0.612, 0.589]})
+    text = "\n".join(mr.geometry_lines([_task(mr, res)]))
+    assert "| toy | SD | -0.051 [" in text and "a cost without the label order does better |" in text
+    _with_students(res, {"ot-uniform": [0.75, 0.761, 0.742]})
+    assert "the label geometry helps: lower than both controls |" in "\n".join(mr.geometry_lines([_task(mr, res)]))
+    # without the controls: no section
+    assert mr.geometry_lines([_task(mr, [_results(0.0, sd, 0.80) for sd in (0.70, 0.71, 0.69)])]) == []
