@@ -30,7 +30,10 @@
 # seeds from ten to five (they choose what is confirmed; the claims come from the
 # confirmation). Never cut: the controls, the newer students, the confirmation's ten seeds.
 # Estimate: comparison runs about 95 min of compute, confirmation runs (5 to 8 students)
-# about 100 min, about 105 min of wall with LANES=2.
+# about 100 min, about 105 min of wall with LANES=2. Measured on 2026-12-06 (docs/results.md):
+# 57 min of wall (comparison runs 38 min, confirmation runs 19 min with 5 students each;
+# 112 min of compute; load average about 2). The estimate was high, so the next rerun can
+# give the comparison runs their ten seeds back (about +20 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-${KNOT_DATA:-../shared/datasets}}"
