@@ -1119,9 +1119,12 @@ def validation_choice(task: Mapping[str, Any], study: Any) -> tuple[list[str], d
     alone), and the one of ``kl_candidates`` with the lowest mean val union SD. No test row
     is read."""
     conf = study.confirmation if study is not None else None
-    if conf is None or not conf.candidates:
-        raise SystemExit("the runs declare no study.confirmation.candidates to choose among")
+    if conf is None:
+        raise SystemExit("the runs declare no study.confirmation")
     results, union, name = task["results"], task["union"], task["cfg"].name
+    if not conf.candidates and not conf.kl_candidates:  # nothing to choose: the declared students alone
+        return [], {"name": name, "cfg": task["cfg"], "chosen": None, "choices": {}, "rule": study.sensitivity_rule.name,
+                    "comparisons": {}, "best_kl": None}
     if any(not _rows(r, "validation") for r in results):
         raise SystemExit(f"{task['run']}: results.json has no val rows (the config needs evaluate.val: true)")
     metrics = metrics_of(results, "validation")
@@ -1363,7 +1366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     study, sha = study_of(tasks + confirm, sens_cfgs)
     rule = study.sensitivity_rule if study is not None else None
     choice_lines, choices = [], []
-    if study is not None and study.confirmation is not None and study.confirmation.candidates:
+    if study is not None and study.confirmation is not None:
         for t in tasks:
             lines, choice = validation_choice(t, study)
             choice_lines += lines
@@ -1442,11 +1445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
     ]
     head += _summary_lines(summaries)
-    head += study_lines(study, sha, sens or choices, families)
+    head += study_lines(study, sha, sens or [c for c in choices if c["choices"]], families)
     head += primary_lines(tasks, study)
     head += family_lines(tasks)
     head += goal_lines(tasks, "comparison runs")
-    if choices:
+    if choice_lines:
         head += ["## The settings confirmed, chosen on validation", "",
                  f"The declared rule, `{choices[0]['rule']}`: {RULE_TEXT[choices[0]['rule']]}; here among "
                  + ", ".join(f"`{n}`" for n in study.confirmation.candidates) + " on each comparison run's val "

@@ -350,6 +350,14 @@ def test_the_confirmed_setting_is_chosen_on_validation_with_its_controls(mr, tmp
     # no candidate better than ot on val: ot alone
     lines, choice = mr.validation_choice(_val_task(sd | {"ot-kl": 0.80, "ot-learned": 0.80}, f1), study)
     assert choice["chosen"] is None and "`ot` alone" in "\n".join(lines)
+    # a declaration without candidates confirms its students alone (no val rows needed)
+    bare = type(study).from_dict({**study.to_dict(), "confirmation": {"seeds": [7, 8], "students": ["ot", "entropy"]}})
+    task = _val_task(sd, f1)
+    for r in task["results"]:
+        r.pop("validation")
+    lines, choice = mr.validation_choice(task, bare)
+    assert lines == [] and [m["name"] for m in mr.confirm_config_dicts([choice], bare)["study-vader-confirm"]
+                            ["distill"]["methods"]] == ["ot", "entropy"]
     # val rows are required
     task = _val_task(sd, f1)
     for r in task["results"]:
