@@ -867,10 +867,23 @@ def apply_families(tasks: Sequence[Mapping[str, Any]], study: Any) -> list[tuple
     primary claim over its tasks, each declared family over every (task, comparison,
     metric) it names, and everything else on the page together as one ``undeclared``
     family. Without a study declaration: primary OT − entropy SD over the tasks, the rest
-    undeclared. Mean entropy is never judged. Returns [(family, size)]."""
+    undeclared. A comparison named twice on a task (``best KL-family student`` and the model
+    it stands for) is read once, in the first family that takes it, and the other name
+    shows that reading. Mean entropy is never judged. Returns [(family, size)]."""
     by_name = {t["cfg"].name: t for t in tasks}
     members: dict[str, list[tuple[dict, tuple[str, str], str]]] = {}
-    taken: set[tuple[str, tuple[str, str], str]] = set()
+    taken: dict[tuple[str, tuple[str, str], str], tuple[dict, tuple[str, str]]] = {}
+    aliases: list[tuple[dict, tuple[str, str], str, tuple]] = []
+
+    def take(fam: str, t: Mapping[str, Any], pair: tuple[str, str], metric: str) -> None:
+        key = (t["cfg"].name, (pair[0], _resolve(pair[1], t.get("best"), t.get("best_kl"))), metric)
+        if key in taken:
+            if taken[key][1] != pair:
+                aliases.append((t["found"], pair, metric, key))
+            return
+        members.setdefault(fam, []).append((t["found"], pair, metric))
+        taken[key] = (t["found"], pair)
+
     primary = study.primary if study is not None else None
     p_metric = primary.metric if primary else "semantic_distance"
     p_pair = (primary.a, primary.b) if primary else ("student:ot", "student:entropy")
@@ -878,26 +891,26 @@ def apply_families(tasks: Sequence[Mapping[str, Any]], study: Any) -> list[tuple
     for name in [n for n in p_tasks] + [f"{n}-confirm" for n in p_tasks]:  # a confirmation run reads the primary too
         t = by_name.get(name)
         if t and p_metric in t["found"].get(p_pair, {}):
-            members.setdefault("primary", []).append((t["found"], p_pair, p_metric))
-            taken.add((name, p_pair, p_metric))
+            take("primary", t, p_pair, p_metric)
     for fam in (study.families if study is not None else []):
         for t in tasks:
             if fam.tasks and t["cfg"].name not in fam.tasks:
                 continue
             for a, b in fam.comparisons:
                 for metric in fam.metrics:
-                    key = (t["cfg"].name, (a, b), metric)
-                    if key not in taken and metric in t["found"].get((a, b), {}):
-                        members.setdefault(fam.name, []).append((t["found"], (a, b), metric))
-                        taken.add(key)
+                    if metric in t["found"].get((a, b), {}):
+                        take(fam.name, t, (a, b), metric)
     for t in tasks:
         for pair, comp in t["found"].items():
             for metric in comp:
-                if metric != ENTROPY[0] and (t["cfg"].name, pair, metric) not in taken:
-                    members.setdefault("undeclared", []).append((t["found"], pair, metric))
+                if metric != ENTROPY[0]:
+                    take("undeclared", t, pair, metric)
     for fam, ms in members.items():
         for (found, pair, metric), adj in zip(ms, adjust_family([f[pair][m] for f, pair, m in ms])):
             found[pair][metric] = {**adj, "family_name": fam}
+    for found, pair, metric, key in aliases:
+        src_found, src_pair = taken[key]
+        found[pair][metric] = src_found[src_pair][metric]
     return [(fam, len(ms)) for fam, ms in members.items()]
 
 
@@ -1145,8 +1158,11 @@ def validation_choice(task: Mapping[str, Any], study: Any) -> tuple[list[str], d
              f"Each candidate minus `ot` on the union of the local **val** splits (`{union}`), mean [95 % t "
              f"interval] over the {len(results)} seeds, Holm over the candidates per metric:", "",
              "| candidate | " + " | ".join(f"Δ {t}" for _, t, _ in shown) + " |", "|---|" + "---|" * len(shown)]
+    def cell(d: Mapping[str, Any] | None) -> str:
+        return "–" if d is None else f"{_cell(d)} {d['reading']}, Holm p {d['p_holm']:.2g}"
+
     for n, p in comparisons.items():
-        lines.append(f"| `{n}` | " + " | ".join(_cell(p.get(k)) for k, _, _ in shown) + " |")
+        lines.append(f"| `{n}` | " + " | ".join(cell(p.get(k)) for k, _, _ in shown) + " |")
     kl_means = {n: agg[(f"student:{n}", union)]["semantic_distance"][0] for n in conf.kl_candidates
                 if (f"student:{n}", union) in agg}
     lines += ["", "Choices by rule (the declared one first): " + "; ".join(
@@ -1173,6 +1189,9 @@ def controls_of(name: str, methods: Mapping[str, Mapping[str, Any]]) -> list[dic
     ['ot-permuted', 'ot-uniform']
     """
     kinds = ("permuted", "uniform")
+    missing = [n for n in ("ot", name, "ot-permuted", "ot-uniform") if n not in methods]
+    if missing:
+        raise SystemExit(f"the geometry controls of {name!r} need the students {missing} in the comparison config")
     if methods[name]["loss"] == methods["ot"]["loss"]:
         return [dict(methods[f"ot-{k}"]) for k in kinds]
     return [{**methods[name], "name": f"{name}-{k}", "geometry": methods[f"ot-{k}"]["geometry"]} for k in kinds]
@@ -1195,7 +1214,7 @@ def confirm_config_dicts(choices: Sequence[Mapping[str, Any]], study: Any) -> di
         if c["chosen"]:
             keep += [methods[c["chosen"]]] + controls_of(c["chosen"], methods)
         if c.get("best_kl"):
-            keep.append(methods[c["best_kl"]])
+            keep.append(methods.get(c["best_kl"], c["best_kl"]))
         missing = [k for k in keep if isinstance(k, str)]
         if missing:
             raise SystemExit(f"{cfg.name}: confirmation students {missing} are not in its config")
@@ -1315,9 +1334,13 @@ def geometry_lines(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
             if k not in perm or k not in unif:
                 continue
             a, b = perm[k]["reading"], unif[k]["reading"]
-            says = ("the label geometry helps: lower than both controls" if a == b == "better"
-                    else "a cost without the label order does better" if "worse" in (a, b)
-                    else "lower than one control only" if "better" in (a, b)
+            own = " (its own training cost, see above)" if k == "expected_cost" else ""
+            says = ("lower than both controls" + (own or ": the label geometry helps") if a == b == "better"
+                    else "higher than both controls: a cost without the label order does better" if a == b == "worse"
+                    else f"mixed: {'lower' if a == 'better' else 'higher'} than `ot-permuted`, "
+                         f"{'lower' if b == 'better' else 'higher'} than `ot-uniform`" if {a, b} == {"better", "worse"}
+                    else "higher than one control: a cost without the label order does better there" if "worse" in (a, b)
+                    else "lower than one control only" + own if "better" in (a, b)
                     else "the geometry is not shown to matter")
             lines.append(f"| {t['cfg'].name} | {titles[k]} | {_cell(perm[k])} ({a}) | {_cell(unif[k])} ({b}) | {says} |")
         ents = []
@@ -1327,7 +1350,7 @@ def geometry_lines(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
                 ents.append(f"{label} {d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]")
         if ents:
             lines.append(f"| {t['cfg'].name} | mean entropy of `ot` minus | " + " | ".join(ents + ["–"] * (2 - len(ents)))
-                         + " | positive: `ot` is less sharp |")
+                         + " | a positive difference: `ot` is less sharp |")
     return lines + [""]
 
 
@@ -1368,6 +1391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     choice_lines, choices = [], []
     if study is not None and study.confirmation is not None:
         for t in tasks:
+            if args.write_confirm_configs is None and any(not _rows(r, "validation") for r in t["results"]):
+                continue  # the page without val rows: nothing was chosen there (--write-confirm-configs refuses)
             lines, choice = validation_choice(t, study)
             choice_lines += lines
             choices.append(choice)
@@ -1412,7 +1437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Sizes: every run uses all available rows of its domains (the tables give the counts) and "
         "the reference's epochs (teachers 10, students 20), with all-MiniLM-L6-v2 frozen: each text "
         "is encoded once by all 6 layers and only a head trains (the pooled head, an MLP on the "
-        "mean-pooled sentence embedding). What was cut to fit the study into 2 hours on 2 CPU cores: "
+        "mean-pooled sentence embedding). What was cut to fit the study into about 2.5 hours on 2 CPU cores: "
         "the encoder is not fine-tuned and KNOT's own transformer head is not used (both are available, "
         "`model.encoder_mode: finetune` and `model.head: knot`); ERC keeps 64 tokens per utterance "
         "with its context (the reference: 512); the comparison runs have the seeds their configs name "

@@ -16,7 +16,7 @@
 # writes runs/confirm-configs/study-<task>-confirm.yaml (the chosen setting is only known
 # once the comparison runs are read), the same lanes run them into runs/study-<task>-confirm/,
 # and bench/make_results.py writes docs/results.md and docs/results/ from all the run
-# directories. Logs: runs/logs/study-<task>.log.
+# directories. Logs: runs/logs/study-<task>.log and runs/logs/study-<task>-confirm.log.
 #
 # Time (2026-12-06, before this study's runs). From the 2026-12-04 study (189 min of compute,
 # 90-103 min wall on 2 cores): the teachers, soft labels and encoding of a task run cost about

@@ -327,7 +327,7 @@ def test_the_confirmed_setting_is_chosen_on_validation_with_its_controls(mr, tmp
     assert choice["chosen"] == "ot-kl" and choice["best_kl"] == "dsfl"
     assert choice["choices"] == {"sd_better_acc_f1_w1_not_worse": "ot-kl", "sd_better_f1_not_worse": "ot-kl"}
     text = "\n".join(lines)
-    assert "| `ot-learned` | +0.000 [+0.000, +0.000] | -0.100 [-0.100, -0.100] | -0.100 [-0.100, -0.100] |" in text
+    assert "| `ot-learned` | +0.000 [+0.000, +0.000] equal, Holm p 1 | -0.100 [-0.100, -0.100] worse, Holm p " in text
     assert "the lowest, `dsfl`, is confirmed." in text
     d = mr.confirm_config_dicts([choice], study)["study-vader-confirm"]
     assert d["seeds"] == study.confirmation.seeds and d["seed"] == study.confirmation.seeds[0]
@@ -358,6 +358,9 @@ def test_the_confirmed_setting_is_chosen_on_validation_with_its_controls(mr, tmp
     lines, choice = mr.validation_choice(task, bare)
     assert lines == [] and [m["name"] for m in mr.confirm_config_dicts([choice], bare)["study-vader-confirm"]
                             ["distill"]["methods"]] == ["ot", "entropy"]
+    # a comparison config without the controls: a clear error, not a KeyError
+    with pytest.raises(SystemExit, match="need the students"):
+        mr.controls_of("ot-kl", {"ot": {"loss": "ot"}, "ot-kl": {"loss": "ot_kl"}})
     # val rows are required
     task = _val_task(sd, f1)
     for r in task["results"]:
@@ -499,8 +502,31 @@ def test_geometry_lines_say_whether_the_label_order_helps(mr):
     # ot (0.70/0.71/0.69) below ot-permuted on every seed, above ot-uniform on every seed
     _with_students(res, {"ot-permuted": [0.75, 0.761, 0.742], "ot-uniform": [0.60, 0.612, 0.589]})
     text = "\n".join(mr.geometry_lines([_task(mr, res)]))
-    assert "| toy | SD | -0.051 [" in text and "a cost without the label order does better |" in text
+    assert "| toy | SD | -0.051 [" in text
+    assert "mixed: lower than `ot-permuted`, higher than `ot-uniform` |" in text
     _with_students(res, {"ot-uniform": [0.75, 0.761, 0.742]})
-    assert "the label geometry helps: lower than both controls |" in "\n".join(mr.geometry_lines([_task(mr, res)]))
+    assert "lower than both controls: the label geometry helps |" in "\n".join(mr.geometry_lines([_task(mr, res)]))
+    _with_students(res, {"ot-permuted": [0.60, 0.612, 0.589], "ot-uniform": [0.60, 0.612, 0.589]})
+    assert "higher than both controls: a cost without" in "\n".join(mr.geometry_lines([_task(mr, res)]))
     # without the controls: no section
     assert mr.geometry_lines([_task(mr, [_results(0.0, sd, 0.80) for sd in (0.70, 0.71, 0.69)])]) == []
+
+
+def test_a_comparison_named_twice_is_read_once_in_its_declared_family(mr):
+    res = [_results(0.0, sd, 0.80) for sd in (0.70, 0.71, 0.69)]
+    _with_students(res, {"kl": [0.75, 0.761, 0.742]})
+    found = mr.compare_all(res, "union")
+    cfg = type("C", (), {"name": "toy"})()
+    task = {"cfg": cfg, "found": found, "best_kl": mr.best_of(res, "union", mr.FAMILIES["KL"]), "best": None}
+    assert task["best_kl"] == "student:kl"
+    study = ExperimentConfig.from_dict({
+        "name": "toy", "task": {"geometry": "uniform", "labels": ["1", "2", "3"]},
+        "data": {"domains": [{"name": n, "role": r, "sources": [{"reader": "csv", "path": f"{n}.csv", "text": "text", "label": "label"}]}
+                             for n, r in (("a", "local"), ("t", "transfer"))]},
+        "study": {**STUDY, "primary": {**STUDY["primary"], "tasks": ["toy"]},
+                  "families": [{"name": "goal", "comparisons": [["student:ot", mr.BEST_KL]], "metrics": ["semantic_distance"]}]},
+    }).study
+    fams = dict(mr.apply_families([task], study))
+    alias = found[("student:ot", "student:kl")]["semantic_distance"]
+    assert alias is found[("student:ot", mr.BEST_KL)]["semantic_distance"] and alias["family_name"] == "goal"
+    assert fams["goal"] == 1
