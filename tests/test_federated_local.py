@@ -134,8 +134,9 @@ def test_real_processes_equal_in_process_and_knot_run_and_refuse_intruders(tmp_p
     assert not (tmp_path / "intruder").exists()
     # same soft labels and students as `knot federated run --in-process` and `knot run`
     teachers = ("tweets", "amazon", "nyt", "global")
-    compare_runs(RunLayout(tmp_path / "inproc"), RunLayout(out), atol=1e-6, teachers=teachers, rows_expected=20)
-    compare_runs(RunLayout(tmp_path / "ref"), RunLayout(out), atol=1e-6, teachers=teachers, rows_expected=20)
+    rows = 5 * (1 + len(load_config(QUICKSTART).distill.methods))  # 3 local + global + union test sets
+    compare_runs(RunLayout(tmp_path / "inproc"), RunLayout(out), atol=1e-6, teachers=teachers, rows_expected=rows)
+    compare_runs(RunLayout(tmp_path / "ref"), RunLayout(out), atol=1e-6, teachers=teachers, rows_expected=rows)
     # Flower said nothing deprecated, in any process's log
     logs = "\n".join(p.read_text(errors="replace") for p in (out / "federated" / "local").glob("*.log"))
     assert "deprecat" not in logs.lower()
