@@ -1453,6 +1453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f"the last stage's end: {(end - start).total_seconds() / 60:.0f} min (the runs went in "
                  "two lanes side by side, see bench/reproduce.sh).", ""]
     head += [
+        *(["Where the claims are: the comparison runs explore and choose, on validation data, what is "
+           "confirmed; only the confirmation runs, on fresh seeds (section \"Confirmation on fresh seeds\" and "
+           "the goal check after it), carry claims.", ""] if args.confirm else []),
         "How to read it: every comparison is a paired difference over the same seeds (same data, same "
         "teachers, same soft labels), given as its mean with a 95 % Student t interval over seeds, the "
         "paired t-test p, its Holm-adjusted p within the comparison's declared family, and the two-sided "
