@@ -126,6 +126,9 @@ def _resolve(b: str, best: str | None, best_kl: str | None) -> str | None:
 #: (a loss that sharpens the student can lower SD whatever its ground cost).
 ENTROPY = ("mean_entropy", "mean entropy", -1)
 
+#: The page's name of each metric key.
+TITLES = {k: t for k, t, _ in METRICS + GOLD_METRICS}
+
 
 def metrics_of(results: Sequence[Mapping[str, Any]], rows_key: str = "rows") -> list[tuple[str, str, int]]:
     """METRICS, plus the gold-distribution metrics and the mean entropy that every union row
@@ -838,7 +841,8 @@ def load_task(run: Path) -> dict[str, Any]:
     union = next((t["name"] for t in sets if t["kind"] == "union"), sets[0]["name"])
     best = baselines_over_runs(results).get("best_single_teacher")
     return {"run": run, "cfg": cfg, "layouts": layouts, "results": results, "union": union, "best": best,
-            "best_kl": best_of(results, union, FAMILIES["KL"]), "found": compare_all(results, union, best)}
+            "best_kl": best_of(results, union, FAMILIES["KL"]), "found": compare_all(results, union, best),
+            "two_level": {}}
 
 
 def study_of(tasks: Sequence[Mapping[str, Any]], extra_cfgs: Sequence[Any] = ()) -> tuple[Any, str | None]:
@@ -917,7 +921,12 @@ def apply_families(tasks: Sequence[Mapping[str, Any]], study: Any) -> list[tuple
 def item_bootstrap(task: Mapping[str, Any], a: str, b: str, *, n_boot: int = 2000, seed: int = 0) -> dict | None:
     """Two-level bootstrap (seeds, then test items stratified by class) of the paired SD
     difference a − b on the union, from the runs' ``predictions/``; None when a seed has
-    no predictions file (runs evaluated before issue 20)."""
+    no predictions file (runs evaluated before issue 20). A task from :func:`load_task`
+    keeps each result, so the goal check and the tables bootstrap a pair once."""
+    cache = task.get("two_level")
+    key = (a, b, n_boot, seed)
+    if cache is not None and key in cache:
+        return cache[key]
     from knot.evaluation import load_predictions
     from knot.geometry import LabelGeometry
     from knot.metrics import semantic_distance_per_item
@@ -937,7 +946,10 @@ def item_bootstrap(task: Mapping[str, Any], a: str, b: str, *, n_boot: int = 200
             probs /= probs.sum(axis=1, keepdims=True)  # float32 storage: renormalise
             y = np.concatenate([pred[d]["labels"] for d in domains])
             per[mid].append(semantic_distance_per_item(probs, y, geometry))
-    return two_level_bootstrap(np.stack(per[a]), np.stack(per[b]), y, n_boot=n_boot, seed=seed)
+    out = two_level_bootstrap(np.stack(per[a]), np.stack(per[b]), y, n_boot=n_boot, seed=seed)
+    if cache is not None:
+        cache[key] = out
+    return out
 
 
 def primary_lines(tasks: Sequence[Mapping[str, Any]], study: Any) -> list[str]:
@@ -945,7 +957,7 @@ def primary_lines(tasks: Sequence[Mapping[str, Any]], study: Any) -> list[str]:
     and seed-to-seed SD, and the two-level (seeds x test items) bootstrap beside it."""
     metric = study.primary.metric if study is not None else "semantic_distance"
     a, b = (study.primary.a, study.primary.b) if study is not None else ("student:ot", "student:entropy")
-    title = dict((k, t) for k, t, _ in METRICS + GOLD_METRICS).get(metric, metric)
+    title = TITLES.get(metric, metric)
     lines = [f"### Primary claim: {title} of `{a}` − `{b}` on each task's union", "",
              "| task | Δ mean [95 % t interval] | relative to b's mean | seed-to-seed SD of Δ | t-test p, Holm p "
              "(family) | Wilcoxon p | seeds better / worse | two-level bootstrap (seeds × test items) | reading |",
@@ -1277,7 +1289,6 @@ def confirmation_lines(tasks: Sequence[Mapping[str, Any]], study: Any, two_level
             for m in goal.metrics:
                 if m in p:
                     rows.append((t, a, b, b_id, m, p[m], p))
-    titles = dict((k, t) for k, t, _ in METRICS + GOLD_METRICS)
     lines = ["## Confirmation on fresh seeds", "",
              "The settings chosen on the comparison runs' val splits, rerun on the declared confirmation seeds "
              "(never used before, teachers retrained). Δ = a − b, mean [95 % t interval] over seeds; relative to "
@@ -1298,7 +1309,7 @@ def confirmation_lines(tasks: Sequence[Mapping[str, Any]], study: Any, two_level
         ent = "–" if ent is None else f"{ent['mean']:+.3f}"
         fam = f"{d.get('family_name', '–')}, {d.get('family', 1)}"
         shown_b = f"`{b_id}`" + (f" ({b})" if b_id != b else "")
-        lines.append(f"| {t['cfg'].name} | `{a}` − {shown_b} | {titles.get(m, m)} | "
+        lines.append(f"| {t['cfg'].name} | `{a}` − {shown_b} | {TITLES.get(m, m)} | "
                      f"{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {rel} | {d['std']:.4f} | "
                      f"{d['p_t']:.2g}, {d['p_holm']:.2g} ({fam}) | {d['p_wilcoxon']:.2g} | "
                      f"{d['better']} / {d['worse']} of {d['n']} | {bs} | {ent} | "
@@ -1314,7 +1325,6 @@ def geometry_lines(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
     if not rows:
         return []
     keys = ["semantic_distance", "expected_cost", "w1_gold", "tv_gold", "js_gold"]
-    titles = dict((k, t) for k, t, _ in METRICS + GOLD_METRICS)
     lines = ["### Is it the geometry?", "",
              "`ot` against the same loss with the task's label coordinates permuted (`ot-permuted`: the same "
              "costs, order destroyed) and with all labels equally far (`ot-uniform`: OT is then scaled total "
@@ -1342,7 +1352,7 @@ def geometry_lines(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
                     else "higher than one control: a cost without the label order does better there" if "worse" in (a, b)
                     else "lower than one control only" + own if "better" in (a, b)
                     else "the geometry is not shown to matter")
-            lines.append(f"| {t['cfg'].name} | {titles[k]} | {_cell(perm[k])} ({a}) | {_cell(unif[k])} ({b}) | {says} |")
+            lines.append(f"| {t['cfg'].name} | {TITLES[k]} | {_cell(perm[k])} ({a}) | {_cell(unif[k])} ({b}) | {says} |")
         ents = []
         for key, label in (("student:entropy", "`entropy`"), (BEST_KL, "the best KL-family student")):
             d = (found.get(("student:ot", key)) or {}).get(ENTROPY[0])
