@@ -727,8 +727,7 @@ def sensitivity_section(run: Path, rule: Any = None) -> tuple[list[str], dict[st
     return lines, {"name": cfg.name, "chosen": ot["chosen"], "choices": ot["choices"], "rule": rule_name,
                    "comparisons": comparisons, "test": ot["test"], "cfg": cfg, "run": run,
                    "starts": starts, "total_s": total, "span": span, "n_seeds": len(layouts),
-                   "knob": ot["knob"], "chosen_by_base": {bn: d["chosen"] for bn, d in by_base.items()},
-                   "bases": base_name}
+                   "knob": ot["knob"]}
 
 
 def sensitivity_bases(methods: Mapping[str, Mapping[str, Any]],
@@ -1317,6 +1316,28 @@ def confirmation_lines(tasks: Sequence[Mapping[str, Any]], study: Any, two_level
     return lines + [""]
 
 
+def _control_words(perm: str, unif: str, own_cost: bool = False) -> str:
+    """``ot``'s readings against ``ot-permuted`` and ``ot-uniform`` in words (``own_cost``:
+    the metric is the cost ``ot`` trains on, so a lower value is not the geometry's doing).
+
+    >>> _control_words("better", "worse")
+    'mixed: lower than `ot-permuted`, higher than `ot-uniform`'
+    """
+    own = " (its own training cost, see above)" if own_cost else ""
+    if perm == unif == "better":
+        return "lower than both controls" + (own or ": the label geometry helps")
+    if perm == unif == "worse":
+        return "higher than both controls: a cost without the label order does better"
+    if {perm, unif} == {"better", "worse"}:
+        word = {"better": "lower", "worse": "higher"}
+        return f"mixed: {word[perm]} than `ot-permuted`, {word[unif]} than `ot-uniform`"
+    if "worse" in (perm, unif):
+        return "higher than one control: a cost without the label order does better there"
+    if "better" in (perm, unif):
+        return "lower than one control only" + own
+    return "the geometry is not shown to matter"
+
+
 def geometry_lines(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
     """Is it the geometry? Per run: ``ot`` against its two geometry controls on every metric
     the controls family reads, in words, and how much sharper ``ot`` is than ``entropy`` and
@@ -1344,14 +1365,7 @@ def geometry_lines(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
             if k not in perm or k not in unif:
                 continue
             a, b = perm[k]["reading"], unif[k]["reading"]
-            own = " (its own training cost, see above)" if k == "expected_cost" else ""
-            says = ("lower than both controls" + (own or ": the label geometry helps") if a == b == "better"
-                    else "higher than both controls: a cost without the label order does better" if a == b == "worse"
-                    else f"mixed: {'lower' if a == 'better' else 'higher'} than `ot-permuted`, "
-                         f"{'lower' if b == 'better' else 'higher'} than `ot-uniform`" if {a, b} == {"better", "worse"}
-                    else "higher than one control: a cost without the label order does better there" if "worse" in (a, b)
-                    else "lower than one control only" + own if "better" in (a, b)
-                    else "the geometry is not shown to matter")
+            says = _control_words(a, b, own_cost=k == "expected_cost")
             lines.append(f"| {t['cfg'].name} | {TITLES[k]} | {_cell(perm[k])} ({a}) | {_cell(unif[k])} ({b}) | {says} |")
         ents = []
         for key, label in (("student:entropy", "`entropy`"), (BEST_KL, "the best KL-family student")):
